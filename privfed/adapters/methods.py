@@ -1,0 +1,102 @@
+"""PEFT method registry: config section ``[adapter]`` -> a ``peft`` config.
+
+Adding a method is one :func:`register_adapter_method` call with a builder
+that maps :class:`~privfed.config.AdapterConfig` to a ``peft.PeftConfig``.
+Whatever the method, only its trainable parameters cross the wire, as one
+flat vector (see :mod:`privfed.adapters.layout`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from privfed.errors import ModelError
+
+if TYPE_CHECKING:
+    from privfed.config import AdapterConfig
+    from privfed.models.registry import ModelSpec
+
+__all__ = ["adapter_method_names", "build_peft_config", "register_adapter_method", "wrap_model"]
+
+_Builder = Callable[["AdapterConfig", "ModelSpec"], Any]
+_REGISTRY: dict[str, _Builder] = {}
+
+
+def register_adapter_method(name: str, builder: _Builder) -> None:
+    """Register ``builder(adapter_config, model_spec) -> peft.PeftConfig`` under ``name``."""
+    if name in _REGISTRY:
+        raise ModelError(f"adapter method {name!r} is already registered")
+    _REGISTRY[name] = builder
+
+
+def adapter_method_names() -> tuple[str, ...]:
+    """Registered adapter methods, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def _task_type(spec: ModelSpec) -> Any:
+    from peft import TaskType
+
+    return TaskType.SEQ_CLS if spec.task == "classification" else TaskType.CAUSAL_LM
+
+
+def _lora(cfg: AdapterConfig, spec: ModelSpec) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type=_task_type(spec),
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules or spec.default_target_modules),
+    )
+
+
+def _ia3(cfg: AdapterConfig, spec: ModelSpec) -> Any:
+    from peft import IA3Config
+
+    if cfg.target_modules:
+        # Without a separate list, treat none of the targets as feed-forward
+        # (IA3 then scales their outputs rather than inputs).
+        return IA3Config(task_type=_task_type(spec), target_modules=list(cfg.target_modules), feedforward_modules=[])
+    return IA3Config(task_type=_task_type(spec))  # peft's per-architecture defaults
+
+
+def _prompt_tuning(cfg: AdapterConfig, spec: ModelSpec) -> Any:
+    from peft import PromptTuningConfig
+
+    return PromptTuningConfig(task_type=_task_type(spec), num_virtual_tokens=cfg.num_virtual_tokens)
+
+
+register_adapter_method("lora", _lora)
+register_adapter_method("ia3", _ia3)
+register_adapter_method("prompt_tuning", _prompt_tuning)
+
+
+def build_peft_config(cfg: AdapterConfig, spec: ModelSpec) -> Any:
+    """The ``peft`` config for ``cfg`` on the model described by ``spec``."""
+    try:
+        builder = _REGISTRY[cfg.method]
+    except KeyError:
+        raise ModelError(
+            f"unknown adapter method {cfg.method!r}; registered: {', '.join(adapter_method_names())}"
+        ) from None
+    return builder(cfg, spec)
+
+
+def wrap_model(model: Any, cfg: AdapterConfig, spec: ModelSpec) -> Any:
+    """Freeze ``model`` and attach the adapter; returns the ``peft.PeftModel``.
+
+    For classifiers, peft also trains a copy of the classification head
+    (``modules_to_save``), which travels in the same flat vector.
+
+    Raises:
+        ModelError: if peft rejects the combination (e.g. unknown target modules).
+    """
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, build_peft_config(cfg, spec))
+    except ValueError as exc:
+        raise ModelError(f"adapter {cfg.method!r} cannot be attached to model {spec.name!r}: {exc}") from None

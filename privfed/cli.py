@@ -1,0 +1,123 @@
+"""``privfed`` command line.
+
+    privfed run CONFIG.toml [--out DIR] [--quiet]
+    privfed run --resume RUN_DIR [--quiet]
+    privfed validate CONFIG.toml
+    privfed models | datasets
+
+Errors privfed raises on purpose (bad config, missing package, corrupt
+checkpoint) print one line, ``privfed: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from privfed.errors import PrivfedError
+
+__all__ = ["main"]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    warnings.filterwarnings("ignore", module="peft")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from privfed.config import load_config
+    from privfed.experiments.runner import resume_experiment, run_experiment
+
+    _quiet_libraries()
+    if args.resume:
+        if args.config or args.out:
+            raise SystemExit("privfed: error: --resume takes the run directory alone (no CONFIG or --out)")
+        out = Path(args.resume)
+        summary = resume_experiment(out, quiet=args.quiet)
+    else:
+        if not args.config:
+            raise SystemExit("privfed: error: run needs CONFIG.toml or --resume RUN_DIR")
+        config = load_config(args.config)
+        out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+        summary = run_experiment(config, out, quiet=args.quiet)
+    keys = ["final_eval_accuracy", "final_eval_loss", "final_eval_perplexity", "initial_eval_perplexity"]
+    keys += ["majority_class_rate", "rounds", "trainable_params", "bytes_up_total"]
+    shown = {k: summary[k] for k in keys if k in summary}
+    print(f"run directory: {out}")
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from privfed.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config)), end="")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from privfed.models.registry import get_model_spec, model_names
+
+    for name in model_names():
+        spec = get_model_spec(name)
+        print(f"{name:12s} {spec.task:15s} {spec.description}")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from privfed.data.registry import dataset_names, get_dataset_spec
+
+    for name in dataset_names():
+        spec = get_dataset_spec(name)
+        print(f"{name:14s} {spec.modality:6s} {spec.task:18s} {spec.description}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="privfed", description="Private federated fine-tuning of adapters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a federated experiment from a TOML config")
+    run.add_argument("config", nargs="?", help="experiment config (TOML)")
+    run.add_argument("--out", help="run directory to create (default: runs/<config name>)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+    validate = sub.add_parser("validate", help="check a config and print it fully resolved")
+    validate.add_argument("config")
+    validate.set_defaults(func=_cmd_validate)
+    sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
+    sub.add_parser("datasets", help="list registered datasets").set_defaults(func=_cmd_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``privfed`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+        return status
+    except PrivfedError as exc:
+        print(f"privfed: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "privfed: interrupted; the last checkpoint is kept: continue with `privfed run --resume RUN_DIR`",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""Frozen, validated experiment configuration.
+
+A config is a tree of small frozen dataclasses, one per concern. It is read
+from TOML with :func:`load_config` (or built from a mapping with
+:func:`config_from_dict`); every value is checked at the boundary, and a bad
+one raises :class:`~privfed.errors.ConfigError` naming the field, the value
+found and what is allowed. :func:`config_to_dict` gives back the fully
+resolved config (defaults filled in), which a run directory stores as
+``config.resolved.toml``.
+
+Range rules live next to each field as dataclass metadata (``ge``, ``gt``,
+``le``, ``lt``, ``choices``), so adding a field is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomli_w
+
+from privfed.errors import ConfigError
+
+__all__ = [
+    "AdapterConfig",
+    "ClientConfig",
+    "DataConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "PartitionConfig",
+    "RunConfig",
+    "ServerConfig",
+    "TransportConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "replace_path",
+]
+
+
+def _choices_from(registry_names: Callable[[], Iterable[str]]) -> Callable[[], tuple[str, ...]]:
+    return lambda: tuple(sorted(registry_names()))
+
+
+def _model_names() -> Iterable[str]:
+    from privfed.models.registry import model_names
+
+    return model_names()
+
+
+def _dataset_names() -> Iterable[str]:
+    from privfed.data.registry import dataset_names
+
+    return dataset_names()
+
+
+def _adapter_names() -> Iterable[str]:
+    from privfed.adapters.methods import adapter_method_names
+
+    return adapter_method_names()
+
+
+def _strategy_names() -> Iterable[str]:
+    from privfed.server.strategies import strategy_names
+
+    return strategy_names()
+
+
+def _partition_names() -> Iterable[str]:
+    from privfed.data.partition import partitioner_names
+
+    return partitioner_names()
+
+
+def _f(default: Any, **rules: Any) -> Any:
+    """A dataclass field with a default and validation rules as metadata."""
+    if isinstance(default, (list, tuple)):
+        value = tuple(default)
+        return dataclasses.field(default_factory=lambda: value, metadata=rules)
+    return dataclasses.field(default=default, metadata=rules)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which frozen base model to fine-tune (an entry of the model registry)."""
+
+    name: str = _f("minilm", choices=_choices_from(_model_names))
+    max_length: int = _f(128, ge=8, le=4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which offline dataset to use and how to hold part of it out for evaluation."""
+
+    name: str = _f("bbc_news", choices=_choices_from(_dataset_names))
+    eval_fraction: float = _f(0.2, gt=0.0, lt=1.0)
+    max_train_examples: int = _f(0, ge=0)  # 0 = use every training example
+    max_eval_examples: int = _f(0, ge=0)  # 0 = use every held-out example
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionConfig:
+    """How training examples are split among clients."""
+
+    method: str = _f("iid", choices=_choices_from(_partition_names))
+    num_clients: int = _f(10, ge=1, le=1_000_000)
+    alpha: float = _f(0.5, gt=0.0)  # Dirichlet concentration (dirichlet only)
+    shards_per_client: int = _f(2, ge=1)  # shards only
+    min_examples_per_client: int = _f(1, ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """The PEFT method and its hyper-parameters; only its parameters are trained."""
+
+    method: str = _f("lora", choices=_choices_from(_adapter_names))
+    rank: int = _f(8, ge=1, le=4096)  # LoRA
+    alpha: int = _f(16, ge=1)  # LoRA scaling numerator (lora_alpha)
+    dropout: float = _f(0.0, ge=0.0, lt=1.0)  # LoRA dropout
+    target_modules: tuple[str, ...] = _f(())  # empty = the model's default
+    num_virtual_tokens: int = _f(8, ge=1, le=512)  # prompt tuning
+    train_head: bool = _f(True)  # classification head trained with the adapter
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """Local training on each selected client."""
+
+    local_epochs: int = _f(1, ge=1, le=1000)
+    local_steps: int = _f(0, ge=0)  # > 0: exactly this many steps instead of epochs
+    batch_size: int = _f(16, ge=1, le=65536)
+    learning_rate: float = _f(1e-3, gt=0.0, le=10.0)
+    optimizer: str = _f("adamw", choices=lambda: ("adamw", "sgd"))
+    weight_decay: float = _f(0.0, ge=0.0)
+    max_grad_norm: float = _f(0.0, ge=0.0)  # 0 = no clipping of the batch gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Round orchestration and the server optimizer over aggregated deltas."""
+
+    strategy: str = _f("fedavg", choices=_choices_from(_strategy_names))
+    rounds: int = _f(5, ge=1, le=1_000_000)
+    clients_per_round: int = _f(10, ge=1)
+    learning_rate: float = _f(1.0, gt=0.0, le=100.0)
+    beta1: float = _f(0.9, ge=0.0, lt=1.0)  # FedAdam
+    beta2: float = _f(0.99, ge=0.0, lt=1.0)  # FedAdam
+    tau: float = _f(1e-3, gt=0.0)  # FedAdam adaptivity
+    weighting: str = _f("examples", choices=lambda: ("examples", "uniform"))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation of the global adapter."""
+
+    every: int = _f(1, ge=1)  # evaluate every this many rounds (and after the last)
+    batch_size: int = _f(32, ge=1, le=65536)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportConfig:
+    """How messages move between server and clients."""
+
+    kind: str = _f("simulation", choices=lambda: ("simulation",))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Run-directory housekeeping."""
+
+    checkpoint_every: int = _f(1, ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole experiment. ``seed`` drives every random draw of the run."""
+
+    name: str = _f("experiment")
+    seed: int = _f(0, ge=0, lt=2**63)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    partition: PartitionConfig = dataclasses.field(default_factory=PartitionConfig)
+    adapter: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
+    client: ClientConfig = dataclasses.field(default_factory=ClientConfig)
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.server.clients_per_round > self.partition.num_clients:
+            raise ConfigError(
+                "server.clients_per_round must be between 1 and partition.num_clients "
+                f"({self.partition.num_clients}); got {self.server.clients_per_round}"
+            )
+
+
+_T = TypeVar("_T")
+
+
+def _describe(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _check_rules(path: str, value: Any, rules: Mapping[str, Any]) -> None:
+    if "choices" in rules:
+        allowed = tuple(rules["choices"]())
+        if value not in allowed:
+            raise ConfigError(f"{path} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path} must be a finite number; got {value!r}")
+    bounds = []
+    ok = True
+    for key, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if key in rules:
+            bound = rules[key]
+            bounds.append(f"{symbol} {bound}")
+            ok = ok and {"ge": value >= bound, "gt": value > bound, "le": value <= bound, "lt": value < bound}[key]
+    if not ok:
+        raise ConfigError(f"{path} must be {' and '.join(bounds)}; got {value!r}")
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's type; return it in canonical form."""
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path} must be a table; got {_describe(value)}")
+        return _from_mapping(annotation, value, path)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false; got {_describe(value)}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer; got {_describe(value)}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number; got {_describe(value)}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string; got {_describe(value)}")
+        return value
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list; got {_describe(value)}")
+        return tuple(_coerce(f"{path}[{i}]", item, item_type) for i, item in enumerate(value))
+    if origin in (typing.Union, types.UnionType):  # pragma: no cover - no optional fields yet
+        raise TypeError(f"unsupported config annotation at {path}: {annotation}")
+    raise TypeError(f"unsupported config annotation at {path}: {annotation}")
+
+
+def _from_mapping(cls: type[_T], raw: Mapping[str, Any], prefix: str = "") -> _T:
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = prefix or "the top level"
+        raise ConfigError(
+            f"unknown key {'.'.join(filter(None, [prefix, unknown[0]]))!s} in {where}; "
+            f"allowed keys: {', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in raw:
+            continue
+        path = f"{prefix}.{name}" if prefix else name
+        value = _coerce(path, raw[name], hints[name])
+        _check_rules(path, value, field.metadata)
+        kwargs[name] = value
+    # Defaults are validated too: a rule may depend on a registry.
+    for name, field in fields.items():
+        if name not in kwargs and field.metadata:
+            path = f"{prefix}.{name}" if prefix else name
+            if field.default is not dataclasses.MISSING:
+                default = field.default
+            else:
+                assert field.default_factory is not dataclasses.MISSING
+                default = field.default_factory()
+            _check_rules(path, default, field.metadata)
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a nested mapping.
+
+    Raises:
+        ConfigError: on unknown keys, wrong types or out-of-range values.
+    """
+    return _from_mapping(ExperimentConfig, raw)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a TOML experiment config.
+
+    Raises:
+        ConfigError: if the file is missing, is not valid TOML, or holds a bad value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    return config_from_dict(raw)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The fully resolved config as plain TOML-able values."""
+    plain: dict[str, Any] = _plain(dataclasses.asdict(config))
+    return plain
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The fully resolved config as TOML text (loads back to an equal config)."""
+    return tomli_w.dumps(config_to_dict(config))
+
+
+def replace_path(config: ExperimentConfig, dotted: str, value: Any) -> ExperimentConfig:
+    """A copy of ``config`` with one dotted field (``"server.rounds"``) replaced and re-validated."""
+    raw = config_to_dict(config)
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"unknown config section {dotted!r}")
+        node = node[part]
+    if leaf not in node:
+        raise ConfigError(f"unknown config key {dotted!r}")
+    node[leaf] = value
+    return config_from_dict(raw)

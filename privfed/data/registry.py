@@ -1,0 +1,77 @@
+"""Dataset registry: adding an offline dataset is one :func:`register_dataset` call."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+from privfed.data import loaders
+from privfed.data.records import Dataset, Modality
+from privfed.errors import DataError
+
+__all__ = ["DatasetSpec", "dataset_names", "get_dataset_spec", "load_dataset", "register_dataset"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """One registry entry.
+
+    Attributes:
+        name: key used in configs (``data.name``).
+        modality: ``"text"`` or ``"image"``.
+        task: what the labels are for: ``"classification"`` or
+            ``"language_modeling"`` (labels are then categories, used only
+            for partitioning).
+        loader: zero-argument function returning the :class:`Dataset`.
+        description: one line for ``privfed datasets``.
+    """
+
+    name: str
+    modality: Modality
+    task: str
+    loader: Callable[[], Dataset]
+    description: str
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add a dataset to the registry (names are unique)."""
+    if spec.name in _REGISTRY:
+        raise DataError(f"dataset {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Registered dataset names, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """The registry entry for ``name``; raises :class:`DataError` if unknown."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; registered: {', '.join(dataset_names())}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def load_dataset(name: str) -> Dataset:
+    """Load a registered dataset (memoised per process; datasets are immutable)."""
+    return get_dataset_spec(name).loader()
+
+
+for _spec in (
+    DatasetSpec("bbc_news", "text", "classification", loaders.load_bbc_news, "BBC News articles, 5 topics"),
+    DatasetSpec("tweets", "text", "classification", loaders.load_tweets, "tweet sentiment, 3 classes"),
+    DatasetSpec(
+        "drug_reviews", "text", "classification", loaders.load_drug_reviews, "drug review sentiment; condition = client"
+    ),
+    DatasetSpec("fortunes", "text", "language_modeling", loaders.load_fortunes, "Debian fortunes; category = client"),
+    DatasetSpec("digits", "image", "classification", loaders.load_digits, "sklearn 8x8 digits, 10 classes"),
+    DatasetSpec("mnist", "image", "classification", loaders.load_mnist, "MNIST 5k subset 28x28, 10 classes"),
+):
+    register_dataset(_spec)

@@ -1,0 +1,6 @@
+"""Experiments: run directories, the round loop, resume."""
+
+from privfed.experiments.run_dir import Checkpoint, RunDirectory
+from privfed.experiments.runner import Experiment, build_experiment, resume_experiment, run_experiment
+
+__all__ = ["Checkpoint", "Experiment", "RunDirectory", "build_experiment", "resume_experiment", "run_experiment"]

@@ -1,0 +1,368 @@
+"""Build an experiment from its config and run it round by round into a run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from privfed.adapters.layout import AdapterLayout
+from privfed.adapters.methods import wrap_model
+from privfed.client.data import ExampleSet
+from privfed.client.trainer import ClientTrainer
+from privfed.config import ExperimentConfig
+from privfed.data.partition import PartitionInputs, partition, stratified_split
+from privfed.data.records import Dataset
+from privfed.data.registry import get_dataset_spec, load_dataset
+from privfed.data.tokenize import tokenize_texts
+from privfed.errors import CheckpointError, ConfigError
+from privfed.evaluation import evaluate_vector
+from privfed.experiments.run_dir import Checkpoint, RunDirectory
+from privfed.models.registry import get_model_spec, load_base_model
+from privfed.rng import derive_seed, generator, torch_rng
+from privfed.server.server import FederatedServer, RoundResult
+from privfed.server.strategies import make_strategy
+from privfed.tasks import Task, get_task
+from privfed.transport.simulation import SimulationTransport
+
+__all__ = ["Experiment", "build_experiment", "resume_experiment", "run_experiment"]
+
+IndexArray = npt.NDArray[np.int64]
+
+
+@dataclasses.dataclass(eq=False)
+class Experiment:
+    """Everything built from a config, before any round runs.
+
+    Attributes:
+        config: the validated config.
+        dataset: the loaded dataset.
+        train_indices / eval_indices: rows of ``dataset`` used for training / held-out evaluation.
+        client_indices: per client, rows of ``dataset`` it holds.
+        model: the PEFT-wrapped model (base frozen).
+        layout: trainable-parameter layout of ``model``.
+        initial_vector: float32[d], the adapter before training.
+        task: the training objective.
+        client_data / eval_data: tokenized examples.
+        base_params: parameter count of the base model.
+    """
+
+    config: ExperimentConfig
+    dataset: Dataset
+    train_indices: IndexArray
+    eval_indices: IndexArray
+    client_indices: list[IndexArray]
+    model: Any
+    layout: AdapterLayout
+    initial_vector: npt.NDArray[np.float32]
+    task: Task
+    client_data: list[ExampleSet]
+    eval_data: ExampleSet
+    base_params: int
+
+
+def _check_compatible(config: ExperimentConfig) -> None:
+    model_spec = get_model_spec(config.model.name)
+    data_spec = get_dataset_spec(config.data.name)
+    if data_spec.modality != "text":
+        raise ConfigError(
+            f"data.name {config.data.name!r} is an image dataset; model.name {config.model.name!r} "
+            "needs a text dataset (bbc_news, tweets, drug_reviews, fortunes)"
+        )
+    if model_spec.task == "classification" and data_spec.task != "classification":
+        raise ConfigError(
+            f"model.name {config.model.name!r} is a classifier but data.name {config.data.name!r} is a "
+            "language-modelling corpus; use a causal LM (smollm2, tiny-llama) or a labelled dataset"
+        )
+
+
+def _subsample(indices: IndexArray, limit: int, rng: np.random.Generator) -> IndexArray:
+    if limit <= 0 or limit >= len(indices):
+        return indices
+    return np.sort(rng.choice(indices, size=limit, replace=False)).astype(np.int64)
+
+
+def build_experiment(config: ExperimentConfig) -> Experiment:
+    """Load data and model, split, partition and tokenize, as ``config`` says.
+
+    Raises:
+        ConfigError: if model and dataset do not fit together or the partition is impossible.
+    """
+    _check_compatible(config)
+    seed = config.seed
+    dataset = load_dataset(config.data.name)
+    assert dataset.texts is not None
+    train, held = stratified_split(
+        dataset.labels, eval_fraction=config.data.eval_fraction, rng=generator(seed, "split")
+    )
+    train = _subsample(train, config.data.max_train_examples, generator(seed, "subsample", "train"))
+    held = _subsample(held, config.data.max_eval_examples, generator(seed, "subsample", "eval"))
+    p = config.partition
+    try:
+        parts = partition(
+            p.method,
+            PartitionInputs(
+                labels=dataset.labels[train],
+                groups=None if dataset.groups is None else dataset.groups[train],
+                num_clients=p.num_clients,
+                alpha=p.alpha,
+                shards_per_client=p.shards_per_client,
+                min_examples=p.min_examples_per_client,
+            ),
+            generator(seed, "partition"),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"partition: {exc}") from None
+    client_indices = [train[part] for part in parts]
+
+    spec = get_model_spec(config.model.name)
+    loaded = load_base_model(
+        config.model.name,
+        num_labels=dataset.num_classes if spec.task == "classification" else None,
+        init_seed=derive_seed(seed, "model-init"),
+    )
+    base_params = sum(int(param.numel()) for param in loaded.model.parameters())
+    with torch_rng(derive_seed(seed, "adapter-init")):
+        model = wrap_model(loaded.model, config.adapter, spec)
+    layout = AdapterLayout.from_model(model)
+
+    tokens = tokenize_texts(loaded.tokenizer, dataset.texts, max_length=config.model.max_length)
+
+    def examples(rows: IndexArray) -> ExampleSet:
+        return ExampleSet(tokens=tokens.take(rows), labels=dataset.labels[rows])
+
+    return Experiment(
+        config=config,
+        dataset=dataset,
+        train_indices=train,
+        eval_indices=held,
+        client_indices=client_indices,
+        model=model,
+        layout=layout,
+        initial_vector=layout.flatten(model),
+        task=get_task(spec.task),
+        client_data=[examples(rows) for rows in client_indices],
+        eval_data=examples(held),
+        base_params=base_params,
+    )
+
+
+class _Progress:
+    """Round and client progress on stderr (tqdm), silent when ``quiet``."""
+
+    def __init__(self, *, total_rounds: int, start_round: int, clients_per_round: int, quiet: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.quiet = quiet
+        self.clients_per_round = clients_per_round
+        self._tqdm = tqdm
+        self.rounds = tqdm(
+            total=total_rounds, initial=start_round, desc="rounds", unit="round", disable=quiet, file=sys.stderr
+        )
+        self.clients: Any = None
+
+    def start_round(self, round: int) -> None:
+        self.clients = self._tqdm(
+            total=self.clients_per_round,
+            desc=f"round {round} clients",
+            unit="client",
+            leave=False,
+            disable=self.quiet,
+            file=sys.stderr,
+        )
+
+    def client_done(self, client_id: int) -> None:
+        if self.clients is not None:
+            self.clients.update(1)
+
+    def end_round(self, record: dict[str, Any]) -> None:
+        if self.clients is not None:
+            self.clients.close()
+        postfix = {"loss": record.get("train_loss")}
+        if record.get("eval_accuracy") is not None:
+            postfix["eval_acc"] = record["eval_accuracy"]
+        self.rounds.set_postfix({k: f"{v:.4f}" for k, v in postfix.items() if isinstance(v, float)})
+        self.rounds.update(1)
+
+    def close(self) -> None:
+        self.rounds.close()
+
+
+def _evaluate(exp: Experiment, vector: npt.NDArray[np.float32]) -> dict[str, float]:
+    return evaluate_vector(
+        model=exp.model,
+        layout=exp.layout,
+        task=exp.task,
+        vector=vector,
+        data=exp.eval_data,
+        batch_size=exp.config.eval.batch_size,
+    )
+
+
+def _round_record(
+    result: RoundResult, evaluation: dict[str, float] | None, timings: dict[str, float]
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "round": result.round,
+        "train_loss": result.train_loss,
+        "eval_loss": None,
+        "eval_accuracy": None,
+        "num_clients": result.num_clients,
+        "rejected_updates": result.rejected_updates,
+        "bytes_up": result.bytes_up,
+        "bytes_down": result.bytes_down,
+        "update_norm": result.update_norm,
+    }
+    if evaluation is not None:
+        record.update(evaluation)
+    record.update(timings)
+    return record
+
+
+def _summary(exp: Experiment, records: list[dict[str, Any]], state: dict[str, Any]) -> dict[str, Any]:
+    config = exp.config
+    evaluated = [r for r in records if r.get("eval_loss") is not None]
+    final = evaluated[-1] if evaluated else {}
+    summary: dict[str, Any] = {
+        "name": config.name,
+        "seed": config.seed,
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "adapter_method": config.adapter.method,
+        "strategy": config.server.strategy,
+        "rounds": len(records),
+        "num_clients_total": config.partition.num_clients,
+        "clients_per_round": config.server.clients_per_round,
+        "train_examples": len(exp.train_indices),
+        "eval_examples": len(exp.eval_indices),
+        "trainable_params": exp.layout.dim,
+        "base_params": exp.base_params,
+        "bytes_up_total": sum(int(r["bytes_up"]) for r in records),
+        "bytes_down_total": sum(int(r["bytes_down"]) for r in records),
+        "rejected_updates_total": sum(int(r.get("rejected_updates", 0)) for r in records),
+        "final_eval_loss": final.get("eval_loss"),
+        "final_eval_accuracy": final.get("eval_accuracy"),
+        "seconds_total": sum(float(r.get("seconds", 0.0)) for r in records),
+    }
+    for key, value in state.get("initial_eval", {}).items():
+        summary[f"initial_{key}"] = value
+    if exp.task.name == "classification":
+        summary["majority_class_rate"] = exp.dataset.majority_class_rate(exp.eval_indices)
+    if "eval_perplexity" in final:
+        summary["final_eval_perplexity"] = final["eval_perplexity"]
+    return summary
+
+
+def _execute(
+    exp: Experiment, run_dir: RunDirectory, *, checkpoint: Checkpoint | None, quiet: bool, stop_after_round: int | None
+) -> dict[str, Any]:
+    config = exp.config
+    strategy = make_strategy(config.server)
+    if checkpoint is None:
+        start_round, vector = 0, exp.initial_vector
+        state: dict[str, Any] = {
+            "layout_fingerprint": exp.layout.fingerprint(),
+            "config_sha256": run_dir.config_digest(),
+            "initial_eval": _evaluate(exp, exp.initial_vector),
+        }
+        run_dir.truncate_metrics(0)
+    else:
+        state = checkpoint.state
+        if state.get("layout_fingerprint") != exp.layout.fingerprint():
+            raise CheckpointError("checkpoint was written for a different adapter layout")
+        if state.get("config_sha256") != run_dir.config_digest():
+            raise CheckpointError(f"{RunDirectory.CONFIG} changed since the checkpoint was written")
+        start_round = checkpoint.round
+        vector = exp.layout.check_vector(checkpoint.arrays["global"])
+        strategy.load_state_arrays(
+            {k[len("strategy.") :]: v for k, v in checkpoint.arrays.items() if k.startswith("strategy.")}
+        )
+        run_dir.truncate_metrics(start_round)
+
+    server = FederatedServer(
+        layout=exp.layout,
+        global_vector=vector,
+        strategy=strategy,
+        num_clients=config.partition.num_clients,
+        clients_per_round=config.server.clients_per_round,
+        seed=config.seed,
+        weighting=config.server.weighting,
+    )
+    trainer = ClientTrainer(model=exp.model, layout=exp.layout, task=exp.task, config=config.client)
+    transport = SimulationTransport(trainer=trainer, client_data=exp.client_data, seed=config.seed)
+    total = config.server.rounds
+    last = total if stop_after_round is None else min(total, stop_after_round)
+    progress = _Progress(
+        total_rounds=total, start_round=start_round, clients_per_round=config.server.clients_per_round, quiet=quiet
+    )
+    try:
+        for round in range(start_round + 1, last + 1):
+            progress.start_round(round)
+            started = time.perf_counter()
+            result = server.run_round(round, transport, on_client_done=progress.client_done)
+            trained = time.perf_counter()
+            evaluation = None
+            if round % config.eval.every == 0 or round == total:
+                evaluation = _evaluate(exp, server.global_vector)
+            finished = time.perf_counter()
+            record = _round_record(
+                result,
+                evaluation,
+                {
+                    "seconds": finished - started,
+                    "seconds_train": trained - started,
+                    "seconds_eval": finished - trained,
+                },
+            )
+            run_dir.append_metrics(record)
+            if round % config.run.checkpoint_every == 0 or round == last:
+                arrays = {"global": server.global_vector}
+                arrays.update({f"strategy.{k}": v for k, v in strategy.state_arrays().items()})
+                run_dir.save_checkpoint(Checkpoint(round=round, arrays=arrays, state=state))
+            progress.end_round(record)
+    finally:
+        progress.close()
+
+    records = run_dir.read_metrics()
+    summary = _summary(exp, records, state)
+    summary["completed"] = len(records) >= total
+    if summary["completed"]:
+        exp.layout.load_into(exp.model, server.global_vector)
+        exp.model.save_pretrained(str(run_dir.adapter_dir))
+    run_dir.write_summary(summary)
+    return summary
+
+
+def run_experiment(
+    config: ExperimentConfig, out_dir: str | Path, *, quiet: bool = False, stop_after_round: int | None = None
+) -> dict[str, Any]:
+    """Run ``config`` into a new run directory ``out_dir``; returns the summary.
+
+    Args:
+        stop_after_round: stop (with a checkpoint) after this round, as if
+            interrupted; ``privfed run --resume`` continues from there.
+    """
+    run_dir = RunDirectory(out_dir)
+    run_dir.create(config)
+    exp = build_experiment(config)
+    return _execute(exp, run_dir, checkpoint=None, quiet=quiet, stop_after_round=stop_after_round)
+
+
+def resume_experiment(
+    out_dir: str | Path, *, quiet: bool = False, stop_after_round: int | None = None
+) -> dict[str, Any]:
+    """Continue the run in ``out_dir`` from its last checkpoint; returns the summary.
+
+    A resumed run draws exactly the randomness an uninterrupted one would
+    (every draw is keyed by seed, round and client), so it ends with the same metrics.
+    """
+    run_dir = RunDirectory(out_dir)
+    config = run_dir.load_config()
+    checkpoint = run_dir.load_checkpoint()
+    exp = build_experiment(config)
+    return _execute(exp, run_dir, checkpoint=checkpoint, quiet=quiet, stop_after_round=stop_after_round)

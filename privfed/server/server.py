@@ -1,0 +1,130 @@
+"""Round orchestration: sample a cohort, broadcast, validate replies, aggregate."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from privfed.adapters.layout import AdapterLayout
+from privfed.errors import ProtocolError
+from privfed.rng import generator
+from privfed.server.strategies import Strategy
+from privfed.transport.base import Transport
+from privfed.transport.messages import ClientUpdate, GlobalModel
+
+__all__ = ["FederatedServer", "RoundResult", "sample_cohort"]
+
+
+def sample_cohort(*, seed: int, round: int, num_clients: int, clients_per_round: int) -> npt.NDArray[np.int64]:
+    """Clients taking part in ``round``: uniform without replacement, sorted.
+
+    Depends only on ``(seed, round)``, so a resumed run picks the same cohorts.
+    """
+    rng = generator(seed, "cohort", round)
+    return np.sort(rng.choice(num_clients, size=clients_per_round, replace=False)).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundResult:
+    """Server-side record of one round.
+
+    Attributes:
+        round: the round number.
+        num_clients: updates accepted into the aggregate.
+        rejected_updates: replies dropped (malformed, wrong round/client, non-finite).
+        train_loss: example-weighted mean of accepted clients' local loss.
+        bytes_up / bytes_down: bytes moved this round.
+        update_norm: L2 norm of the aggregate delta applied to the global adapter.
+    """
+
+    round: int
+    num_clients: int
+    rejected_updates: int
+    train_loss: float
+    bytes_up: int
+    bytes_down: int
+    update_norm: float
+
+
+class FederatedServer:
+    """Holds the global adapter vector and runs FedAvg-style rounds over a transport."""
+
+    def __init__(
+        self,
+        *,
+        layout: AdapterLayout,
+        global_vector: npt.NDArray[np.float32],
+        strategy: Strategy,
+        num_clients: int,
+        clients_per_round: int,
+        seed: int,
+        weighting: str = "examples",
+    ) -> None:
+        self.layout = layout
+        self.global_vector = layout.check_vector(global_vector).copy()
+        self.strategy = strategy
+        self.num_clients = num_clients
+        self.clients_per_round = clients_per_round
+        self.seed = seed
+        self.weighting = weighting
+
+    def _validate(self, raw: bytes, *, round: int, expected: set[int]) -> ClientUpdate:
+        update = ClientUpdate.from_bytes(raw)
+        if update.round != round:
+            raise ProtocolError(f"update for round {update.round} received in round {round}")
+        if update.client_id not in expected:
+            raise ProtocolError(f"update from client {update.client_id}, which is not (or no longer) expected")
+        if update.delta.shape != (self.layout.dim,):
+            raise ProtocolError(f"update has {update.delta.shape[0]} values; the adapter has {self.layout.dim}")
+        if not np.isfinite(update.delta).all():
+            raise ProtocolError(f"update from client {update.client_id} has non-finite values")
+        return update
+
+    def run_round(
+        self, round: int, transport: Transport, *, on_client_done: Callable[[int], None] | None = None
+    ) -> RoundResult:
+        """Run one round and update the global adapter in place."""
+        cohort = sample_cohort(
+            seed=self.seed, round=round, num_clients=self.num_clients, clients_per_round=self.clients_per_round
+        )
+        broadcast = GlobalModel(round=round, vector=self.global_vector).to_bytes()
+        exchange = transport.exchange(
+            broadcast=broadcast, cohort=[int(c) for c in cohort], on_client_done=on_client_done
+        )
+        expected = {int(c) for c in cohort}
+        accepted: list[ClientUpdate] = []
+        rejected = 0
+        for raw in exchange.uploads:
+            try:
+                update = self._validate(raw, round=round, expected=expected)
+            except ProtocolError:
+                rejected += 1
+                continue
+            expected.discard(update.client_id)  # a second reply from the same client is a replay
+            accepted.append(update)
+        update_norm = 0.0
+        train_loss = float("nan")
+        if accepted:
+            deltas = np.stack([u.delta for u in accepted])
+            counts = np.array([u.num_examples for u in accepted], dtype=np.float64)
+            weights = counts if self.weighting == "examples" else np.ones_like(counts)
+            aggregate = self.strategy.aggregate(deltas, weights=weights)
+            new_vector = self.strategy.apply(self.global_vector, aggregate)
+            update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
+            self.global_vector = new_vector
+            losses = np.array([u.train_loss for u in accepted])
+            finite = np.isfinite(losses)
+            if finite.any():
+                train_loss = float(np.average(losses[finite], weights=counts[finite]))
+        return RoundResult(
+            round=round,
+            num_clients=len(accepted),
+            rejected_updates=rejected,
+            train_loss=train_loss,
+            bytes_up=exchange.bytes_up,
+            bytes_down=exchange.bytes_down,
+            update_norm=update_norm,
+        )

@@ -1,0 +1,144 @@
+"""Server strategies: aggregate client deltas and update the global adapter.
+
+Pure numpy over flat ``float32`` vectors. A strategy is a small object with
+``aggregate`` (weighted mean of deltas), ``apply`` (server optimizer step) and
+``state_arrays``/``load_state_arrays`` for checkpoints. New strategies are one
+:func:`register_strategy` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from privfed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from privfed.config import ServerConfig
+
+__all__ = [
+    "FedAdam",
+    "FedAvg",
+    "Strategy",
+    "make_strategy",
+    "register_strategy",
+    "strategy_names",
+    "weighted_mean",
+]
+
+FloatVector = npt.NDArray[np.float32]
+
+
+def weighted_mean(deltas: npt.NDArray[np.float32], *, weights: npt.ArrayLike) -> FloatVector:
+    """Weighted mean of client deltas.
+
+    Args:
+        deltas: float32[n, d], one row per client.
+        weights: float[n], non-negative with a positive sum (e.g. example counts).
+
+    Returns:
+        float32[d], ``sum_i w_i delta_i / sum_i w_i``, accumulated in float64.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if deltas.ndim != 2 or w.shape != (deltas.shape[0],):
+        raise ValueError(f"deltas must be [n, d] with n weights; got {deltas.shape} and {w.shape}")
+    if deltas.shape[0] == 0 or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError("weights must be finite, non-negative and have a positive sum")
+    mean: FloatVector = ((w / w.sum()) @ deltas.astype(np.float64)).astype(np.float32)
+    return mean
+
+
+class Strategy(Protocol):
+    """What the server needs from a strategy."""
+
+    def aggregate(self, deltas: npt.NDArray[np.float32], *, weights: npt.ArrayLike) -> FloatVector: ...
+
+    def apply(self, global_vector: FloatVector, aggregate: FloatVector) -> FloatVector: ...
+
+    def state_arrays(self) -> dict[str, npt.NDArray[np.float32]]: ...
+
+    def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None: ...
+
+
+class FedAvg:
+    """FedAvg (McMahan et al. 2017) with a server learning rate: ``x += lr * mean(delta)``."""
+
+    def __init__(self, *, learning_rate: float = 1.0) -> None:
+        self.learning_rate = learning_rate
+
+    def aggregate(self, deltas: npt.NDArray[np.float32], *, weights: npt.ArrayLike) -> FloatVector:
+        return weighted_mean(deltas, weights=weights)
+
+    def apply(self, global_vector: FloatVector, aggregate: FloatVector) -> FloatVector:
+        return (global_vector + np.float32(self.learning_rate) * aggregate).astype(np.float32)
+
+    def state_arrays(self) -> dict[str, npt.NDArray[np.float32]]:
+        return {}
+
+    def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None:
+        return None
+
+
+class FedAdam(FedAvg):
+    """FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization", Alg. 2).
+
+    The mean delta is a pseudo-gradient:
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, ``x += lr * m / (sqrt(v) + tau)``
+    (no bias correction, as in the paper).
+    """
+
+    def __init__(self, *, learning_rate: float, beta1: float, beta2: float, tau: float) -> None:
+        super().__init__(learning_rate=learning_rate)
+        self.beta1, self.beta2, self.tau = beta1, beta2, tau
+        self.m: FloatVector | None = None
+        self.v: FloatVector | None = None
+
+    def apply(self, global_vector: FloatVector, aggregate: FloatVector) -> FloatVector:
+        g = aggregate.astype(np.float64)
+        m = np.zeros_like(g) if self.m is None else self.m.astype(np.float64)
+        v = np.zeros_like(g) if self.v is None else self.v.astype(np.float64)
+        m = self.beta1 * m + (1 - self.beta1) * g
+        v = self.beta2 * v + (1 - self.beta2) * g * g
+        self.m, self.v = m.astype(np.float32), v.astype(np.float32)
+        step = self.learning_rate * m / (np.sqrt(v) + self.tau)
+        return (global_vector.astype(np.float64) + step).astype(np.float32)
+
+    def state_arrays(self) -> dict[str, npt.NDArray[np.float32]]:
+        if self.m is None or self.v is None:
+            return {}
+        return {"m": self.m, "v": self.v}
+
+    def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None:
+        if arrays:
+            self.m = np.array(arrays["m"], dtype=np.float32)
+            self.v = np.array(arrays["v"], dtype=np.float32)
+
+
+_Factory = Callable[["ServerConfig"], Strategy]
+_REGISTRY: dict[str, _Factory] = {}
+
+
+def register_strategy(name: str, factory: _Factory) -> None:
+    """Register ``factory(server_config) -> Strategy`` under ``name`` (``server.strategy``)."""
+    if name in _REGISTRY:
+        raise ConfigError(f"strategy {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def strategy_names() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def make_strategy(cfg: ServerConfig) -> Strategy:
+    """The strategy named by ``cfg.strategy``, built from ``cfg``."""
+    try:
+        return _REGISTRY[cfg.strategy](cfg)
+    except KeyError:
+        raise ConfigError(f"server.strategy must be one of {strategy_names()}; got {cfg.strategy!r}") from None
+
+
+register_strategy("fedavg", lambda c: FedAvg(learning_rate=c.learning_rate))
+register_strategy("fedadam", lambda c: FedAdam(learning_rate=c.learning_rate, beta1=c.beta1, beta2=c.beta2, tau=c.tau))

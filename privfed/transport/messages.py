@@ -1,0 +1,107 @@
+"""Wire messages between server and clients: frozen records, bytes without pickle.
+
+Layout of every message: ``magic (4s) | version (B) | kind (B) | header | payload``
+with little-endian fixed-width header fields and a raw ``float32`` payload.
+:meth:`from_bytes` validates everything and raises
+:class:`~privfed.errors.ProtocolError` on anything malformed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from privfed.errors import ProtocolError
+
+__all__ = ["ClientUpdate", "GlobalModel"]
+
+_MAGIC = b"PFD1"
+_VERSION = 1
+_PREFIX = struct.Struct("<4sBB")
+
+
+def _check_prefix(data: bytes, kind: int, header: struct.Struct) -> tuple[int, ...]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"message must be bytes; got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < _PREFIX.size + header.size:
+        raise ProtocolError(f"message truncated: {len(data)} bytes")
+    magic, version, found_kind = _PREFIX.unpack_from(data)
+    if magic != _MAGIC or version != _VERSION:
+        raise ProtocolError(f"not a privfed v{_VERSION} message")
+    if found_kind != kind:
+        raise ProtocolError(f"expected message kind {kind}, got {found_kind}")
+    return header.unpack_from(data, _PREFIX.size)
+
+
+def _payload(data: bytes, offset: int, dim: int) -> npt.NDArray[np.float32]:
+    body = bytes(data)[offset:]
+    if len(body) != 4 * dim:
+        raise ProtocolError(f"payload has {len(body)} bytes; header says {dim} float32 values")
+    return np.frombuffer(body, dtype="<f4").astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GlobalModel:
+    """Server -> client: the global adapter for ``round``.
+
+    Attributes:
+        round: round number (>= 1).
+        vector: float32[d], the flat global adapter.
+    """
+
+    KIND: ClassVar[int] = 1
+    _HEADER: ClassVar[struct.Struct] = struct.Struct("<IQ")
+
+    round: int
+    vector: npt.NDArray[np.float32]
+
+    def to_bytes(self) -> bytes:
+        vec = np.ascontiguousarray(self.vector, dtype="<f4")
+        return _PREFIX.pack(_MAGIC, _VERSION, self.KIND) + self._HEADER.pack(self.round, vec.size) + vec.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GlobalModel:
+        round_, dim = _check_prefix(data, cls.KIND, cls._HEADER)
+        return cls(round=round_, vector=_payload(data, _PREFIX.size + cls._HEADER.size, dim))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClientUpdate:
+    """Client -> server: one client's result for one round.
+
+    Attributes:
+        round: round the update belongs to.
+        client_id: the sender.
+        num_examples: examples the client trained on (FedAvg weight).
+        train_loss: mean local training loss.
+        delta: float32[d], local adapter minus global adapter.
+    """
+
+    KIND: ClassVar[int] = 2
+    _HEADER: ClassVar[struct.Struct] = struct.Struct("<IIQdQ")
+
+    round: int
+    client_id: int
+    num_examples: int
+    train_loss: float
+    delta: npt.NDArray[np.float32]
+
+    def to_bytes(self) -> bytes:
+        vec = np.ascontiguousarray(self.delta, dtype="<f4")
+        header = self._HEADER.pack(self.round, self.client_id, self.num_examples, self.train_loss, vec.size)
+        return _PREFIX.pack(_MAGIC, _VERSION, self.KIND) + header + vec.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientUpdate:
+        round_, client_id, num_examples, raw_loss, dim = _check_prefix(data, cls.KIND, cls._HEADER)
+        if num_examples < 1:
+            raise ProtocolError(f"client update claims {num_examples} examples")
+        train_loss = float(raw_loss) if math.isfinite(raw_loss) else float("nan")
+        delta = _payload(data, _PREFIX.size + cls._HEADER.size, dim)
+        return cls(round=round_, client_id=client_id, num_examples=num_examples, train_loss=train_loss, delta=delta)
