@@ -1,0 +1,54 @@
+"""Shared fixtures. Everything runs offline on CPU."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("default", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def tiny_config(**overrides: Any) -> Any:
+    """A seconds-long experiment on tiny-bert; ``overrides`` are dotted keys."""
+    from privfed.config import config_from_dict
+
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 3,
+        "model": {"name": "tiny-bert", "max_length": 32},
+        "data": {"name": "bbc_news", "max_train_examples": 200, "max_eval_examples": 60},
+        "partition": {"method": "dirichlet", "num_clients": 6, "alpha": 1.0},
+        "client": {"local_steps": 3, "batch_size": 8, "learning_rate": 0.005},
+        "server": {"rounds": 3, "clients_per_round": 3},
+    }
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config_from_dict(raw)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"

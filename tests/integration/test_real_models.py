@@ -1,0 +1,77 @@
+"""The real pretrained models load offline and learn (slow: tens of seconds each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from privfed.adapters import AdapterLayout, wrap_model
+from privfed.config import AdapterConfig
+from privfed.experiments import run_experiment
+from privfed.models import load_base_model
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_minilm_lora_has_the_documented_size_and_learns_bbc_topics(tmp_path: Path) -> None:
+    loaded = load_base_model("minilm", num_labels=5)
+    assert loaded.spec.pretrained
+    base = sum(p.numel() for p in loaded.model.parameters())
+    assert 22_500_000 < base < 23_000_000
+    model = wrap_model(
+        loaded.model, AdapterConfig(method="lora", rank=8, target_modules=("query", "value")), loaded.spec
+    )
+    layout = AdapterLayout.from_model(model)
+    lora = sum(s.size for s in layout.slots if "lora_" in s.name)
+    assert lora == 73_728  # 6 layers x 2 modules x (8x384 + 384x8)
+    assert layout.dim == lora + 384 * 5 + 5  # plus the trained classification head
+
+    config = tiny_config(
+        **{
+            "model.name": "minilm",
+            "model.max_length": 64,
+            "data.max_train_examples": 400,
+            "data.max_eval_examples": 150,
+            "partition.method": "iid",
+            "partition.num_clients": 4,
+            "server.clients_per_round": 4,
+            "server.rounds": 2,
+            "client.local_steps": 6,
+            "client.batch_size": 16,
+            "client.learning_rate": 0.003,
+            "eval.batch_size": 50,
+        }
+    )
+    summary = run_experiment(config, tmp_path / "run", quiet=True)
+    assert summary["final_eval_accuracy"] > summary["majority_class_rate"] + 0.3
+
+
+def test_smollm2_loads_from_gguf_cache_and_lora_lowers_fortune_perplexity(tmp_path: Path) -> None:
+    from privfed.models.builtin import smollm2_fp32_dir
+
+    loaded = load_base_model("smollm2")
+    assert (smollm2_fp32_dir() / "model.safetensors").exists()
+    assert 134_000_000 < sum(p.numel() for p in loaded.model.parameters()) < 135_000_000
+    assert loaded.tokenizer.pad_token == "<|im_end|>"
+    config = tiny_config(
+        **{
+            "model.name": "smollm2",
+            "model.max_length": 48,
+            "data.name": "fortunes",
+            "data.max_train_examples": 300,
+            "data.max_eval_examples": 48,
+            "partition.method": "natural",
+            "partition.num_clients": 4,
+            "server.clients_per_round": 2,
+            "server.rounds": 1,
+            "client.local_steps": 4,
+            "client.batch_size": 8,
+            "client.learning_rate": 0.002,
+            "eval.batch_size": 16,
+        }
+    )
+    summary = run_experiment(config, tmp_path / "run", quiet=True)
+    assert 1.0 < summary["initial_eval_perplexity"] < 500.0  # a real LM, not a random one (~49k)
+    assert summary["final_eval_perplexity"] < summary["initial_eval_perplexity"]
