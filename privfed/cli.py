@@ -34,6 +34,7 @@ def _quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     warnings.filterwarnings("ignore", module="peft")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
