@@ -1,0 +1,69 @@
+"""Fixed-point encoding of float vectors into residues modulo 2**bits.
+
+Stochastic rounding is unbiased (``E[decode(encode(x))] = x`` inside the clip
+range), and the scale leaves room for ``num_summands`` clipped inputs to be
+added modulo ``2**bits`` without wrapping, so the decoded modular sum is the
+true sum up to rounding (at most ``num_summands / scale`` per coordinate).
+
+Pure numpy; the generator for rounding is injected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import numpy.typing as npt
+
+from privfed.secagg.crypto import mask_dtype
+
+__all__ = ["FixedPointCodec"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPointCodec:
+    """Signed fixed point in two's complement modulo ``2**bits``.
+
+    Attributes:
+        bits: word size of the residues (the SecAgg modulus is ``2**bits``).
+        clip: per-coordinate bound: inputs are clipped to ``[-clip, clip]``;
+            a scalar or float64[d].
+        num_summands: how many encoded vectors may be added before decoding.
+    """
+
+    bits: int
+    clip: float | npt.NDArray[np.float64]
+    num_summands: int
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 62:
+            raise ValueError(f"bits must be between 2 and 62; got {self.bits}")
+        if self.num_summands < 1:
+            raise ValueError("num_summands must be >= 1")
+        clip = np.asarray(self.clip, dtype=np.float64)
+        if not np.all(np.isfinite(clip)) or np.any(clip <= 0):
+            raise ValueError("clip must be finite and > 0")
+
+    @property
+    def scale(self) -> npt.NDArray[np.float64]:
+        """Integer units per unit of input, per coordinate (float64[] or [d])."""
+        top = float(2 ** (self.bits - 1) - 1)
+        return np.asarray(top / (self.num_summands * np.asarray(self.clip, dtype=np.float64)), dtype=np.float64)
+
+    def encode(self, values: npt.ArrayLike, *, rng: np.random.Generator) -> npt.NDArray[np.unsignedinteger]:
+        """Clip, scale, stochastically round, and wrap into ``[0, 2**bits)``."""
+        x = np.asarray(values, dtype=np.float64)
+        clip = np.asarray(self.clip, dtype=np.float64)
+        scaled = np.clip(x, -clip, clip) * self.scale
+        low = np.floor(scaled)
+        rounded = low + (rng.random(scaled.shape) < (scaled - low))
+        modulus_mask = (1 << self.bits) - 1
+        return (rounded.astype(np.int64) & modulus_mask).astype(mask_dtype(self.bits))
+
+    def decode_sum(self, residues: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Read a (sum of) encoded vector(s) back as signed values in input units."""
+        r = np.asarray(residues).astype(np.int64) & ((1 << self.bits) - 1)
+        half = 1 << (self.bits - 1)
+        signed = np.where(r >= half, r - (1 << self.bits), r).astype(np.float64)
+        decoded: npt.NDArray[np.float64] = signed / self.scale
+        return decoded

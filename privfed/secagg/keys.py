@@ -1,0 +1,35 @@
+"""Key derivation shared by client and server, so both ends derive identical keys."""
+
+from __future__ import annotations
+
+import struct
+
+from privfed.secagg.crypto import agree, hkdf
+
+__all__ = ["pairwise_mask_key", "self_mask_key", "share_aad", "share_encryption_key"]
+
+
+def _context(session: bytes, label: bytes, *ids: int) -> bytes:
+    return b"privfed-secagg/v1/" + label + b"/" + session + struct.pack(f"<{len(ids)}I", *ids)
+
+
+def share_encryption_key(private: bytes, peer_public: bytes, *, session: bytes, a: int, b: int) -> bytes:
+    """AES-128-GCM key for shares between clients ``a`` and ``b`` (symmetric in a, b)."""
+    lo, hi = sorted((a, b))
+    return hkdf(agree(private, peer_public), info=_context(session, b"share-key", lo, hi), length=16)
+
+
+def share_aad(*, session: bytes, source: int, destination: int) -> bytes:
+    """Associated data binding a sealed share to its session, sender and recipient."""
+    return _context(session, b"share-aad", source, destination)
+
+
+def pairwise_mask_key(private: bytes, peer_public: bytes, *, session: bytes, a: int, b: int) -> bytes:
+    """128-bit AES-CTR key of the pairwise mask between ``a`` and ``b`` (symmetric)."""
+    lo, hi = sorted((a, b))
+    return hkdf(agree(private, peer_public), info=_context(session, b"pairwise-mask", lo, hi), length=16)
+
+
+def self_mask_key(seed: bytes, *, session: bytes, client_id: int) -> bytes:
+    """128-bit AES-CTR key of client ``client_id``'s self mask, from its 32-byte seed."""
+    return hkdf(seed, info=_context(session, b"self-mask", client_id), length=16)

@@ -1,0 +1,302 @@
+"""Secure-aggregation protocol messages: frozen records, a fixed binary format, no pickle.
+
+Each message is ``tag (B) | round (I) | client_id (I) | fields...`` with
+little-endian integers, length-prefixed byte strings and typed arrays. Every
+decode checks lengths, tags and value ranges and raises
+:class:`~privfed.errors.ProtocolError` on anything malformed, truncated or
+with trailing bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from privfed.errors import ProtocolError
+
+__all__ = [
+    "AdvertiseKeys",
+    "KeyDirectory",
+    "MaskedInput",
+    "SecAggMessage",
+    "SetupRequest",
+    "ShareDelivery",
+    "ShareKeys",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "decode",
+]
+
+_MAX_ITEMS = 1 << 20
+_MAX_BLOB = 1 << 16
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ProtocolError("message truncated")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        s = struct.Struct("<" + fmt)
+        return s.unpack(self.take(s.size))
+
+    def count(self) -> int:
+        (n,) = self.unpack("I")
+        if n > _MAX_ITEMS:
+            raise ProtocolError(f"list of {n} items exceeds the limit")
+        return int(n)
+
+    def blob(self) -> bytes:
+        (n,) = self.unpack("I")
+        if n > _MAX_BLOB:
+            raise ProtocolError(f"field of {n} bytes exceeds the limit")
+        return self.take(n)
+
+    def finish(self) -> None:
+        if self.pos != len(self.data):
+            raise ProtocolError(f"{len(self.data) - self.pos} trailing bytes after the message")
+
+
+def _ids(values: tuple[int, ...]) -> bytes:
+    return struct.pack(f"<I{len(values)}I", len(values), *values)
+
+
+def _read_ids(r: _Reader) -> tuple[int, ...]:
+    n = r.count()
+    ids = tuple(int(v) for v in r.unpack(f"{n}I"))
+    if len(set(ids)) != len(ids):
+        raise ProtocolError("duplicate client id in a list")
+    return ids
+
+
+def _pairs(items: tuple[tuple[int, bytes], ...]) -> bytes:
+    out = [struct.pack("<I", len(items))]
+    for cid, blob in items:
+        out.append(struct.pack("<II", cid, len(blob)) + blob)
+    return b"".join(out)
+
+
+def _read_pairs(r: _Reader) -> tuple[tuple[int, bytes], ...]:
+    items = []
+    for _ in range(r.count()):
+        (cid,) = r.unpack("I")
+        items.append((int(cid), r.blob()))
+    if len({cid for cid, _ in items}) != len(items):
+        raise ProtocolError("duplicate client id in a list")
+    return tuple(items)
+
+
+_M = TypeVar("_M", bound="SecAggMessage")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SecAggMessage:
+    """Common header: the protocol round and the client the message is from or for."""
+
+    TAG: ClassVar[int] = 0
+    round: int
+    client_id: int
+
+    def _body(self) -> bytes:
+        raise NotImplementedError
+
+    @classmethod
+    def _parse(cls: type[_M], r: _Reader, round: int, client_id: int) -> _M:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        return struct.pack("<BII", self.TAG, self.round, self.client_id) + self._body()
+
+    @classmethod
+    def from_bytes(cls: type[_M], data: bytes) -> _M:
+        """Decode a message of exactly this type (``ProtocolError`` otherwise)."""
+        message = decode(data)
+        if not isinstance(message, cls):
+            raise ProtocolError(f"expected {cls.__name__}, got {type(message).__name__}")
+        return message
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SetupRequest(SecAggMessage):
+    """Server -> client: round parameters and the client's neighbours (SecAgg+ graph)."""
+
+    TAG: ClassVar[int] = 1
+    session: bytes
+    neighbours: tuple[int, ...]
+    threshold: int
+    bits: int
+    dim: int
+
+    def _body(self) -> bytes:
+        return struct.pack("<16sIIQ", self.session, self.threshold, self.bits, self.dim) + _ids(self.neighbours)
+
+    @classmethod
+    def _parse(cls, r: _Reader, round: int, client_id: int) -> SetupRequest:
+        session, threshold, bits, dim = r.unpack("16sIIQ")
+        if not 1 <= bits <= 64:
+            raise ProtocolError(f"bits must be in [1, 64]; got {bits}")
+        return cls(round, client_id, session, _read_ids(r), int(threshold), int(bits), int(dim))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AdvertiseKeys(SecAggMessage):
+    """Client -> server: X25519 public keys for share encryption and for pairwise masks."""
+
+    TAG: ClassVar[int] = 2
+    encryption_key: bytes
+    mask_key: bytes
+
+    def _body(self) -> bytes:
+        return struct.pack("<32s32s", self.encryption_key, self.mask_key)
+
+    @classmethod
+    def _parse(cls, r: _Reader, round: int, client_id: int) -> AdvertiseKeys:
+        enc, mask = r.unpack("32s32s")
+        return cls(round, client_id, enc, mask)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KeyDirectory(SecAggMessage):
+    """Server -> client: public keys of the client's neighbours that advertised."""
+
+    TAG: ClassVar[int] = 3
+    entries: tuple[tuple[int, bytes, bytes], ...]
+
+    def _body(self) -> bytes:
+        return struct.pack("<I", len(self.entries)) + b"".join(
+            struct.pack("<I32s32s", cid, enc, mask) for cid, enc, mask in self.entries
+        )
+
+    @classmethod
+    def _parse(cls, r: _Reader, round: int, client_id: int) -> KeyDirectory:
+        entries = tuple((int(c), e, m) for c, e, m in (r.unpack("I32s32s") for _ in range(r.count())))
+        if len({c for c, _, _ in entries}) != len(entries):
+            raise ProtocolError("duplicate client id in the key directory")
+        return cls(round, client_id, entries)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ShareKeys(SecAggMessage):
+    """Client -> server: AES-GCM encrypted Shamir shares, one per neighbour (``(destination, sealed)``)."""
+
+    TAG: ClassVar[int] = 4
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def _body(self) -> bytes:
+        return _pairs(self.ciphertexts)
+
+    @classmethod
+    def _parse(cls, r: _Reader, round: int, client_id: int) -> ShareKeys:
+        return cls(round, client_id, _read_pairs(r))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ShareDelivery(SecAggMessage):
+    """Server -> client: the sealed shares addressed to it (``(source, sealed)``)."""
+
+    TAG: ClassVar[int] = 5
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def _body(self) -> bytes:
+        return _pairs(self.ciphertexts)
+
+    @classmethod
+    def _parse(cls, r: _Reader, round: int, client_id: int) -> ShareDelivery:
+        return cls(round, client_id, _read_pairs(r))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskedInput(SecAggMessage):
+    """Client -> server: the masked vector, residues modulo ``2**bits`` (uint32 or uint64)."""
+
+    TAG: ClassVar[int] = 6
+    masked: npt.NDArray[np.unsignedinteger]
+
+    def _body(self) -> bytes:
+        width = self.masked.dtype.itemsize
+        if self.masked.dtype not in (np.uint32, np.uint64):
+            raise ProtocolError("masked vector must be uint32 or uint64")
+        data = np.ascontiguousarray(self.masked, dtype=self.masked.dtype.newbyteorder("<")).tobytes()
+        return struct.pack("<BQ", width, self.masked.size) + data
+
+    @classmethod
+    def _parse(cls, r: _Reader, round: int, client_id: int) -> MaskedInput:
+        width, n = r.unpack("BQ")
+        if width not in (4, 8):
+            raise ProtocolError(f"word width must be 4 or 8 bytes; got {width}")
+        if n > (1 << 31):
+            raise ProtocolError("masked vector too long")
+        dtype = np.dtype("<u4" if width == 4 else "<u8")
+        values = np.frombuffer(r.take(int(n) * width), dtype=dtype)
+        return cls(round, client_id, values.astype(dtype.newbyteorder("=")))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class UnmaskRequest(SecAggMessage):
+    """Server -> client: whose self-mask seed shares and whose mask-key shares to reveal."""
+
+    TAG: ClassVar[int] = 7
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    def _body(self) -> bytes:
+        return _ids(self.survivors) + _ids(self.dropped)
+
+    @classmethod
+    def _parse(cls, r: _Reader, round: int, client_id: int) -> UnmaskRequest:
+        return cls(round, client_id, _read_ids(r), _read_ids(r))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class UnmaskResponse(SecAggMessage):
+    """Client -> server: ``(owner, share)`` of survivors' seeds and of dropped clients' mask keys."""
+
+    TAG: ClassVar[int] = 8
+    seed_shares: tuple[tuple[int, bytes], ...]
+    key_shares: tuple[tuple[int, bytes], ...]
+
+    def _body(self) -> bytes:
+        return _pairs(self.seed_shares) + _pairs(self.key_shares)
+
+    @classmethod
+    def _parse(cls, r: _Reader, round: int, client_id: int) -> UnmaskResponse:
+        return cls(round, client_id, _read_pairs(r), _read_pairs(r))
+
+
+_TYPES: dict[int, type[SecAggMessage]] = {
+    cls.TAG: cls
+    for cls in (
+        SetupRequest,
+        AdvertiseKeys,
+        KeyDirectory,
+        ShareKeys,
+        ShareDelivery,
+        MaskedInput,
+        UnmaskRequest,
+        UnmaskResponse,
+    )
+}
+
+
+def decode(data: bytes) -> SecAggMessage:
+    """Decode any protocol message; ``ProtocolError`` if it is not exactly one valid message."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"message must be bytes; got {type(data).__name__}")
+    r = _Reader(bytes(data))
+    tag, round, client_id = r.unpack("BII")
+    if tag not in _TYPES:
+        raise ProtocolError(f"unknown message tag {tag}")
+    message = _TYPES[tag]._parse(r, int(round), int(client_id))
+    r.finish()
+    return message

@@ -1,0 +1,253 @@
+"""SecAgg / SecAgg+ server as a sans-IO state machine.
+
+The driver calls :meth:`SecAggServer.start`, then for each of the four
+stages feeds every reply that arrived to :meth:`receive` and closes the stage
+with :meth:`finish_stage`, which returns the next messages (by client id).
+Clients whose replies did not arrive by then are dropouts. After the unmask
+stage :attr:`result` holds the sum of the surviving clients' inputs modulo
+``2**bits`` and :attr:`contributors` says whose inputs it contains.
+
+Invariants (tested): the result equals the plain modular sum of the
+contributors' inputs for any dropout pattern the shares can tolerate;
+otherwise the round aborts with :class:`SecAggAborted` before anything more is
+revealed; a rejected message leaves the server state unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+
+import numpy as np
+import numpy.typing as npt
+
+from privfed.errors import ProtocolError
+from privfed.secagg import shamir
+from privfed.secagg.crypto import KEY_BYTES, MaskAccumulator, mask_dtype, public_key
+from privfed.secagg.keys import pairwise_mask_key, self_mask_key
+from privfed.secagg.messages import (
+    AdvertiseKeys,
+    KeyDirectory,
+    MaskedInput,
+    SetupRequest,
+    ShareDelivery,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    decode,
+)
+
+__all__ = ["SecAggAborted", "SecAggServer"]
+
+# nonce (12) + src/dst ids (8) + two Shamir shares + GCM tag (16)
+_SEALED_SHARE_BYTES = 12 + 8 + 2 * shamir.SHARE_BYTES + 16
+
+
+class SecAggAborted(ProtocolError):
+    """Too few clients (or shares) remain to finish the round; nothing more is revealed."""
+
+
+class SecAggServer:
+    """The server's side of one secure-aggregation round.
+
+    Args:
+        round: protocol round number (carried in every message).
+        neighbours: the SecAgg+ graph, ``{client: neighbour ids}`` (symmetric);
+            the complete graph gives classic SecAgg.
+        threshold: Shamir threshold t: shares needed to rebuild a secret; also
+            the minimum number of clients that must remain at every stage.
+        bits: inputs and the result are residues modulo ``2**bits``.
+        dim: vector length.
+        session: 16 public random bytes binding every key to this round.
+    """
+
+    def __init__(
+        self, *, round: int, neighbours: dict[int, tuple[int, ...]], threshold: int, bits: int, dim: int, session: bytes
+    ) -> None:
+        for cid, peers in neighbours.items():
+            if cid in peers or any(cid not in neighbours.get(p, ()) for p in peers):
+                raise ValueError("the neighbour graph must be symmetric and loop-free")
+        smallest = min((len(p) + 1 for p in neighbours.values()), default=0)
+        if not 2 <= threshold <= smallest:
+            raise ValueError(
+                f"threshold must be between 2 and the smallest neighbourhood ({smallest}); got {threshold}"
+            )
+        if len(session) != 16:
+            raise ValueError("session must be 16 bytes")
+        mask_dtype(bits)
+        self.round = round
+        self.neighbours = neighbours
+        self.threshold = threshold
+        self.bits = bits
+        self.dim = dim
+        self.session = session
+        self.stage = "new"
+        self.keys: dict[int, AdvertiseKeys] = {}
+        self.shares: dict[int, ShareKeys] = {}
+        self.masked: dict[int, MaskedInput] = {}
+        self.responses: dict[int, UnmaskResponse] = {}
+        self._requests: dict[int, UnmaskRequest] = {}
+        self.result: npt.NDArray[np.unsignedinteger] | None = None
+        self.contributors: tuple[int, ...] = ()
+
+    # -----------------------------------------------------------------------------------
+    def start(self) -> dict[int, bytes]:
+        """The setup message for every client."""
+        if self.stage != "new":
+            raise ProtocolError("round already started")
+        self.stage = "advertise"
+        return {
+            cid: SetupRequest(
+                self.round, cid, self.session, tuple(sorted(peers)), self.threshold, self.bits, self.dim
+            ).to_bytes()
+            for cid, peers in sorted(self.neighbours.items())
+        }
+
+    def receive(self, data: bytes) -> None:
+        """Validate and store one client reply for the current stage.
+
+        Raises:
+            ProtocolError: malformed, wrong round, unexpected sender, duplicate or
+                wrong-stage message; the server state is left unchanged.
+        """
+        message = decode(data)
+        if message.round != self.round:
+            raise ProtocolError(f"message for round {message.round} in round {self.round}")
+        sender = message.client_id
+        if self.stage == "advertise" and isinstance(message, AdvertiseKeys):
+            self._expect_new(sender, self.neighbours, self.keys)
+            self.keys[sender] = message
+        elif self.stage == "share" and isinstance(message, ShareKeys):
+            self._expect_new(sender, self.keys, self.shares)
+            expected = {p for p in self.neighbours[sender] if p in self.keys}
+            destinations = [d for d, _ in message.ciphertexts]
+            if set(destinations) != expected:
+                raise ProtocolError(f"client {sender} must send one share to each neighbour with keys")
+            if any(len(sealed) != _SEALED_SHARE_BYTES for _, sealed in message.ciphertexts):
+                raise ProtocolError(f"client {sender} sent a sealed share of the wrong size")
+            self.shares[sender] = message
+        elif self.stage == "collect" and isinstance(message, MaskedInput):
+            self._expect_new(sender, self.shares, self.masked)
+            if message.masked.dtype != mask_dtype(self.bits) or message.masked.shape != (self.dim,):
+                raise ProtocolError(f"masked input must be {self.dim} words of {np.dtype(mask_dtype(self.bits))}")
+            word_bits = message.masked.dtype.itemsize * 8
+            if self.bits < word_bits and self.dim and int(message.masked.max()) >> self.bits:
+                raise ProtocolError(f"masked input has values outside [0, 2**{self.bits})")
+            self.masked[sender] = message
+        elif self.stage == "unmask" and isinstance(message, UnmaskResponse):
+            self._expect_new(sender, self._requests, self.responses)
+            request = self._requests[sender]
+            if {c for c, _ in message.seed_shares} != set(request.survivors) or {
+                c for c, _ in message.key_shares
+            } != set(request.dropped):
+                raise ProtocolError(f"client {sender} did not answer exactly the shares requested")
+            if any(len(s) != shamir.SHARE_BYTES for _, s in (*message.seed_shares, *message.key_shares)):
+                raise ProtocolError(f"client {sender} sent a share of the wrong size")
+            self.responses[sender] = message
+        else:
+            raise ProtocolError(f"{type(message).__name__} is not expected in stage {self.stage!r}")
+
+    def _expect_new(self, sender: int, allowed: Container[int], received: Container[int]) -> None:
+        if sender not in allowed:
+            raise ProtocolError(f"client {sender} is not part of this stage")
+        if sender in received:
+            raise ProtocolError(f"duplicate message from client {sender}")
+
+    def _require(self, count: int, what: str) -> None:
+        if count < self.threshold:
+            self.stage = "aborted"
+            raise SecAggAborted(f"only {count} clients {what}; the threshold is {self.threshold}")
+
+    # -----------------------------------------------------------------------------------
+    def finish_stage(self) -> dict[int, bytes]:
+        """Close the current stage; return the next stage's messages by client id.
+
+        Raises:
+            SecAggAborted: fewer than ``threshold`` clients remain (or a secret
+                cannot be rebuilt); the round is over and reveals nothing more.
+        """
+        if self.stage == "advertise":
+            self._require(len(self.keys), "advertised keys")
+            self.stage = "share"
+            return {
+                cid: KeyDirectory(
+                    self.round,
+                    cid,
+                    tuple(
+                        (p, self.keys[p].encryption_key, self.keys[p].mask_key)
+                        for p in sorted(self.neighbours[cid])
+                        if p in self.keys
+                    ),
+                ).to_bytes()
+                for cid in sorted(self.keys)
+            }
+        if self.stage == "share":
+            self._require(len(self.shares), "shared keys")
+            self.stage = "collect"
+            inbox: dict[int, list[tuple[int, bytes]]] = {cid: [] for cid in self.shares}
+            for source, message in sorted(self.shares.items()):
+                for destination, sealed in message.ciphertexts:
+                    if destination in inbox:
+                        inbox[destination].append((source, sealed))
+            return {cid: ShareDelivery(self.round, cid, tuple(items)).to_bytes() for cid, items in inbox.items()}
+        if self.stage == "collect":
+            self._require(len(self.masked), "sent masked inputs")
+            self.stage = "unmask"
+            survivors, shared = set(self.masked), set(self.shares)
+            for cid in sorted(survivors):
+                holders_of = [p for p in self.neighbours[cid] if p in shared]
+                self._requests[cid] = UnmaskRequest(
+                    self.round,
+                    cid,
+                    tuple(sorted(c for c in [cid, *holders_of] if c in survivors)),
+                    tuple(sorted(c for c in holders_of if c not in survivors)),
+                )
+            return {cid: request.to_bytes() for cid, request in self._requests.items()}
+        if self.stage == "unmask":
+            self._require(len(self.responses), "answered the unmask request")
+            self._unmask()
+            self.stage = "done"
+            return {}
+        raise ProtocolError(f"no stage to finish in stage {self.stage!r}")
+
+    def _rebuild(self, owner: int, kind: str) -> bytes:
+        shares = {}
+        for responder, response in self.responses.items():
+            for cid, share in response.seed_shares if kind == "seed" else response.key_shares:
+                if cid == owner:
+                    shares[responder + 1] = share
+        if len(shares) < self.threshold:
+            self.stage = "aborted"
+            raise SecAggAborted(
+                f"only {len(shares)} shares of client {owner}'s {kind} arrived; the threshold is {self.threshold}"
+            )
+        return shamir.combine(shares, threshold=self.threshold, secret_bytes=KEY_BYTES)
+
+    def _unmask(self) -> None:
+        survivors = sorted(self.masked)
+        dropped = sorted(set(self.shares) - set(self.masked))
+        seeds = {cid: self._rebuild(cid, "seed") for cid in survivors}
+        mask_keys = {}
+        for cid in dropped:
+            private = self._rebuild(cid, "key")
+            if public_key(private) != self.keys[cid].mask_key:
+                self.stage = "aborted"
+                raise SecAggAborted(f"rebuilt mask key of client {cid} does not match its advertised key")
+            mask_keys[cid] = private
+        total = np.zeros(self.dim, dtype=mask_dtype(self.bits))
+        for cid in survivors:
+            np.add(total, self.masked[cid].masked, out=total)
+        accumulator = MaskAccumulator(total, bits=self.bits)
+        for cid in survivors:
+            accumulator.subtract(self_mask_key(seeds[cid], session=self.session, client_id=cid))
+        for gone in dropped:
+            for peer in self.neighbours[gone]:
+                if peer not in self.masked:
+                    continue
+                key = pairwise_mask_key(mask_keys[gone], self.keys[peer].mask_key, session=self.session, a=gone, b=peer)
+                # The survivor added the mask if its id is smaller, subtracted it otherwise.
+                if peer < gone:
+                    accumulator.subtract(key)
+                else:
+                    accumulator.add(key)
+        self.result = accumulator.reduced()
+        self.contributors = tuple(survivors)
