@@ -36,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "PartitionConfig",
     "RunConfig",
+    "SecAggConfig",
     "ServerConfig",
     "TransportConfig",
     "config_from_dict",
@@ -173,6 +174,33 @@ class TransportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation (SecAgg+) of quantized client updates.
+
+    The server learns only the sum of the surviving clients' updates. Updates
+    are clipped per coordinate to ``[-clip, clip]`` and stochastically rounded
+    to fixed point modulo ``2**bits`` with room for a full cohort.
+    """
+
+    enabled: bool = _f(False)
+    bits: int = _f(32, ge=8, le=62)  # modulus 2**bits
+    clip: float = _f(1.0, gt=0.0)  # per-coordinate range of a client's delta
+    loss_clip: float = _f(100.0, gt=0.0)  # range of the (securely summed) local training loss
+    degree: int = _f(0, ge=0)  # neighbours per client; 0 = about 2*log2(cohort); cohort-1 = classic SecAgg
+    threshold: int = _f(0, ge=0)  # Shamir threshold; 0 = strict majority of each neighbourhood
+    dropout_rate: float = _f(0.0, ge=0.0, lt=1.0)  # injected: chance a client drops before each stage
+
+    def resolved_degree(self, cohort: int) -> int:
+        from privfed.secagg.graph import recommended_degree
+
+        return min(self.degree or recommended_degree(cohort), cohort - 1)
+
+    def resolved_threshold(self, cohort: int) -> int:
+        holders = self.resolved_degree(cohort) + 1
+        return self.threshold or holders // 2 + 1
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Run-directory housekeeping."""
 
@@ -193,6 +221,7 @@ class ExperimentConfig:
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
+    secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -200,6 +229,29 @@ class ExperimentConfig:
             raise ConfigError(
                 "server.clients_per_round must be between 1 and partition.num_clients "
                 f"({self.partition.num_clients}); got {self.server.clients_per_round}"
+            )
+        if self.secagg.enabled:
+            self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        s, cohort = self.secagg, self.server.clients_per_round
+        if cohort < 3:
+            raise ConfigError(f"secagg needs server.clients_per_round >= 3; got {cohort}")
+        if self.server.weighting != "uniform":
+            raise ConfigError(
+                "secagg.enabled needs server.weighting = 'uniform' (the server sees only the sum, "
+                f"so it cannot weight clients by example count); got {self.server.weighting!r}"
+            )
+        degree = s.resolved_degree(cohort)
+        if degree < cohort - 1 and (degree < 2 or degree % 2):
+            raise ConfigError(
+                "secagg.degree must be even and >= 2, or >= server.clients_per_round - 1 "
+                f"({cohort - 1}); got {s.degree}"
+            )
+        threshold = s.resolved_threshold(cohort)
+        if not 2 <= threshold <= degree + 1:
+            raise ConfigError(
+                f"secagg.threshold must be between 2 and secagg.degree + 1 ({degree + 1}); got {s.threshold}"
             )
 
 

@@ -11,6 +11,7 @@ Pure numpy; the generator for rounding is injected.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,8 @@ class FixedPointCodec:
     clip: float | npt.NDArray[np.float64]
     num_summands: int
 
+    _CHUNK: ClassVar[int] = 1 << 15
+
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 62:
             raise ValueError(f"bits must be between 2 and 62; got {self.bits}")
@@ -52,13 +55,26 @@ class FixedPointCodec:
 
     def encode(self, values: npt.ArrayLike, *, rng: np.random.Generator) -> npt.NDArray[np.unsignedinteger]:
         """Clip, scale, stochastically round, and wrap into ``[0, 2**bits)``."""
-        x = np.asarray(values, dtype=np.float64)
-        clip = np.asarray(self.clip, dtype=np.float64)
-        scaled = np.clip(x, -clip, clip) * self.scale
-        low = np.floor(scaled)
-        rounded = low + (rng.random(scaled.shape) < (scaled - low))
+        x = np.asarray(values, dtype=np.float64).reshape(-1)
+        clip = np.broadcast_to(np.asarray(self.clip, dtype=np.float64), x.shape)
+        scale = np.broadcast_to(self.scale, x.shape)
+        out = np.empty(x.shape, dtype=mask_dtype(self.bits))
         modulus_mask = (1 << self.bits) - 1
-        return (rounded.astype(np.int64) & modulus_mask).astype(mask_dtype(self.bits))
+        # Work in cache-sized chunks: the float64 temporaries of a whole vector
+        # would cost more in memory traffic than the arithmetic itself.
+        for start in range(0, x.size, self._CHUNK):
+            stop = min(start + self._CHUNK, x.size)
+            y = np.clip(x[start:stop], -clip[start:stop], clip[start:stop])
+            y *= scale[start:stop]
+            # floor(y + u), u ~ U[0, 1), is floor(y) + 1 with probability frac(y): unbiased.
+            # float32 uniforms (24-bit resolution) halve the cost of the draw; the bias
+            # they allow is below 2**-24 of one quantization step.
+            y += rng.random(stop - start, dtype=np.float32)
+            np.floor(y, out=y)
+            rounded = y.astype(np.int64)
+            rounded &= modulus_mask
+            out[start:stop] = rounded
+        return out.reshape(np.shape(values))
 
     def decode_sum(self, residues: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Read a (sum of) encoded vector(s) back as signed values in input units."""

@@ -217,6 +217,8 @@ def _round_record(
         "bytes_up": result.bytes_up,
         "bytes_down": result.bytes_down,
         "update_norm": result.update_norm,
+        "dropped_clients": result.dropped_clients,
+        "secagg_aborted": result.aborted,
     }
     if evaluation is not None:
         record.update(evaluation)
@@ -245,6 +247,9 @@ def _summary(exp: Experiment, records: list[dict[str, Any]], state: dict[str, An
         "bytes_up_total": sum(int(r["bytes_up"]) for r in records),
         "bytes_down_total": sum(int(r["bytes_down"]) for r in records),
         "rejected_updates_total": sum(int(r.get("rejected_updates", 0)) for r in records),
+        "secagg": config.secagg.enabled,
+        "dropped_clients_total": sum(int(r.get("dropped_clients", 0)) for r in records),
+        "secagg_aborted_rounds": sum(1 for r in records if r.get("secagg_aborted")),
         "final_eval_loss": final.get("eval_loss"),
         "final_eval_accuracy": final.get("eval_accuracy"),
         "seconds_total": sum(float(r.get("seconds", 0.0)) for r in records),
@@ -292,6 +297,7 @@ def _execute(
         clients_per_round=config.server.clients_per_round,
         seed=config.seed,
         weighting=config.server.weighting,
+        secagg=config.secagg,
     )
     trainer = ClientTrainer(model=exp.model, layout=exp.layout, task=exp.task, config=config.client)
     transport = SimulationTransport(trainer=trainer, client_data=exp.client_data, seed=config.seed)

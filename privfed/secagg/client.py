@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privfed.errors import ProtocolError
 from privfed.secagg import shamir
@@ -31,6 +32,7 @@ from privfed.secagg.crypto import (
     aead_decrypt,
     aead_encrypt,
     mask_dtype,
+    private_key,
     public_key,
     system_random,
 )
@@ -80,8 +82,11 @@ class SecAggClient:
         self.setup: SetupRequest | None = None
         self._enc_private = b""
         self._mask_private = b""
+        self._enc_key: X25519PrivateKey | None = None
+        self._mask_key: X25519PrivateKey | None = None
         self._seed = b""
         self._directory: dict[int, tuple[bytes, bytes]] = {}
+        self._share_keys: dict[int, bytes] = {}
         self._held_seed_shares: dict[int, bytes] = {}
         self._held_key_shares: dict[int, bytes] = {}
         self._masked_with: tuple[int, ...] = ()
@@ -131,6 +136,7 @@ class SecAggClient:
             raise ProtocolError(f"client input has values outside [0, 2**{message.bits})")
         enc_private, mask_private = self.random(KEY_BYTES), self.random(KEY_BYTES)
         self.setup, self._enc_private, self._mask_private = message, enc_private, mask_private
+        self._enc_key, self._mask_key = private_key(enc_private), private_key(mask_private)
         self.stage = "keys"
         return AdvertiseKeys(self.round, self.client_id, public_key(enc_private), public_key(mask_private))
 
@@ -149,12 +155,16 @@ class SecAggClient:
         seed_shares = shamir.split(seed, threshold=setup.threshold, xs=xs, random=self.random)
         key_shares = shamir.split(self._mask_private, threshold=setup.threshold, xs=xs, random=self.random)
         sealed = []
+        share_keys = {
+            cid: share_encryption_key(
+                self._require_key(self._enc_key), directory[cid][0], session=setup.session, a=self.client_id, b=cid
+            )
+            for cid in directory
+        }
         for cid in holders:
             if cid == self.client_id:
                 continue
-            key = share_encryption_key(
-                self._enc_private, directory[cid][0], session=setup.session, a=self.client_id, b=cid
-            )
+            key = share_keys[cid]
             plaintext = (
                 self.client_id.to_bytes(4, "little")
                 + cid.to_bytes(4, "little")
@@ -164,6 +174,7 @@ class SecAggClient:
             aad = share_aad(session=setup.session, source=self.client_id, destination=cid)
             sealed.append((cid, aead_encrypt(key, plaintext, associated=aad, random=self.random)))
         self._directory = directory
+        self._share_keys = share_keys
         self._seed = seed
         self._held_seed_shares = {self.client_id: seed_shares[self.client_id + 1]}
         self._held_key_shares = {self.client_id: key_shares[self.client_id + 1]}
@@ -177,11 +188,8 @@ class SecAggClient:
         for source, sealed in message.ciphertexts:
             if source not in self._directory:
                 raise ProtocolError(f"share from client {source}, which is not a neighbour with keys")
-            key = share_encryption_key(
-                self._enc_private, self._directory[source][0], session=setup.session, a=self.client_id, b=source
-            )
             aad = share_aad(session=setup.session, source=source, destination=self.client_id)
-            plaintext = aead_decrypt(key, sealed, associated=aad)
+            plaintext = aead_decrypt(self._share_keys[source], sealed, associated=aad)
             if len(plaintext) != _SHARE_PLAINTEXT:
                 raise ProtocolError("decrypted share has the wrong length")
             src = int.from_bytes(plaintext[:4], "little")
@@ -197,7 +205,11 @@ class SecAggClient:
         accumulator.add(self_mask_key(self._seed, session=setup.session, client_id=self.client_id))
         for peer in partners:
             key = pairwise_mask_key(
-                self._mask_private, self._directory[peer][1], session=setup.session, a=self.client_id, b=peer
+                self._require_key(self._mask_key),
+                self._directory[peer][1],
+                session=setup.session,
+                a=self.client_id,
+                b=peer,
             )
             if self.client_id < peer:
                 accumulator.add(key)
@@ -229,6 +241,12 @@ class SecAggClient:
             tuple((cid, self._held_seed_shares[cid]) for cid in sorted(survivors)),
             tuple((cid, self._held_key_shares[cid]) for cid in sorted(dropped)),
         )
+
+    @staticmethod
+    def _require_key(key: X25519PrivateKey | None) -> X25519PrivateKey:
+        if key is None:  # pragma: no cover - guarded by the stage machine
+            raise ProtocolError("client keys are not set up")
+        return key
 
     def _require_setup(self) -> SetupRequest:
         if self.setup is None:  # pragma: no cover - guarded by the stage machine

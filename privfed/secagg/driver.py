@@ -12,10 +12,11 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
+from privfed.errors import ProtocolError
 from privfed.secagg.client import SecAggClient
 from privfed.secagg.server import SecAggServer
 
-__all__ = ["DropoutPlan", "SecAggOutcome", "run_secagg_round"]
+__all__ = ["DropoutPlan", "SecAggOutcome", "Traffic", "run_secagg_round"]
 
 STAGES = ("advertise", "share", "collect", "unmask")
 
@@ -46,19 +47,32 @@ class DropoutPlan:
         return frozenset(out)
 
 
+@dataclasses.dataclass
+class Traffic:
+    """Bytes moved so far in a round (kept up to date even if the round aborts)."""
+
+    up: int = 0
+    down: int = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class SecAggOutcome:
     """Result of a round: the modular sum and who is in it, plus traffic."""
 
     result: npt.NDArray[np.unsignedinteger]
     contributors: tuple[int, ...]
+    refused: tuple[int, ...]
     bytes_up: int
     bytes_down: int
     bytes_up_by_client: dict[int, int]
 
 
 def run_secagg_round(
-    server: SecAggServer, clients: Mapping[int, SecAggClient], *, dropouts: DropoutPlan | None = None
+    server: SecAggServer,
+    clients: Mapping[int, SecAggClient],
+    *,
+    dropouts: DropoutPlan | None = None,
+    traffic: Traffic | None = None,
 ) -> SecAggOutcome:
     """Drive ``server`` and ``clients`` through the four stages.
 
@@ -66,23 +80,34 @@ def run_secagg_round(
         SecAggAborted: when dropouts leave too few clients or shares.
     """
     plan = dropouts or DropoutPlan()
+    traffic = traffic if traffic is not None else Traffic()
     up: dict[int, int] = dict.fromkeys(clients, 0)
     down = 0
+    refused: set[int] = set()
     outbox = server.start()
     for stage in STAGES:
-        gone = plan.dropped_by(stage)
+        gone = plan.dropped_by(stage) | refused
         for cid, message in outbox.items():
             down += len(message)
+            traffic.down += len(message)
             if cid in gone:
                 continue
-            reply = clients[cid].step(message)
+            try:
+                reply = clients[cid].step(message)
+            except ProtocolError:
+                # A client that finds the round unsafe (too few neighbours, a request
+                # to reveal both secrets of a peer) stops answering: a dropout.
+                refused.add(cid)
+                continue
             up[cid] += len(reply)
+            traffic.up += len(reply)
             server.receive(reply)
         outbox = server.finish_stage()
     assert server.result is not None
     return SecAggOutcome(
         result=server.result,
         contributors=server.contributors,
+        refused=tuple(sorted(refused)),
         bytes_up=sum(up.values()),
         bytes_down=down,
         bytes_up_by_client=up,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from privfed.secagg.crypto import agree, hkdf
 
 __all__ = ["pairwise_mask_key", "self_mask_key", "share_aad", "share_encryption_key"]
@@ -13,7 +15,9 @@ def _context(session: bytes, label: bytes, *ids: int) -> bytes:
     return b"privfed-secagg/v1/" + label + b"/" + session + struct.pack(f"<{len(ids)}I", *ids)
 
 
-def share_encryption_key(private: bytes, peer_public: bytes, *, session: bytes, a: int, b: int) -> bytes:
+def share_encryption_key(
+    private: bytes | X25519PrivateKey, peer_public: bytes, *, session: bytes, a: int, b: int
+) -> bytes:
     """AES-128-GCM key for shares between clients ``a`` and ``b`` (symmetric in a, b)."""
     lo, hi = sorted((a, b))
     return hkdf(agree(private, peer_public), info=_context(session, b"share-key", lo, hi), length=16)
@@ -24,7 +28,9 @@ def share_aad(*, session: bytes, source: int, destination: int) -> bytes:
     return _context(session, b"share-aad", source, destination)
 
 
-def pairwise_mask_key(private: bytes, peer_public: bytes, *, session: bytes, a: int, b: int) -> bytes:
+def pairwise_mask_key(
+    private: bytes | X25519PrivateKey, peer_public: bytes, *, session: bytes, a: int, b: int
+) -> bytes:
     """128-bit AES-CTR key of the pairwise mask between ``a`` and ``b`` (symmetric)."""
     lo, hi = sorted((a, b))
     return hkdf(agree(private, peer_public), info=_context(session, b"pairwise-mask", lo, hi), length=16)

@@ -9,10 +9,15 @@ import numpy as np
 import numpy.typing as npt
 
 from privfed.adapters.layout import AdapterLayout
+from privfed.compression.quantize import FixedPointCodec
+from privfed.config import SecAggConfig
 from privfed.errors import ProtocolError
 from privfed.rng import generator
+from privfed.secagg.driver import DropoutPlan
+from privfed.secagg.graph import neighbour_graph
+from privfed.secagg.server import SecAggServer
 from privfed.server.strategies import Strategy
-from privfed.transport.base import Transport
+from privfed.transport.base import SecureTransport, Transport
 from privfed.transport.messages import ClientUpdate, GlobalModel
 
 __all__ = ["FederatedServer", "RoundResult", "sample_cohort"]
@@ -35,9 +40,11 @@ class RoundResult:
         round: the round number.
         num_clients: updates accepted into the aggregate.
         rejected_updates: replies dropped (malformed, wrong round/client, non-finite).
-        train_loss: example-weighted mean of accepted clients' local loss.
+        train_loss: mean of accepted clients' local loss, weighted as the aggregate is.
         bytes_up / bytes_down: bytes moved this round.
         update_norm: L2 norm of the aggregate delta applied to the global adapter.
+        dropped_clients: cohort members that dropped out of secure aggregation.
+        aborted: why secure aggregation aborted (the global adapter is then unchanged).
     """
 
     round: int
@@ -47,6 +54,8 @@ class RoundResult:
     bytes_up: int
     bytes_down: int
     update_norm: float
+    dropped_clients: int = 0
+    aborted: str | None = None
 
 
 class FederatedServer:
@@ -62,6 +71,7 @@ class FederatedServer:
         clients_per_round: int,
         seed: int,
         weighting: str = "examples",
+        secagg: SecAggConfig | None = None,
     ) -> None:
         self.layout = layout
         self.global_vector = layout.check_vector(global_vector).copy()
@@ -70,6 +80,13 @@ class FederatedServer:
         self.clients_per_round = clients_per_round
         self.seed = seed
         self.weighting = weighting
+        self.secagg = secagg if secagg is not None and secagg.enabled else None
+        self.codec: FixedPointCodec | None = None
+        if self.secagg is not None:
+            # The loss rides along as one extra coordinate with its own range.
+            clip = np.full(layout.dim + 1, self.secagg.clip, dtype=np.float64)
+            clip[-1] = self.secagg.loss_clip
+            self.codec = FixedPointCodec(bits=self.secagg.bits, clip=clip, num_summands=clients_per_round)
 
     def _validate(self, raw: bytes, *, round: int, expected: set[int]) -> ClientUpdate:
         update = ClientUpdate.from_bytes(raw)
@@ -91,6 +108,8 @@ class FederatedServer:
             seed=self.seed, round=round, num_clients=self.num_clients, clients_per_round=self.clients_per_round
         )
         broadcast = GlobalModel(round=round, vector=self.global_vector).to_bytes()
+        if self.secagg is not None:
+            return self._run_secure_round(round, cohort, broadcast, transport, on_client_done)
         exchange = transport.exchange(
             broadcast=broadcast, cohort=[int(c) for c in cohort], on_client_done=on_client_done
         )
@@ -118,7 +137,7 @@ class FederatedServer:
             losses = np.array([u.train_loss for u in accepted])
             finite = np.isfinite(losses)
             if finite.any():
-                train_loss = float(np.average(losses[finite], weights=counts[finite]))
+                train_loss = float(np.average(losses[finite], weights=weights[finite]))
         return RoundResult(
             round=round,
             num_clients=len(accepted),
@@ -127,4 +146,58 @@ class FederatedServer:
             bytes_up=exchange.bytes_up,
             bytes_down=exchange.bytes_down,
             update_norm=update_norm,
+        )
+
+    def _run_secure_round(
+        self,
+        round: int,
+        cohort: npt.NDArray[np.int64],
+        broadcast: bytes,
+        transport: Transport,
+        on_client_done: Callable[[int], None] | None,
+    ) -> RoundResult:
+        """One round under SecAgg+: the server only ever holds the masked vectors and their sum."""
+        assert self.secagg is not None and self.codec is not None
+        if not isinstance(transport, SecureTransport):
+            raise ProtocolError(f"{type(transport).__name__} cannot run secure aggregation")
+        members = [int(c) for c in cohort]
+        degree = self.secagg.resolved_degree(len(members))
+        graph = neighbour_graph(members, degree=degree, rng=generator(self.seed, "secagg-graph", round))
+        secagg_server = SecAggServer(
+            round=round,
+            neighbours=graph,
+            threshold=self.secagg.resolved_threshold(len(members)),
+            bits=self.secagg.bits,
+            dim=self.layout.dim + 1,
+            session=generator(self.seed, "secagg-session", round).bytes(16),  # public, per round
+        )
+        dropouts = DropoutPlan.random(
+            members, rate=self.secagg.dropout_rate, rng=generator(self.seed, "secagg-dropout", round)
+        )
+        exchange = transport.secure_exchange(
+            broadcast=broadcast,
+            server=secagg_server,
+            codec=self.codec,
+            dropouts=dropouts,
+            on_client_done=on_client_done,
+        )
+        contributors = len(exchange.contributors)
+        update_norm, train_loss = 0.0, float("nan")
+        if exchange.result is not None and contributors:
+            mean = self.codec.decode_sum(exchange.result) / contributors
+            aggregate = mean[:-1].astype(np.float32)
+            train_loss = float(mean[-1])
+            new_vector = self.strategy.apply(self.global_vector, aggregate)
+            update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
+            self.global_vector = new_vector
+        return RoundResult(
+            round=round,
+            num_clients=contributors,
+            rejected_updates=exchange.rejected,
+            train_loss=train_loss,
+            bytes_up=exchange.bytes_up,
+            bytes_down=exchange.bytes_down,
+            update_norm=update_norm,
+            dropped_clients=len(members) - contributors - exchange.rejected,
+            aborted=exchange.abort_reason,
         )

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from privfed.client.data import ExampleSet
-from privfed.client.trainer import ClientTrainer
+from privfed.client.trainer import ClientTrainer, LocalResult
+from privfed.compression.quantize import FixedPointCodec
 from privfed.errors import ProtocolError
-from privfed.rng import derive_seed
-from privfed.transport.base import RoundExchange
+from privfed.rng import derive_seed, generator
+from privfed.secagg.client import SecAggClient
+from privfed.secagg.crypto import RandomSource, system_random
+from privfed.secagg.driver import DropoutPlan, Traffic, run_secagg_round
+from privfed.secagg.server import SecAggAborted, SecAggServer
+from privfed.transport.base import RoundExchange, SecureExchange
 from privfed.transport.messages import ClientUpdate, GlobalModel
 
 __all__ = ["SimulationTransport"]
@@ -29,18 +36,33 @@ class SimulationTransport:
             ``derive_seed(seed, "local", r, c)``.
     """
 
-    def __init__(self, *, trainer: ClientTrainer, client_data: Sequence[ExampleSet], seed: int) -> None:
+    def __init__(
+        self,
+        *,
+        trainer: ClientTrainer,
+        client_data: Sequence[ExampleSet],
+        seed: int,
+        crypto_random: RandomSource = system_random,
+    ) -> None:
         self.trainer = trainer
         self.client_data = list(client_data)
         self.seed = seed
+        self.crypto_random = crypto_random
 
-    def _client_step(self, client_id: int, broadcast: bytes) -> bytes:
-        message = GlobalModel.from_bytes(broadcast)
-        result = self.trainer.train(
+    def _check_client(self, client_id: int) -> None:
+        if not 0 <= client_id < len(self.client_data):
+            raise ProtocolError(f"no client {client_id} in this simulation ({len(self.client_data)} clients)")
+
+    def _train(self, client_id: int, message: GlobalModel) -> LocalResult:
+        return self.trainer.train(
             global_vector=message.vector,
             data=self.client_data[client_id],
             seed=derive_seed(self.seed, "local", message.round, client_id),
         )
+
+    def _client_step(self, client_id: int, broadcast: bytes) -> bytes:
+        message = GlobalModel.from_bytes(broadcast)
+        result = self._train(client_id, message)
         return ClientUpdate(
             round=message.round,
             client_id=client_id,
@@ -54,8 +76,7 @@ class SimulationTransport:
     ) -> RoundExchange:
         uploads = []
         for client_id in cohort:
-            if not 0 <= client_id < len(self.client_data):
-                raise ProtocolError(f"no client {client_id} in this simulation ({len(self.client_data)} clients)")
+            self._check_client(client_id)
             uploads.append(self._client_step(client_id, broadcast))
             if on_client_done is not None:
                 on_client_done(client_id)
@@ -64,3 +85,45 @@ class SimulationTransport:
             bytes_down=len(broadcast) * len(cohort),
             bytes_up=sum(len(u) for u in uploads),
         )
+
+    def secure_exchange(
+        self,
+        *,
+        broadcast: bytes,
+        server: SecAggServer,
+        codec: FixedPointCodec,
+        dropouts: DropoutPlan,
+        on_client_done: Callable[[int], None] | None = None,
+    ) -> SecureExchange:
+        """Train the cohort on the broadcast model, then run SecAgg+ over their encoded updates.
+
+        Each client uploads ``encode([delta, train_loss])``; a client whose
+        update is not finite stays out of the protocol (counted as rejected).
+        The cohort is the set of clients ``server`` was built for.
+        """
+        message = GlobalModel.from_bytes(broadcast)
+        cohort = sorted(server.neighbours)
+        clients: dict[int, SecAggClient] = {}
+        rejected = 0
+        for client_id in cohort:
+            self._check_client(client_id)
+            result = self._train(client_id, message)
+            upload = np.append(result.delta.astype(np.float64), result.train_loss)
+            if np.isfinite(upload).all():
+                values = codec.encode(upload, rng=generator(self.seed, "quantize", message.round, client_id))
+                clients[client_id] = SecAggClient(
+                    client_id=client_id, round=message.round, values=values, random=self.crypto_random
+                )
+            else:
+                rejected += 1
+            if on_client_done is not None:
+                on_client_done(client_id)
+        # Clients with nothing to send are silent from the first stage on.
+        silent = frozenset(set(cohort) - set(clients))
+        plan = DropoutPlan({**dropouts.drops, "advertise": dropouts.drops.get("advertise", frozenset()) | silent})
+        traffic = Traffic(down=len(broadcast) * len(cohort))
+        try:
+            outcome = run_secagg_round(server, clients, dropouts=plan, traffic=traffic)
+        except SecAggAborted as exc:
+            return SecureExchange(None, (), rejected, str(exc), traffic.down, traffic.up)
+        return SecureExchange(outcome.result, outcome.contributors, rejected, None, traffic.down, traffic.up)
