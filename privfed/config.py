@@ -35,10 +35,13 @@ __all__ = [
     "ExperimentConfig",
     "ModelConfig",
     "PartitionConfig",
+    "PrivacyConfig",
     "RunConfig",
+    "SampleDPConfig",
     "SecAggConfig",
     "ServerConfig",
     "TransportConfig",
+    "UserDPConfig",
     "config_from_dict",
     "config_to_dict",
     "dump_config",
@@ -200,6 +203,65 @@ class SecAggConfig:
         return self.threshold or holders // 2 + 1
 
 
+def _accountant_names() -> Iterable[str]:
+    from privfed.privacy.accountants import accountant_names
+
+    return accountant_names()
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleDPConfig:
+    """Record-level DP-SGD on each client (Opacus), over the adapter parameters only.
+
+    Give ``target_epsilon`` (sigma is calibrated so that a client taking part in
+    every round stays within it), or ``noise_multiplier``, or both (then the
+    target is only the budget at which the run stops).
+    """
+
+    noise_multiplier: float = _f(0.0, ge=0.0)
+    target_epsilon: float = _f(0.0, ge=0.0)  # the per-client budget the ledger enforces (0 = none)
+    max_grad_norm: float = _f(1.0, gt=0.0)
+    grad_sample_mode: str = _f("hooks", choices=lambda: ("hooks",))
+
+
+@dataclasses.dataclass(frozen=True)
+class UserDPConfig:
+    """User-level DP-FedAvg: clip each client delta to ``clip_norm``, Gaussian noise on the sum.
+
+    Clients are Poisson-sampled with rate clients_per_round / num_clients (so
+    the accounting is exact); the noised sum is divided by the expected cohort.
+    ``noise_multiplier`` / ``target_epsilon`` work as in :class:`SampleDPConfig`.
+    """
+
+    noise_multiplier: float = _f(0.0, ge=0.0)
+    target_epsilon: float = _f(0.0, ge=0.0)  # the budget the ledger enforces (0 = none)
+    clip_norm: float = _f(0.1, gt=0.0)
+    adaptive_clipping: bool = _f(False)
+    target_quantile: float = _f(0.5, gt=0.0, lt=1.0)
+    clip_learning_rate: float = _f(0.2, gt=0.0)
+    count_stddev: float = _f(0.0, ge=0.0)  # 0 = expected cohort / 20 (Andrew et al. 2021)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig:
+    """Which DP guarantees to give and how to account them."""
+
+    mode: str = _f("none", choices=lambda: ("none", "sample", "user", "both"))
+    delta: float = _f(1e-5, gt=0.0, lt=1.0)
+    accountant: str = _f("rdp", choices=_choices_from(_accountant_names))
+    secure_noise: bool = _f(False)  # draw DP noise from the OS CSPRNG (not reproducible)
+    sample: SampleDPConfig = dataclasses.field(default_factory=SampleDPConfig)
+    user: UserDPConfig = dataclasses.field(default_factory=UserDPConfig)
+
+    @property
+    def sample_level(self) -> bool:
+        return self.mode in ("sample", "both")
+
+    @property
+    def user_level(self) -> bool:
+        return self.mode in ("user", "both")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Run-directory housekeeping."""
@@ -222,6 +284,7 @@ class ExperimentConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
     secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
+    privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -232,6 +295,22 @@ class ExperimentConfig:
             )
         if self.secagg.enabled:
             self._check_secagg()
+        self._check_privacy()
+
+    def _check_privacy(self) -> None:
+        p = self.privacy
+        for level, section in (("sample", p.sample), ("user", p.user)):
+            wanted = p.sample_level if level == "sample" else p.user_level
+            if wanted and section.noise_multiplier == 0 and section.target_epsilon == 0:
+                raise ConfigError(
+                    f"privacy.{level} needs noise_multiplier > 0 or target_epsilon > 0 (privacy.mode is "
+                    f"{p.mode!r}); got neither"
+                )
+        if p.user_level and p.delta >= 1 / self.partition.num_clients:
+            raise ConfigError(
+                f"privacy.delta must be < 1/partition.num_clients ({1 / self.partition.num_clients:g}) "
+                f"for user-level DP; got {p.delta:g}"
+            )
 
     def _check_secagg(self) -> None:
         s, cohort = self.secagg, self.server.clients_per_round

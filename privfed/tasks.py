@@ -108,8 +108,12 @@ class CausalLMTask:
         return logits[:, :-1, :], targets, mask
 
     def loss(self, model: Any, batch: Batch) -> torch.Tensor:
+        # Mean over sequences of each sequence's mean token loss: every example's
+        # gradient depends on that example alone, as per-sample clipping (DP-SGD) needs.
         logits, targets, mask = self._shifted(model, batch)
-        return F.cross_entropy(logits[mask], targets[mask])
+        token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        counts = mask.sum(dim=1).clamp(min=1)
+        return ((token_loss * mask).sum(dim=1) / counts).mean()
 
     def evaluate(self, model: Any, batch: Batch) -> EvalCounts:
         logits, targets, mask = self._shifted(model, batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,13 +12,21 @@ import torch
 
 from privfed.adapters.layout import AdapterLayout
 from privfed.client.data import ExampleSet
+from privfed.privacy.dpsgd import (
+    NoisedDPOptimizer,
+    check_per_sample_gradients,
+    make_grad_sample_module,
+    noise_only_step,
+    poisson_batch,
+)
+from privfed.privacy.noise import make_noise
 from privfed.rng import generator, torch_rng
 from privfed.tasks import Task
 
 if TYPE_CHECKING:
     from privfed.config import ClientConfig
 
-__all__ = ["ClientTrainer", "LocalResult"]
+__all__ = ["ClientTrainer", "LocalResult", "SampleDP"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,12 +54,17 @@ class ClientTrainer:
     fresh optimizer, so nothing leaks from one client to the next.
     """
 
-    def __init__(self, *, model: Any, layout: AdapterLayout, task: Task, config: ClientConfig) -> None:
+    def __init__(
+        self, *, model: Any, layout: AdapterLayout, task: Task, config: ClientConfig, dp: SampleDP | None = None
+    ) -> None:
         self.model = model
         self.layout = layout
         self.task = task
         self.config = config
+        self.dp = dp
         self._params = [p for p in model.parameters() if p.requires_grad]
+        # Hooks are registered once for the shared model (Opacus #688/#608).
+        self._dp_module = make_grad_sample_module(model) if dp is not None else None
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
@@ -67,6 +81,8 @@ class ClientTrainer:
             seed: drives batch order and dropout; derive it from
                 ``(experiment seed, round, client)`` for reproducible runs.
         """
+        if self.dp is not None:
+            return self._train_private(global_vector=global_vector, data=data, seed=seed)
         cfg = self.config
         self.layout.load_into(self.model, global_vector)
         self.model.train()
@@ -92,3 +108,71 @@ class ClientTrainer:
             train_loss=float(np.mean(losses)) if losses else float("nan"),
             steps=len(losses),
         )
+
+    def check_private_training(self, data: ExampleSet) -> None:
+        """Fail early (``ConfigError``) unless DP-SGD reaches every trainable parameter."""
+        if self._dp_module is None:
+            return
+        self.model.train()
+        indices = np.arange(min(2, len(data)), dtype=np.int64)
+        check_per_sample_gradients(self.model, self.task.loss(self._dp_module, data.batch(indices)))
+
+    def steps_for(self, num_examples: int) -> int:
+        """Local steps a client with ``num_examples`` examples takes per round."""
+        cfg = self.config
+        return cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * math.ceil(num_examples / cfg.batch_size)
+
+    def _train_private(self, *, global_vector: npt.NDArray[np.float32], data: ExampleSet, seed: int) -> LocalResult:
+        """DP-SGD: Poisson batches of expected size ``batch_size``, per-sample clipping, Gaussian noise."""
+        assert self.dp is not None and self._dp_module is not None
+        cfg = self.config
+        self.layout.load_into(self.model, global_vector)
+        self.model.train()
+        n = len(data)
+        rate = min(1.0, cfg.batch_size / n)
+        optimizer = NoisedDPOptimizer(
+            self._optimizer(),
+            noise=make_noise(secure=self.dp.secure_noise, seed=self.dp.seed, path=("sample", seed)),
+            noise_multiplier=self.dp.noise_multiplier,
+            max_grad_norm=self.dp.max_grad_norm,
+            expected_batch_size=max(1, round(rate * n)),
+        )
+        rng = generator(seed, "poisson")
+        losses: list[float] = []
+        steps = self.steps_for(n)
+        with torch_rng(seed):
+            for _ in range(steps):
+                indices = poisson_batch(n, rate=rate, rng=rng)
+                optimizer.zero_grad(set_to_none=True)
+                if len(indices) == 0:
+                    noise_only_step(optimizer, self._params)
+                    continue
+                loss = self.task.loss(self._dp_module, data.batch(indices))
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        optimizer.zero_grad(set_to_none=True)
+        delta = self.layout.flatten(self.model) - global_vector.astype(np.float32)
+        return LocalResult(
+            delta=delta.astype(np.float32),
+            num_examples=n,
+            train_loss=float(np.mean(losses)) if losses else float("nan"),
+            steps=steps,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleDP:
+    """Resolved record-level DP settings for local training.
+
+    Attributes:
+        noise_multiplier: sigma of DP-SGD.
+        max_grad_norm: per-sample clipping bound C.
+        secure_noise: draw noise from the OS CSPRNG instead of the seeded stream.
+        seed: experiment seed for the seeded noise stream.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    secure_noise: bool
+    seed: int

@@ -14,19 +14,24 @@ import numpy.typing as npt
 from privfed.adapters.layout import AdapterLayout
 from privfed.adapters.methods import wrap_model
 from privfed.client.data import ExampleSet
-from privfed.client.trainer import ClientTrainer
+from privfed.client.trainer import ClientTrainer, SampleDP
 from privfed.config import ExperimentConfig
 from privfed.data.partition import PartitionInputs, partition, stratified_split
 from privfed.data.records import Dataset
 from privfed.data.registry import get_dataset_spec, load_dataset
 from privfed.data.tokenize import tokenize_texts
-from privfed.errors import CheckpointError, ConfigError
+from privfed.errors import CheckpointError, ConfigError, PrivacyBudgetExceeded
 from privfed.evaluation import evaluate_vector
 from privfed.experiments.run_dir import Checkpoint, RunDirectory
 from privfed.models.registry import get_model_spec, load_base_model
+from privfed.privacy.accountants import compute_epsilon
+from privfed.privacy.calibrate import calibrate, calibrate_noise_multiplier
+from privfed.privacy.dpfedavg import AdaptiveClipping, DPFedAvgServer
+from privfed.privacy.events import SampledGaussianEvent
+from privfed.privacy.ledger import PrivacyLedger
 from privfed.rng import derive_seed, generator, torch_rng
 from privfed.server.server import FederatedServer, RoundResult
-from privfed.server.strategies import make_strategy
+from privfed.server.strategies import Strategy, make_strategy
 from privfed.tasks import Task, get_task
 from privfed.transport.simulation import SimulationTransport
 
@@ -204,8 +209,35 @@ def _evaluate(exp: Experiment, vector: npt.NDArray[np.float32]) -> dict[str, flo
     )
 
 
+def _save(
+    run_dir: RunDirectory,
+    round: int,
+    server: FederatedServer,
+    strategy: Strategy,
+    state: dict[str, Any],
+    ledger: PrivacyLedger,
+    user_dp: DPFedAvgServer | None,
+) -> None:
+    state["ledger"] = ledger.to_json()
+    state["user_clip_norm"] = None if user_dp is None else user_dp.clip_norm
+    arrays = {"global": server.global_vector}
+    arrays.update({f"strategy.{k}": v for k, v in strategy.state_arrays().items()})
+    run_dir.save_checkpoint(Checkpoint(round=round, arrays=arrays, state=state))
+
+
+def _privacy_metrics(ledger: PrivacyLedger, plan: PrivacyPlan, result: RoundResult) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if plan.user_noise_multiplier is not None:
+        out["epsilon_user"] = ledger.epsilon_user()
+        out["clip_norm"] = result.clip_norm
+        out["unclipped_fraction"] = result.unclipped_fraction
+    if plan.sample_noise_multiplier is not None:
+        out["epsilon_sample_max"] = ledger.epsilon_sample_max()
+    return out
+
+
 def _round_record(
-    result: RoundResult, evaluation: dict[str, float] | None, timings: dict[str, float]
+    result: RoundResult, evaluation: dict[str, float] | None, privacy: dict[str, Any], timings: dict[str, float]
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "round": result.round,
@@ -222,11 +254,14 @@ def _round_record(
     }
     if evaluation is not None:
         record.update(evaluation)
+    record.update(privacy)
     record.update(timings)
     return record
 
 
-def _summary(exp: Experiment, records: list[dict[str, Any]], state: dict[str, Any]) -> dict[str, Any]:
+def _summary(
+    exp: Experiment, records: list[dict[str, Any]], state: dict[str, Any], ledger: PrivacyLedger, plan: PrivacyPlan
+) -> dict[str, Any]:
     config = exp.config
     evaluated = [r for r in records if r.get("eval_loss") is not None]
     final = evaluated[-1] if evaluated else {}
@@ -260,13 +295,174 @@ def _summary(exp: Experiment, records: list[dict[str, Any]], state: dict[str, An
         summary["majority_class_rate"] = exp.dataset.majority_class_rate(exp.eval_indices)
     if "eval_perplexity" in final:
         summary["final_eval_perplexity"] = final["eval_perplexity"]
+    summary["privacy_mode"] = config.privacy.mode
+    summary["delta"] = config.privacy.delta
+    summary["sample_noise_multiplier"] = plan.sample_noise_multiplier
+    summary["user_noise_multiplier"] = plan.user_noise_multiplier
+    summary["epsilon_user"] = ledger.epsilon_user() if plan.user_noise_multiplier is not None else None
+    summary["epsilon_sample_max"] = ledger.epsilon_sample_max() if plan.sample_noise_multiplier is not None else None
     return summary
 
 
+@dataclasses.dataclass(frozen=True)
+class PrivacyPlan:
+    """Noise multipliers resolved from the config (calibrated when a target epsilon is given)."""
+
+    sample_noise_multiplier: float | None
+    user_noise_multiplier: float | None
+    user_sample_rate: float
+
+
+def resolve_privacy(exp: Experiment, trainer_steps: Any) -> PrivacyPlan:
+    """Check the privacy config against the data and calibrate noise multipliers.
+
+    Record-level sigma is calibrated so that every client stays within its
+    target even if it takes part in every round; user-level sigma for
+    ``rounds`` Poisson-sampled rounds at rate ``clients_per_round / num_clients``.
+    """
+    config = exp.config
+    p = config.privacy
+    rounds = config.server.rounds
+    user_rate = config.server.clients_per_round / config.partition.num_clients
+    sample_sigma = user_sigma = None
+    if p.sample_level:
+        sizes = [len(d) for d in exp.client_data]
+        if p.delta >= 1 / min(sizes):
+            raise ConfigError(
+                f"privacy.delta must be < 1/(smallest client's examples) = {1 / min(sizes):g} for record-level DP; "
+                f"got {p.delta:g}"
+            )
+        shapes = {(min(1.0, config.client.batch_size / n), trainer_steps(n)) for n in sizes}
+        if p.sample.noise_multiplier > 0:
+            sample_sigma = p.sample.noise_multiplier
+        else:
+
+            def worst(sigma: float) -> float:
+                return max(
+                    compute_epsilon(
+                        [SampledGaussianEvent(noise_multiplier=sigma, sample_rate=q, steps=rounds * s, scope="sample")],
+                        delta=p.delta,
+                        accountant=p.accountant,
+                    )
+                    for q, s in shapes
+                )
+
+            sample_sigma = calibrate(target_epsilon=p.sample.target_epsilon, epsilon_of=worst)
+    if p.user_level:
+        user_sigma = p.user.noise_multiplier or calibrate_noise_multiplier(
+            target_epsilon=p.user.target_epsilon,
+            delta=p.delta,
+            sample_rate=user_rate,
+            steps=rounds,
+            accountant=p.accountant,
+        )
+    return PrivacyPlan(sample_sigma, user_sigma, user_rate)
+
+
+def _planned_events(
+    exp: Experiment, plan: PrivacyPlan, cohort: npt.NDArray[np.int64], round: int, trainer: ClientTrainer
+) -> list[SampledGaussianEvent]:
+    events = []
+    if plan.user_noise_multiplier is not None:
+        events.append(
+            SampledGaussianEvent(
+                noise_multiplier=plan.user_noise_multiplier,
+                sample_rate=plan.user_sample_rate,
+                steps=1,
+                scope="user",
+                round=round,
+            )
+        )
+    if plan.sample_noise_multiplier is not None:
+        for client in cohort:
+            n = len(exp.client_data[int(client)])
+            events.append(
+                SampledGaussianEvent(
+                    noise_multiplier=plan.sample_noise_multiplier,
+                    sample_rate=min(1.0, exp.config.client.batch_size / n),
+                    steps=trainer.steps_for(n),
+                    scope="sample",
+                    subject=int(client),
+                    round=round,
+                )
+            )
+    return events
+
+
+@dataclasses.dataclass(eq=False)
+class _Privacy:
+    """What a run needs for DP, resolved and checked before its run directory is created."""
+
+    plan: PrivacyPlan
+    ledger: PrivacyLedger
+    user_dp: DPFedAvgServer | None
+    trainer: ClientTrainer
+
+
+def _prepare_privacy(exp: Experiment) -> _Privacy:
+    """Resolve noise multipliers, build the ledger, DP-FedAvg and the (DP-)trainer; raise ``ConfigError`` early."""
+    config = exp.config
+    privacy = config.privacy
+    probe = ClientTrainer(model=exp.model, layout=exp.layout, task=exp.task, config=config.client)
+    plan = resolve_privacy(exp, probe.steps_for)
+    ledger = PrivacyLedger(
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        user_budget=(privacy.user.target_epsilon or None) if privacy.user_level else None,
+        sample_budget=(privacy.sample.target_epsilon or None) if privacy.sample_level else None,
+    )
+    user_dp = None
+    if plan.user_noise_multiplier is not None:
+        u = privacy.user
+        expected = config.server.clients_per_round
+        adaptive = (
+            AdaptiveClipping(
+                target_quantile=u.target_quantile,
+                learning_rate=u.clip_learning_rate,
+                count_stddev=u.count_stddev or expected / 20,
+            )
+            if u.adaptive_clipping
+            else None
+        )
+        try:
+            user_dp = DPFedAvgServer(
+                noise_multiplier=plan.user_noise_multiplier,
+                clip_norm=u.clip_norm,
+                expected_clients=expected,
+                adaptive=adaptive,
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"privacy.user.count_stddev: {exc}; raise it above noise_multiplier / 2 "
+                f"({plan.user_noise_multiplier / 2:.3g}) or use larger cohorts"
+            ) from None
+    sample_dp = (
+        SampleDP(
+            noise_multiplier=plan.sample_noise_multiplier,
+            max_grad_norm=privacy.sample.max_grad_norm,
+            secure_noise=privacy.secure_noise,
+            seed=config.seed,
+        )
+        if plan.sample_noise_multiplier is not None
+        else None
+    )
+    trainer = ClientTrainer(model=exp.model, layout=exp.layout, task=exp.task, config=config.client, dp=sample_dp)
+    trainer.check_private_training(exp.client_data[0])
+    return _Privacy(plan=plan, ledger=ledger, user_dp=user_dp, trainer=trainer)
+
+
 def _execute(
-    exp: Experiment, run_dir: RunDirectory, *, checkpoint: Checkpoint | None, quiet: bool, stop_after_round: int | None
+    exp: Experiment,
+    dp: _Privacy,
+    run_dir: RunDirectory,
+    *,
+    checkpoint: Checkpoint | None,
+    quiet: bool,
+    stop_after_round: int | None,
 ) -> dict[str, Any]:
     config = exp.config
+    privacy = config.privacy
+    plan, ledger, user_dp, trainer = dp.plan, dp.ledger, dp.user_dp, dp.trainer
     strategy = make_strategy(config.server)
     if checkpoint is None:
         start_round, vector = 0, exp.initial_vector
@@ -278,6 +474,9 @@ def _execute(
         run_dir.truncate_metrics(0)
     else:
         state = checkpoint.state
+        ledger.load_json(state.get("ledger", []))
+        if user_dp is not None and state.get("user_clip_norm") is not None:
+            user_dp.clip_norm = float(state["user_clip_norm"])
         if state.get("layout_fingerprint") != exp.layout.fingerprint():
             raise CheckpointError("checkpoint was written for a different adapter layout")
         if state.get("config_sha256") != run_dir.config_digest():
@@ -298,8 +497,9 @@ def _execute(
         seed=config.seed,
         weighting=config.server.weighting,
         secagg=config.secagg,
+        user_dp=user_dp,
+        secure_noise=privacy.secure_noise,
     )
-    trainer = ClientTrainer(model=exp.model, layout=exp.layout, task=exp.task, config=config.client)
     transport = SimulationTransport(trainer=trainer, client_data=exp.client_data, seed=config.seed)
     total = config.server.rounds
     last = total if stop_after_round is None else min(total, stop_after_round)
@@ -308,9 +508,20 @@ def _execute(
     )
     try:
         for round in range(start_round + 1, last + 1):
+            planned = _planned_events(exp, plan, server.cohort(round), round, trainer)
+            try:
+                ledger.check(planned)
+            except PrivacyBudgetExceeded as exc:
+                _save(run_dir, round - 1, server, strategy, state, ledger, user_dp)
+                summary = _summary(exp, run_dir.read_metrics(), state, ledger, plan)
+                summary["completed"] = False
+                summary["stopped"] = f"privacy budget: {exc}"
+                run_dir.write_summary(summary)
+                raise
             progress.start_round(round)
             started = time.perf_counter()
             result = server.run_round(round, transport, on_client_done=progress.client_done)
+            ledger.record(planned)
             trained = time.perf_counter()
             evaluation = None
             if round % config.eval.every == 0 or round == total:
@@ -319,6 +530,7 @@ def _execute(
             record = _round_record(
                 result,
                 evaluation,
+                _privacy_metrics(ledger, plan, result),
                 {
                     "seconds": finished - started,
                     "seconds_train": trained - started,
@@ -327,15 +539,13 @@ def _execute(
             )
             run_dir.append_metrics(record)
             if round % config.run.checkpoint_every == 0 or round == last:
-                arrays = {"global": server.global_vector}
-                arrays.update({f"strategy.{k}": v for k, v in strategy.state_arrays().items()})
-                run_dir.save_checkpoint(Checkpoint(round=round, arrays=arrays, state=state))
+                _save(run_dir, round, server, strategy, state, ledger, user_dp)
             progress.end_round(record)
     finally:
         progress.close()
 
     records = run_dir.read_metrics()
-    summary = _summary(exp, records, state)
+    summary = _summary(exp, records, state, ledger, plan)
     summary["completed"] = len(records) >= total
     if summary["completed"]:
         exp.layout.load_into(exp.model, server.global_vector)
@@ -354,9 +564,12 @@ def run_experiment(
             interrupted; ``privfed run --resume`` continues from there.
     """
     run_dir = RunDirectory(out_dir)
-    run_dir.create(config)
+    if (run_dir.path / RunDirectory.CONFIG).exists():
+        run_dir.create(config)  # raises: never overwrite a run
     exp = build_experiment(config)
-    return _execute(exp, run_dir, checkpoint=None, quiet=quiet, stop_after_round=stop_after_round)
+    dp = _prepare_privacy(exp)
+    run_dir.create(config)
+    return _execute(exp, dp, run_dir, checkpoint=None, quiet=quiet, stop_after_round=stop_after_round)
 
 
 def resume_experiment(
@@ -371,4 +584,6 @@ def resume_experiment(
     config = run_dir.load_config()
     checkpoint = run_dir.load_checkpoint()
     exp = build_experiment(config)
-    return _execute(exp, run_dir, checkpoint=checkpoint, quiet=quiet, stop_after_round=stop_after_round)
+    return _execute(
+        exp, _prepare_privacy(exp), run_dir, checkpoint=checkpoint, quiet=quiet, stop_after_round=stop_after_round
+    )

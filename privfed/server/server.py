@@ -12,23 +12,32 @@ from privfed.adapters.layout import AdapterLayout
 from privfed.compression.quantize import FixedPointCodec
 from privfed.config import SecAggConfig
 from privfed.errors import ProtocolError
+from privfed.privacy.dpfedavg import DPFedAvgServer
+from privfed.privacy.noise import NoiseSource, make_noise
 from privfed.rng import generator
 from privfed.secagg.driver import DropoutPlan
 from privfed.secagg.graph import neighbour_graph
 from privfed.secagg.server import SecAggServer
 from privfed.server.strategies import Strategy
-from privfed.transport.base import SecureTransport, Transport
+from privfed.transport.base import SecureExchange, SecureTransport, Transport
 from privfed.transport.messages import ClientUpdate, GlobalModel
 
 __all__ = ["FederatedServer", "RoundResult", "sample_cohort"]
 
 
-def sample_cohort(*, seed: int, round: int, num_clients: int, clients_per_round: int) -> npt.NDArray[np.int64]:
-    """Clients taking part in ``round``: uniform without replacement, sorted.
+def sample_cohort(
+    *, seed: int, round: int, num_clients: int, clients_per_round: int, poisson: bool = False
+) -> npt.NDArray[np.int64]:
+    """Clients taking part in ``round``, sorted.
 
-    Depends only on ``(seed, round)``, so a resumed run picks the same cohorts.
+    Fixed size (uniform without replacement) by default; with ``poisson`` each
+    client joins independently with probability ``clients_per_round / num_clients``
+    (the sampling that user-level DP accounting assumes). Depends only on
+    ``(seed, round)``, so a resumed run picks the same cohorts.
     """
     rng = generator(seed, "cohort", round)
+    if poisson:
+        return np.flatnonzero(rng.random(num_clients) < clients_per_round / num_clients).astype(np.int64)
     return np.sort(rng.choice(num_clients, size=clients_per_round, replace=False)).astype(np.int64)
 
 
@@ -56,6 +65,9 @@ class RoundResult:
     update_norm: float
     dropped_clients: int = 0
     aborted: str | None = None
+    cohort: tuple[int, ...] = ()
+    clip_norm: float | None = None
+    unclipped_fraction: float | None = None
 
 
 class FederatedServer:
@@ -72,6 +84,8 @@ class FederatedServer:
         seed: int,
         weighting: str = "examples",
         secagg: SecAggConfig | None = None,
+        user_dp: DPFedAvgServer | None = None,
+        secure_noise: bool = False,
     ) -> None:
         self.layout = layout
         self.global_vector = layout.check_vector(global_vector).copy()
@@ -80,13 +94,20 @@ class FederatedServer:
         self.clients_per_round = clients_per_round
         self.seed = seed
         self.weighting = weighting
+        self.user_dp = user_dp
+        self.secure_noise = secure_noise
         self.secagg = secagg if secagg is not None and secagg.enabled else None
         self.codec: FixedPointCodec | None = None
         if self.secagg is not None:
             # The loss rides along as one extra coordinate with its own range.
-            clip = np.full(layout.dim + 1, self.secagg.clip, dtype=np.float64)
-            clip[-1] = self.secagg.loss_clip
-            self.codec = FixedPointCodec(bits=self.secagg.bits, clip=clip, num_summands=clients_per_round)
+            # Extra coordinates: the local loss, and (user-level DP) the "unclipped" bit.
+            extra = 2 if user_dp is not None else 1
+            clip = np.full(layout.dim + extra, self.secagg.clip, dtype=np.float64)
+            clip[layout.dim :] = self.secagg.loss_clip
+            # Poisson cohorts (user-level DP) can exceed clients_per_round: leave room for everyone.
+            summands = num_clients if user_dp is not None else clients_per_round
+            self.codec = FixedPointCodec(bits=self.secagg.bits, clip=clip, num_summands=summands)
+            self._upload_dim = layout.dim + extra
 
     def _validate(self, raw: bytes, *, round: int, expected: set[int]) -> ClientUpdate:
         update = ClientUpdate.from_bytes(raw)
@@ -100,13 +121,24 @@ class FederatedServer:
             raise ProtocolError(f"update from client {update.client_id} has non-finite values")
         return update
 
+    def cohort(self, round: int) -> npt.NDArray[np.int64]:
+        """The clients selected for ``round`` (Poisson-sampled under user-level DP)."""
+        return sample_cohort(
+            seed=self.seed,
+            round=round,
+            num_clients=self.num_clients,
+            clients_per_round=self.clients_per_round,
+            poisson=self.user_dp is not None,
+        )
+
+    def _noise(self, round: int) -> NoiseSource:
+        return make_noise(secure=self.secure_noise, seed=self.seed, path=("user", round))
+
     def run_round(
         self, round: int, transport: Transport, *, on_client_done: Callable[[int], None] | None = None
     ) -> RoundResult:
         """Run one round and update the global adapter in place."""
-        cohort = sample_cohort(
-            seed=self.seed, round=round, num_clients=self.num_clients, clients_per_round=self.clients_per_round
-        )
+        cohort = self.cohort(round)
         broadcast = GlobalModel(round=round, vector=self.global_vector).to_bytes()
         if self.secagg is not None:
             return self._run_secure_round(round, cohort, broadcast, transport, on_client_done)
@@ -126,7 +158,18 @@ class FederatedServer:
             accepted.append(update)
         update_norm = 0.0
         train_loss = float("nan")
-        if accepted:
+        dp_result = None
+        if self.user_dp is not None:
+            # The noised sum is released every round, whoever answered.
+            deltas = np.stack([u.delta for u in accepted]) if accepted else np.zeros((0, self.layout.dim), np.float32)
+            dp_result = self.user_dp.aggregate(deltas, noise=self._noise(round))
+            new_vector = self.strategy.apply(self.global_vector, dp_result.mean_delta)
+            update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
+            self.global_vector = new_vector
+            losses = np.array([u.train_loss for u in accepted])
+            if np.isfinite(losses).any():
+                train_loss = float(np.mean(losses[np.isfinite(losses)]))
+        elif accepted:
             deltas = np.stack([u.delta for u in accepted])
             counts = np.array([u.num_examples for u in accepted], dtype=np.float64)
             weights = counts if self.weighting == "examples" else np.ones_like(counts)
@@ -146,6 +189,9 @@ class FederatedServer:
             bytes_up=exchange.bytes_up,
             bytes_down=exchange.bytes_down,
             update_norm=update_norm,
+            cohort=tuple(int(c) for c in cohort),
+            clip_norm=None if dp_result is None else dp_result.clip_norm,
+            unclipped_fraction=None if dp_result is None else dp_result.unclipped_fraction,
         )
 
     def _run_secure_round(
@@ -161,6 +207,11 @@ class FederatedServer:
         if not isinstance(transport, SecureTransport):
             raise ProtocolError(f"{type(transport).__name__} cannot run secure aggregation")
         members = [int(c) for c in cohort]
+        if len(members) < 3:
+            exchange = SecureExchange(
+                None, (), 0, f"a cohort of {len(members)} clients is too small for secure aggregation (needs 3)", 0, 0
+            )
+            return self._finish_secure_round(round, members, exchange)
         degree = self.secagg.resolved_degree(len(members))
         graph = neighbour_graph(members, degree=degree, rng=generator(self.seed, "secagg-graph", round))
         secagg_server = SecAggServer(
@@ -168,25 +219,44 @@ class FederatedServer:
             neighbours=graph,
             threshold=self.secagg.resolved_threshold(len(members)),
             bits=self.secagg.bits,
-            dim=self.layout.dim + 1,
+            dim=self._upload_dim,
             session=generator(self.seed, "secagg-session", round).bytes(16),  # public, per round
         )
         dropouts = DropoutPlan.random(
             members, rate=self.secagg.dropout_rate, rng=generator(self.seed, "secagg-dropout", round)
         )
+        clip_norm = None if self.user_dp is None else self.user_dp.clip_norm
         exchange = transport.secure_exchange(
             broadcast=broadcast,
             server=secagg_server,
             codec=self.codec,
             dropouts=dropouts,
+            clip_norm=clip_norm,
             on_client_done=on_client_done,
         )
+        return self._finish_secure_round(round, members, exchange)
+
+    def _finish_secure_round(self, round: int, members: list[int], exchange: SecureExchange) -> RoundResult:
+        assert self.codec is not None
         contributors = len(exchange.contributors)
         update_norm, train_loss = 0.0, float("nan")
-        if exchange.result is not None and contributors:
+        dp_result = None
+        d = self.layout.dim
+        if self.user_dp is not None:
+            # Clients clipped before masking; the server noises the secure sum.
+            sums = self.codec.decode_sum(exchange.result) if exchange.result is not None else np.zeros(d + 2)
+            dp_result = self.user_dp.from_sums(
+                clipped_sum=sums[:d], unclipped_count=float(sums[d + 1]), noise=self._noise(round)
+            )
+            if contributors:
+                train_loss = float(sums[d] / contributors)
+            new_vector = self.strategy.apply(self.global_vector, dp_result.mean_delta)
+            update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
+            self.global_vector = new_vector
+        elif exchange.result is not None and contributors:
             mean = self.codec.decode_sum(exchange.result) / contributors
-            aggregate = mean[:-1].astype(np.float32)
-            train_loss = float(mean[-1])
+            aggregate = mean[:d].astype(np.float32)
+            train_loss = float(mean[d])
             new_vector = self.strategy.apply(self.global_vector, aggregate)
             update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
             self.global_vector = new_vector
@@ -200,4 +270,7 @@ class FederatedServer:
             update_norm=update_norm,
             dropped_clients=len(members) - contributors - exchange.rejected,
             aborted=exchange.abort_reason,
+            cohort=tuple(members),
+            clip_norm=None if dp_result is None else dp_result.clip_norm,
+            unclipped_fraction=None if dp_result is None else dp_result.unclipped_fraction,
         )

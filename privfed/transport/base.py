@@ -64,5 +64,6 @@ class SecureTransport(Transport, Protocol):
         server: Any,
         codec: Any,
         dropouts: Any,
+        clip_norm: float | None = None,
         on_client_done: Callable[[int], None] | None = None,
     ) -> SecureExchange: ...

@@ -15,6 +15,7 @@ from privfed.client.data import ExampleSet
 from privfed.client.trainer import ClientTrainer, LocalResult
 from privfed.compression.quantize import FixedPointCodec
 from privfed.errors import ProtocolError
+from privfed.privacy.dpfedavg import clip_to_norm
 from privfed.rng import derive_seed, generator
 from privfed.secagg.client import SecAggClient
 from privfed.secagg.crypto import RandomSource, system_random
@@ -93,11 +94,13 @@ class SimulationTransport:
         server: SecAggServer,
         codec: FixedPointCodec,
         dropouts: DropoutPlan,
+        clip_norm: float | None = None,
         on_client_done: Callable[[int], None] | None = None,
     ) -> SecureExchange:
         """Train the cohort on the broadcast model, then run SecAgg+ over their encoded updates.
 
-        Each client uploads ``encode([delta, train_loss])``; a client whose
+        Each client uploads ``encode([delta, train_loss])`` (with ``clip_norm``:
+        ``encode([clip(delta), train_loss, unclipped])``); a client whose
         update is not finite stays out of the protocol (counted as rejected).
         The cohort is the set of clients ``server`` was built for.
         """
@@ -109,6 +112,9 @@ class SimulationTransport:
             self._check_client(client_id)
             result = self._train(client_id, message)
             upload = np.append(result.delta.astype(np.float64), result.train_loss)
+            if clip_norm is not None:  # user-level DP: clip here, before masking; count unclipped
+                clipped, norm = clip_to_norm(result.delta, max_norm=clip_norm)
+                upload = np.concatenate([clipped.astype(np.float64), [result.train_loss, float(norm <= clip_norm)]])
             if np.isfinite(upload).all():
                 values = codec.encode(upload, rng=generator(self.seed, "quantize", message.round, client_id))
                 clients[client_id] = SecAggClient(

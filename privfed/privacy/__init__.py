@@ -1,0 +1,24 @@
+"""Differential privacy: events, accountants, calibration, ledger, DP-FedAvg, noise sources, DP-SGD."""
+
+from privfed.privacy.accountants import accountant_names, compute_epsilon, register_accountant
+from privfed.privacy.calibrate import calibrate_noise_multiplier
+from privfed.privacy.dpfedavg import AdaptiveClipping, DPFedAvgServer, clip_to_norm, delta_noise_multiplier
+from privfed.privacy.events import SampledGaussianEvent
+from privfed.privacy.ledger import PrivacyLedger
+from privfed.privacy.noise import SecureNoise, SeededNoise, make_noise
+
+__all__ = [
+    "AdaptiveClipping",
+    "DPFedAvgServer",
+    "PrivacyLedger",
+    "SampledGaussianEvent",
+    "SecureNoise",
+    "SeededNoise",
+    "accountant_names",
+    "calibrate_noise_multiplier",
+    "clip_to_norm",
+    "compute_epsilon",
+    "delta_noise_multiplier",
+    "make_noise",
+    "register_accountant",
+]

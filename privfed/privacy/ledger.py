@@ -1,0 +1,97 @@
+"""The privacy ledger: every noise event recorded, composed, and checked against the budget.
+
+The ledger, not the config, reports epsilon. Before a round the runner asks
+:meth:`PrivacyLedger.check` whether the round's planned events would push
+user-level epsilon, or any participating client's record-level epsilon, past
+its budget; if so the run stops with :class:`~privfed.errors.PrivacyBudgetExceeded`
+before anything is spent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from privfed.errors import PrivacyBudgetExceeded
+from privfed.privacy.accountants import compute_epsilon
+from privfed.privacy.events import SampledGaussianEvent
+
+__all__ = ["PrivacyLedger"]
+
+
+class PrivacyLedger:
+    """Append-only record of privacy events with per-client composition.
+
+    Args:
+        delta: the delta at which epsilon is reported.
+        accountant: ``"rdp"`` or ``"prv"``.
+        user_budget: largest allowed user-level epsilon (``None``: unlimited).
+        sample_budget: largest allowed record-level epsilon of any client (``None``: unlimited).
+    """
+
+    def __init__(
+        self, *, delta: float, accountant: str, user_budget: float | None = None, sample_budget: float | None = None
+    ) -> None:
+        self.delta = delta
+        self.accountant = accountant
+        self.user_budget = user_budget
+        self.sample_budget = sample_budget
+        self.events: list[SampledGaussianEvent] = []
+        self._sample_cache: dict[int, float] = {}
+
+    def _user_events(self) -> list[SampledGaussianEvent]:
+        return [e for e in self.events if e.scope == "user"]
+
+    def _client_events(self, client: int) -> list[SampledGaussianEvent]:
+        return [e for e in self.events if e.scope == "sample" and e.subject == client]
+
+    def epsilon(self, events: Sequence[SampledGaussianEvent]) -> float:
+        return compute_epsilon(events, delta=self.delta, accountant=self.accountant)
+
+    def epsilon_user(self) -> float:
+        """User-level epsilon spent so far."""
+        return self.epsilon(self._user_events())
+
+    def epsilon_sample(self, client: int) -> float:
+        """Record-level epsilon spent so far by ``client``."""
+        if client not in self._sample_cache:
+            self._sample_cache[client] = self.epsilon(self._client_events(client))
+        return self._sample_cache[client]
+
+    def epsilon_sample_max(self) -> float:
+        """The largest record-level epsilon over all clients (0 if none)."""
+        clients = {e.subject for e in self.events if e.scope == "sample" and e.subject is not None}
+        return max((self.epsilon_sample(c) for c in clients), default=0.0)
+
+    def check(self, planned: Iterable[SampledGaussianEvent]) -> None:
+        """Raise :class:`PrivacyBudgetExceeded` if recording ``planned`` would exceed a budget."""
+        planned = list(planned)
+        if self.user_budget is not None and any(e.scope == "user" for e in planned):
+            after = self.epsilon(self._user_events() + [e for e in planned if e.scope == "user"])
+            if after > self.user_budget * (1 + 1e-9):
+                raise PrivacyBudgetExceeded(
+                    f"the next round would raise user-level epsilon to {after:.4g} "
+                    f"(budget {self.user_budget:g} at delta {self.delta:g})"
+                )
+        if self.sample_budget is not None:
+            for client in sorted({e.subject for e in planned if e.scope == "sample" and e.subject is not None}):
+                mine = [e for e in planned if e.scope == "sample" and e.subject == client]
+                after = self.epsilon(self._client_events(client) + mine)
+                if after > self.sample_budget * (1 + 1e-9):
+                    raise PrivacyBudgetExceeded(
+                        f"the next round would raise client {client}'s record-level epsilon to {after:.4g} "
+                        f"(budget {self.sample_budget:g} at delta {self.delta:g})"
+                    )
+
+    def record(self, events: Iterable[SampledGaussianEvent]) -> None:
+        for event in events:
+            self.events.append(event)
+            if event.subject is not None:
+                self._sample_cache.pop(event.subject, None)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [e.to_json() for e in self.events]
+
+    def load_json(self, raw: Sequence[dict[str, Any]]) -> None:
+        self.events = [SampledGaussianEvent.from_json(r) for r in raw]
+        self._sample_cache.clear()

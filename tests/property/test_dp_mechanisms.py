@@ -1,0 +1,146 @@
+"""DP mechanisms: clipping bounds, noise scale, budget checks, Opacus per-sample gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy import stats
+
+from privfed.errors import PrivacyBudgetExceeded
+from privfed.privacy import (
+    AdaptiveClipping,
+    DPFedAvgServer,
+    PrivacyLedger,
+    SampledGaussianEvent,
+    SecureNoise,
+    SeededNoise,
+    clip_to_norm,
+    delta_noise_multiplier,
+)
+
+
+@given(
+    delta=hnp.arrays(np.float32, st.integers(1, 50), elements=st.floats(-1e4, 1e4, width=32)),
+    max_norm=st.floats(1e-3, 1e3),
+)
+def test_clipped_updates_never_exceed_the_bound(delta: np.ndarray, max_norm: float) -> None:
+    clipped, norm = clip_to_norm(delta, max_norm=max_norm)
+    assert np.linalg.norm(clipped.astype(np.float64)) <= max_norm * (1 + 1e-6)
+    assert norm == pytest.approx(float(np.linalg.norm(delta.astype(np.float64))))
+    if norm <= max_norm:
+        np.testing.assert_allclose(clipped, delta, rtol=1e-6)
+    else:  # same direction
+        cos = float(np.dot(clipped, delta)) / (np.linalg.norm(clipped) * norm)
+        assert cos == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("source", [SeededNoise(7, "test"), SecureNoise()], ids=["seeded", "secure"])
+def test_noise_std_matches_z_times_c(source: object) -> None:
+    """The DP-FedAvg sum noise has std z*C: chi-square confidence interval on the sample variance."""
+    z, c, n = 1.3, 0.25, 40_000
+    server = DPFedAvgServer(noise_multiplier=z, clip_norm=c, expected_clients=1.0, adaptive=None)
+    result = server.from_sums(clipped_sum=np.zeros(n), unclipped_count=0, noise=source)  # type: ignore[arg-type]
+    sample = result.mean_delta.astype(np.float64)
+    variance = float(np.var(sample, ddof=1))
+    # 99.99% interval for the variance of n normal draws with std z*c.
+    low = (n - 1) * (z * c) ** 2 / stats.chi2.ppf(1 - 5e-5, n - 1)
+    high = (n - 1) * (z * c) ** 2 / stats.chi2.ppf(5e-5, n - 1)
+    assert low <= variance <= high
+    assert abs(float(np.mean(sample))) < 4 * z * c / np.sqrt(n)
+    assert stats.kstest(sample / (z * c), "norm").pvalue > 1e-4
+
+
+def test_mean_is_divided_by_the_expected_cohort_and_clip_applies() -> None:
+    server = DPFedAvgServer(noise_multiplier=1e-9, clip_norm=1.0, expected_clients=4.0, adaptive=None)
+    deltas = np.array([[3.0, 4.0], [0.3, 0.4]], dtype=np.float32)  # norms 5 (clipped to 1) and 0.5
+    result = server.aggregate(deltas, noise=SeededNoise(0))
+    np.testing.assert_allclose(result.mean_delta, (np.array([0.6, 0.8]) + np.array([0.3, 0.4])) / 4, atol=1e-6)
+
+
+def test_adaptive_clipping_moves_towards_the_target_quantile() -> None:
+    rng = np.random.default_rng(0)
+    norms = rng.lognormal(mean=0.0, sigma=0.5, size=2000)  # median 1.0
+    server = DPFedAvgServer(
+        noise_multiplier=0.5,
+        clip_norm=0.05,
+        expected_clients=100,
+        adaptive=AdaptiveClipping(target_quantile=0.5, learning_rate=0.2, count_stddev=5.0),
+    )
+    noise = SeededNoise(1)
+    for _ in range(200):
+        picked = rng.choice(norms, size=100)
+        deltas = (picked[:, None] * np.array([[1.0, 0.0]])).astype(np.float32)
+        server.aggregate(deltas, noise=noise)
+    assert 0.8 < server.clip_norm < 1.25  # converged near the median norm from 20x below
+
+
+def test_delta_noise_multiplier_split() -> None:
+    z = 1.0
+    z_delta = delta_noise_multiplier(noise_multiplier=z, count_stddev=5.0)
+    # Composition of the two Gaussian queries gives back z (Andrew et al. 2021, Thm 1).
+    assert (z_delta**-2 + (2 * 5.0) ** -2) ** -0.5 == pytest.approx(z)
+    with pytest.raises(ValueError, match="too small"):
+        delta_noise_multiplier(noise_multiplier=z, count_stddev=0.4)
+
+
+def test_ledger_refuses_a_round_that_would_exceed_the_budget() -> None:
+    ledger = PrivacyLedger(delta=1e-5, accountant="rdp", user_budget=2.0)
+    event = SampledGaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=1, scope="user")
+    spent = 0
+    with pytest.raises(PrivacyBudgetExceeded, match="budget 2"):
+        for _ in range(10_000):
+            ledger.check([event])
+            ledger.record([event])
+            spent += 1
+    assert ledger.epsilon_user() <= 2.0
+    assert PrivacyLedger(delta=1e-5, accountant="rdp").epsilon([event] * (spent + 1)) > 2.0
+
+
+def test_ledger_round_trips_through_json() -> None:
+    ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
+    ledger.record(
+        [
+            SampledGaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=3, scope="user", round=1),
+            SampledGaussianEvent(noise_multiplier=2.0, sample_rate=0.5, steps=4, scope="sample", subject=2, round=1),
+        ]
+    )
+    clone = PrivacyLedger(delta=1e-5, accountant="rdp")
+    clone.load_json(ledger.to_json())
+    assert clone.events == ledger.events
+    assert clone.epsilon_sample(2) == ledger.epsilon_sample(2) > 0
+
+
+@settings(max_examples=20)
+@given(st.integers(1, 8))
+def test_secure_noise_is_not_reproducible_and_seeded_is(n: int) -> None:
+    assert not np.array_equal(SecureNoise().normal(std=1, shape=(n, 4)), SecureNoise().normal(std=1, shape=(n, 4)))
+    a = SeededNoise(3, "x").normal(std=1, shape=(n, 4))
+    assert np.array_equal(a, SeededNoise(3, "x").normal(std=1, shape=(n, 4)))
+
+
+def test_opacus_per_sample_gradients_reach_every_trainable_adapter_parameter() -> None:
+    """Opacus issue #820: DP-LoRA with peft >= 0.14 silently missing hooks on LoRA layers."""
+    import torch
+
+    from privfed.adapters import AdapterLayout, wrap_model
+    from privfed.config import AdapterConfig
+    from privfed.models import load_base_model
+    from privfed.privacy.dpsgd import make_grad_sample_module
+
+    for name, num_labels in (("tiny-bert", 3), ("tiny-llama", None)):
+        loaded = load_base_model(name, num_labels=num_labels)
+        model = wrap_model(loaded.model, AdapterConfig(method="lora", rank=2), loaded.spec)
+        gsm = make_grad_sample_module(model)
+        ids = torch.randint(5, 500, (4, 9))
+        out = gsm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        out.float().pow(2).mean().backward()
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        assert len(trainable) == len(AdapterLayout.from_model(model).slots)
+        for pname, p in trainable:
+            assert getattr(p, "grad_sample", None) is not None, f"{name}: no per-sample grad for {pname}"
+            assert p.grad_sample.shape == (4, *p.shape)
+            # Per-sample gradients sum to the batch gradient (mean loss: times batch size).
+            torch.testing.assert_close(p.grad_sample.sum(0) / 4, p.grad, rtol=1e-4, atol=1e-6)
