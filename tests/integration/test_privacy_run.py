@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ USER = {"privacy.mode": "user", "privacy.delta": 1e-2, "privacy.user.target_epsi
 def test_record_level_dp_reports_epsilon_within_target(run_dir: Path) -> None:
     summary = run_experiment(tiny_config(**SAMPLE), run_dir, quiet=True)
     eps = [r["epsilon_sample_max"] for r in records(run_dir)]
-    assert all(a <= b for a, b in zip(eps, eps[1:], strict=False))  # spent budget never shrinks
+    assert all(a <= b for a, b in itertools.pairwise(eps))  # spent budget never shrinks
     assert 0 < eps[-1] <= 8.0
     assert summary["epsilon_sample_max"] == eps[-1]
     assert summary["sample_noise_multiplier"] > 0.3
