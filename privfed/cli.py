@@ -2,6 +2,7 @@
 
     privfed run CONFIG.toml [--out DIR] [--quiet]
     privfed run --resume RUN_DIR [--quiet]
+    privfed sweep CONFIG.toml [--epsilons 1,3,8,inf] [--out DIR]
     privfed validate CONFIG.toml
     privfed models | datasets
 
@@ -61,6 +62,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from privfed.config import load_config
+    from privfed.experiments.sweep import parse_epsilons, run_sweep
+
+    _quiet_libraries()
+    config = load_config(args.config)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-sweep"
+    rows = run_sweep(config, out, parse_epsilons(args.epsilons), quiet=args.quiet)
+    print(f"sweep directory: {out}")
+    print((out / "sweep.md").read_text(), end="")
+    print(f"plot: {out / 'privacy_utility.png'} ({len(rows)} runs)")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from privfed.config import dump_config, load_config
 
@@ -95,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
+    sweep = sub.add_parser("sweep", help="privacy-utility grid: one run per target epsilon, table and plot")
+    sweep.add_argument("config", help="experiment config with privacy.mode set")
+    sweep.add_argument("--epsilons", default="1,3,8,inf", help="comma-separated targets; inf = no DP")
+    sweep.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.set_defaults(func=_cmd_sweep)
     validate = sub.add_parser("validate", help="check a config and print it fully resolved")
     validate.add_argument("config")
     validate.set_defaults(func=_cmd_validate)
