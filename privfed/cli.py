@@ -36,6 +36,8 @@ def _quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     warnings.filterwarnings("ignore", module="peft")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    # Opacus hooks on a frozen base model: harmless, and once per step it would flood the log.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -221,7 +221,7 @@ class SampleDPConfig:
     noise_multiplier: float = _f(0.0, ge=0.0)
     target_epsilon: float = _f(0.0, ge=0.0)  # the per-client budget the ledger enforces (0 = none)
     max_grad_norm: float = _f(1.0, gt=0.0)
-    grad_sample_mode: str = _f("hooks", choices=lambda: ("hooks",))
+    grad_sample_mode: str = _f("hooks", choices=lambda: ("hooks", "ghost"))  # ghost clipping saves memory
 
 
 @dataclasses.dataclass(frozen=True)

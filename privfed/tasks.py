@@ -67,7 +67,11 @@ class Task(Protocol):
     name: str
 
     def loss(self, model: Any, batch: Batch) -> torch.Tensor:
-        """Mean loss over the batch's scored units (a scalar with grad)."""
+        """Mean loss over the batch's examples (a scalar with grad)."""
+        ...
+
+    def per_example_loss(self, model: Any, batch: Batch) -> torch.Tensor:
+        """float[b]: each example's loss, depending on that example alone (for DP-SGD)."""
         ...
 
     def evaluate(self, model: Any, batch: Batch) -> EvalCounts:
@@ -85,7 +89,10 @@ class ClassificationTask:
         return logits
 
     def loss(self, model: Any, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(self._logits(model, batch), batch.labels)
+        return self.per_example_loss(model, batch).mean()
+
+    def per_example_loss(self, model: Any, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(self._logits(model, batch), batch.labels, reduction="none")
 
     def evaluate(self, model: Any, batch: Batch) -> EvalCounts:
         logits = self._logits(model, batch)
@@ -108,12 +115,15 @@ class CausalLMTask:
         return logits[:, :-1, :], targets, mask
 
     def loss(self, model: Any, batch: Batch) -> torch.Tensor:
-        # Mean over sequences of each sequence's mean token loss: every example's
-        # gradient depends on that example alone, as per-sample clipping (DP-SGD) needs.
+        return self.per_example_loss(model, batch).mean()
+
+    def per_example_loss(self, model: Any, batch: Batch) -> torch.Tensor:
+        # Each sequence's mean token loss: every example's gradient depends on that
+        # example alone, as per-sample clipping (DP-SGD) needs.
         logits, targets, mask = self._shifted(model, batch)
         token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         counts = mask.sum(dim=1).clamp(min=1)
-        return ((token_loss * mask).sum(dim=1) / counts).mean()
+        return (token_loss * mask).sum(dim=1) / counts
 
     def evaluate(self, model: Any, batch: Batch) -> EvalCounts:
         logits, targets, mask = self._shifted(model, batch)

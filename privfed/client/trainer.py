@@ -14,7 +14,9 @@ from privfed.adapters.layout import AdapterLayout
 from privfed.client.data import ExampleSet
 from privfed.privacy.dpsgd import (
     NoisedDPOptimizer,
+    NoisedGhostDPOptimizer,
     check_per_sample_gradients,
+    ghost_backward,
     make_grad_sample_module,
     noise_only_step,
     poisson_batch,
@@ -64,7 +66,11 @@ class ClientTrainer:
         self.dp = dp
         self._params = [p for p in model.parameters() if p.requires_grad]
         # Hooks are registered once for the shared model (Opacus #688/#608).
-        self._dp_module = make_grad_sample_module(model) if dp is not None else None
+        self._dp_module = (
+            make_grad_sample_module(model, mode=dp.grad_sample_mode, max_grad_norm=dp.max_grad_norm)
+            if dp is not None
+            else None
+        )
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
@@ -115,7 +121,14 @@ class ClientTrainer:
             return
         self.model.train()
         indices = np.arange(min(2, len(data)), dtype=np.int64)
-        check_per_sample_gradients(self.model, self.task.loss(self._dp_module, data.batch(indices)))
+        assert self.dp is not None
+        batch = data.batch(indices)
+        if self.dp.grad_sample_mode == "ghost":
+            self._dp_module.enable_hooks()
+            losses = self.task.per_example_loss(self._dp_module, batch)
+            check_per_sample_gradients(self.model, losses.mean(), attribute="_norm_sample")
+        else:
+            check_per_sample_gradients(self.model, self.task.loss(self._dp_module, batch))
 
     def steps_for(self, num_examples: int) -> int:
         """Local steps a client with ``num_examples`` examples takes per round."""
@@ -130,7 +143,8 @@ class ClientTrainer:
         self.model.train()
         n = len(data)
         rate = min(1.0, cfg.batch_size / n)
-        optimizer = NoisedDPOptimizer(
+        ghost = self.dp.grad_sample_mode == "ghost"
+        optimizer = (NoisedGhostDPOptimizer if ghost else NoisedDPOptimizer)(
             self._optimizer(),
             noise=make_noise(secure=self.dp.secure_noise, seed=self.dp.seed, path=("sample", seed)),
             noise_multiplier=self.dp.noise_multiplier,
@@ -147,8 +161,13 @@ class ClientTrainer:
                 if len(indices) == 0:
                     noise_only_step(optimizer, self._params)
                     continue
-                loss = self.task.loss(self._dp_module, data.batch(indices))
-                loss.backward()  # type: ignore[no-untyped-call]
+                if ghost:
+                    per_example = self.task.per_example_loss(self._dp_module, data.batch(indices))
+                    ghost_backward(self._dp_module, optimizer, per_example)
+                    loss = per_example.mean()
+                else:
+                    loss = self.task.loss(self._dp_module, data.batch(indices))
+                    loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 losses.append(float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
@@ -170,9 +189,11 @@ class SampleDP:
         max_grad_norm: per-sample clipping bound C.
         secure_noise: draw noise from the OS CSPRNG instead of the seeded stream.
         seed: experiment seed for the seeded noise stream.
+        grad_sample_mode: ``"hooks"`` (per-sample gradients) or ``"ghost"`` (ghost clipping).
     """
 
     noise_multiplier: float
     max_grad_norm: float
     secure_noise: bool
     seed: int
+    grad_sample_mode: str = "hooks"

@@ -442,6 +442,7 @@ def _prepare_privacy(exp: Experiment) -> _Privacy:
             max_grad_norm=privacy.sample.max_grad_norm,
             secure_noise=privacy.secure_noise,
             seed=config.seed,
+            grad_sample_mode=privacy.sample.grad_sample_mode,
         )
         if plan.sample_noise_multiplier is not None
         else None

@@ -14,38 +14,70 @@ from typing import Any
 import numpy as np
 import torch
 from opacus import GradSampleModule
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import DPOptimizer, _check_processed_flag, _mark_as_processed
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
 from privfed.errors import ConfigError
 from privfed.privacy.noise import NoiseSource
 
 __all__ = [
     "NoisedDPOptimizer",
+    "NoisedGhostDPOptimizer",
     "check_per_sample_gradients",
+    "ghost_backward",
     "make_grad_sample_module",
     "noise_only_step",
     "poisson_batch",
 ]
 
 
+def _add_injected_noise(optimizer: Any, noise: NoiseSource) -> None:
+    """Opacus' ``add_noise`` with the Gaussian drawn from a privfed :class:`NoiseSource`."""
+    for p in optimizer.params:
+        _check_processed_flag(p.summed_grad)
+        draw = noise.normal(std=optimizer.noise_multiplier * optimizer.max_grad_norm, shape=tuple(p.summed_grad.shape))
+        p.grad = (p.summed_grad + torch.from_numpy(draw).to(p.summed_grad.dtype)).view_as(p)
+        _mark_as_processed(p.summed_grad)
+
+
 class NoisedDPOptimizer(DPOptimizer):  # type: ignore[misc]
-    """Opacus' DPOptimizer with Gaussian noise drawn from a privfed :class:`NoiseSource`."""
+    """Opacus' DPOptimizer (per-sample gradients from hooks) with privfed's noise."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, noise: NoiseSource, **kwargs: Any) -> None:
         super().__init__(optimizer, **kwargs)
         self._noise = noise
 
     def add_noise(self) -> None:
-        for p in self.params:
-            _check_processed_flag(p.summed_grad)
-            draw = self._noise.normal(std=self.noise_multiplier * self.max_grad_norm, shape=tuple(p.summed_grad.shape))
-            p.grad = (p.summed_grad + torch.from_numpy(draw).to(p.summed_grad.dtype)).view_as(p)
-            _mark_as_processed(p.summed_grad)
+        _add_injected_noise(self, self._noise)
 
 
-def make_grad_sample_module(model: Any) -> GradSampleModule:
-    """Wrap ``model`` for per-sample gradients; ``ConfigError`` if Opacus cannot handle its trainable layers."""
+class NoisedGhostDPOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
+    """Opacus' optimizer for ghost clipping (Li et al. 2022; Bu et al. 2023) with privfed's noise."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, noise: NoiseSource, **kwargs: Any) -> None:
+        super().__init__(optimizer, **kwargs)
+        self._noise = noise
+
+    def add_noise(self) -> None:
+        _add_injected_noise(self, self._noise)
+
+
+def ghost_backward(module: Any, optimizer: Any, loss_per_sample: torch.Tensor) -> None:
+    """Ghost clipping's two backward passes: per-sample gradient norms without
+    materialising per-sample gradients, then the clipped sum."""
+    DPTensorFastGradientClipping(module, optimizer, loss_per_sample, "mean").backward()
+
+
+def make_grad_sample_module(model: Any, *, mode: str = "hooks", max_grad_norm: float = 1.0) -> Any:
+    """Wrap ``model`` for per-sample gradients (``hooks``) or per-sample norms (``ghost``);
+    ``ConfigError`` if Opacus cannot handle its trainable layers."""
     try:
+        if mode == "ghost":
+            return GradSampleModuleFastGradientClipping(
+                model, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True
+            )
         return GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
     except (NotImplementedError, ValueError) as exc:
         raise ConfigError(
@@ -56,7 +88,10 @@ def make_grad_sample_module(model: Any) -> GradSampleModule:
 def noise_only_step(optimizer: DPOptimizer, params: list[torch.nn.Parameter]) -> None:
     """A DP step on an empty Poisson batch: the clipped sum is zero, the noise is still added."""
     for p in params:
-        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)  # type: ignore[attr-defined]
+        if isinstance(optimizer, DPOptimizerFastGradientClipping):
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)  # type: ignore[attr-defined]
     optimizer.step()
 
 
@@ -65,22 +100,22 @@ def poisson_batch(n: int, *, rate: float, rng: np.random.Generator) -> np.ndarra
     return np.flatnonzero(rng.random(n) < rate).astype(np.int64)
 
 
-def check_per_sample_gradients(model: Any, loss: torch.Tensor) -> None:
+def check_per_sample_gradients(model: Any, loss: torch.Tensor, *, attribute: str = "grad_sample") -> None:
     """Backpropagate ``loss`` (computed through the GradSampleModule on a small batch) and
-    require a per-sample gradient on every trainable parameter of ``model``.
+    require a per-sample gradient (``grad_sample``; ghost clipping: per-sample norm,
+    ``_norm_sample``) on every trainable parameter of ``model``.
 
     Opacus issue #820: some adapter layers get no hooks, and DP training then
     runs with normal-looking loss and epsilon while those parameters are
     never clipped or noised. A missing per-sample gradient is a ``ConfigError``.
     """
     loss.backward()  # type: ignore[no-untyped-call]
-    missing = [
-        name for name, p in model.named_parameters() if p.requires_grad and getattr(p, "grad_sample", None) is None
-    ]
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and getattr(p, attribute, None) is None]
     for p in model.parameters():
         p.grad = None
-        if hasattr(p, "grad_sample"):
-            p.grad_sample = None
+        for attr in ("grad_sample", "_norm_sample"):
+            if hasattr(p, attr):
+                setattr(p, attr, None)
     if missing:
         raise ConfigError(
             f"privacy.mode needs per-sample gradients, and Opacus cannot compute them for {len(missing)} adapter "
