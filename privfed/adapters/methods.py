@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from privfed.errors import ModelError
+from privfed.registry import Registry
 
 if TYPE_CHECKING:
     from privfed.config import AdapterConfig
@@ -20,19 +21,17 @@ if TYPE_CHECKING:
 __all__ = ["adapter_method_names", "build_peft_config", "register_adapter_method", "wrap_model"]
 
 _Builder = Callable[["AdapterConfig", "ModelSpec"], Any]
-_REGISTRY: dict[str, _Builder] = {}
+_METHODS: Registry[_Builder] = Registry("adapter method", error=ModelError, field="adapter.method")
 
 
 def register_adapter_method(name: str, builder: _Builder) -> None:
     """Register ``builder(adapter_config, model_spec) -> peft.PeftConfig`` under ``name``."""
-    if name in _REGISTRY:
-        raise ModelError(f"adapter method {name!r} is already registered")
-    _REGISTRY[name] = builder
+    _METHODS.register(name, builder)
 
 
 def adapter_method_names() -> tuple[str, ...]:
     """Registered adapter methods, sorted."""
-    return tuple(sorted(_REGISTRY))
+    return _METHODS.names()
 
 
 def _task_type(spec: ModelSpec) -> Any:
@@ -76,13 +75,7 @@ register_adapter_method("prompt_tuning", _prompt_tuning)
 
 def build_peft_config(cfg: AdapterConfig, spec: ModelSpec) -> Any:
     """The ``peft`` config for ``cfg`` on the model described by ``spec``."""
-    try:
-        builder = _REGISTRY[cfg.method]
-    except KeyError:
-        raise ModelError(
-            f"unknown adapter method {cfg.method!r}; registered: {', '.join(adapter_method_names())}"
-        ) from None
-    return builder(cfg, spec)
+    return _METHODS.get(cfg.method)(cfg, spec)
 
 
 def wrap_model(model: Any, cfg: AdapterConfig, spec: ModelSpec) -> Any:

@@ -107,13 +107,7 @@ class ClientTrainer:
                 optimizer.step()
                 losses.append(float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
-        delta = self.layout.flatten(self.model) - global_vector.astype(np.float32)
-        return LocalResult(
-            delta=delta.astype(np.float32),
-            num_examples=len(data),
-            train_loss=float(np.mean(losses)) if losses else float("nan"),
-            steps=len(losses),
-        )
+        return self._result(global_vector, num_examples=len(data), losses=losses, steps=len(losses))
 
     def check_private_training(self, data: ExampleSet) -> None:
         """Fail early (``ConfigError``) unless DP-SGD reaches every trainable parameter."""
@@ -171,10 +165,15 @@ class ClientTrainer:
                 optimizer.step()
                 losses.append(float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
+        return self._result(global_vector, num_examples=n, losses=losses, steps=steps)
+
+    def _result(
+        self, global_vector: npt.NDArray[np.float32], *, num_examples: int, losses: list[float], steps: int
+    ) -> LocalResult:
         delta = self.layout.flatten(self.model) - global_vector.astype(np.float32)
         return LocalResult(
             delta=delta.astype(np.float32),
-            num_examples=n,
+            num_examples=num_examples,
             train_loss=float(np.mean(losses)) if losses else float("nan"),
             steps=steps,
         )

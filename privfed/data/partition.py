@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from privfed.errors import DataError
+from privfed.registry import Registry
 
 __all__ = [
     "PartitionInputs",
@@ -138,19 +139,17 @@ class PartitionInputs:
 
 
 _Partitioner = Callable[[PartitionInputs, np.random.Generator], list[IndexArray]]
-_REGISTRY: dict[str, _Partitioner] = {}
+_PARTITIONERS: Registry[_Partitioner] = Registry("partitioner", error=DataError, field="partition.method")
 
 
 def register_partitioner(name: str, fn: _Partitioner) -> None:
     """Add a partitioner under ``name`` (used as ``partition.method``)."""
-    if name in _REGISTRY:
-        raise DataError(f"partitioner {name!r} is already registered")
-    _REGISTRY[name] = fn
+    _PARTITIONERS.register(name, fn)
 
 
 def partitioner_names() -> tuple[str, ...]:
     """Registered partitioner names, sorted."""
-    return tuple(sorted(_REGISTRY))
+    return _PARTITIONERS.names()
 
 
 def _natural(inputs: PartitionInputs, rng: np.random.Generator) -> list[IndexArray]:
@@ -177,11 +176,7 @@ register_partitioner("natural", _natural)
 
 def partition(method: str, inputs: PartitionInputs, rng: np.random.Generator) -> list[IndexArray]:
     """Run the partitioner registered as ``method``; check every client got ``min_examples``."""
-    try:
-        fn = _REGISTRY[method]
-    except KeyError:
-        raise DataError(f"unknown partitioner {method!r}; registered: {', '.join(partitioner_names())}") from None
-    parts = fn(inputs, rng)
+    parts = _PARTITIONERS.get(method)(inputs, rng)
     smallest = min(len(p) for p in parts)
     if smallest < inputs.min_examples:
         raise DataError(

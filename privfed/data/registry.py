@@ -9,6 +9,7 @@ from collections.abc import Callable
 from privfed.data import loaders
 from privfed.data.records import Dataset, Modality
 from privfed.errors import DataError
+from privfed.registry import Registry
 
 __all__ = ["DatasetSpec", "dataset_names", "get_dataset_spec", "load_dataset", "register_dataset"]
 
@@ -34,28 +35,22 @@ class DatasetSpec:
     description: str
 
 
-_REGISTRY: dict[str, DatasetSpec] = {}
+_DATASETS: Registry[DatasetSpec] = Registry("dataset", error=DataError, field="data.name")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Add a dataset to the registry (names are unique)."""
-    if spec.name in _REGISTRY:
-        raise DataError(f"dataset {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _DATASETS.register(spec.name, spec)
 
 
 def dataset_names() -> tuple[str, ...]:
     """Registered dataset names, sorted."""
-    return tuple(sorted(_REGISTRY))
+    return _DATASETS.names()
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
     """The registry entry for ``name``; raises :class:`DataError` if unknown."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; registered: {', '.join(dataset_names())}") from None
+    return _DATASETS.get(name)
 
 
 @functools.lru_cache(maxsize=8)

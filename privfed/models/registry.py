@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from privfed.errors import ModelError
+from privfed.registry import Registry
 
 __all__ = [
     "LoadedModel",
@@ -66,21 +67,18 @@ class ModelSpec:
     pretrained: bool
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+_MODELS: Registry[ModelSpec] = Registry("model", error=ModelError, field="model.name")
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
     """Add a model to the registry (names are unique)."""
-    if spec.name in _REGISTRY:
-        raise ModelError(f"model {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _MODELS.register(spec.name, spec)
 
 
 def model_names() -> tuple[str, ...]:
     """Registered model names, sorted."""
     _ensure_builtin()
-    return tuple(sorted(_REGISTRY))
+    return _MODELS.names()
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -90,10 +88,7 @@ def get_model_spec(name: str) -> ModelSpec:
         ModelError: if no model of that name is registered.
     """
     _ensure_builtin()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ModelError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+    return _MODELS.get(name)
 
 
 def load_base_model(name: str, *, num_labels: int | None = None, init_seed: int = 0) -> LoadedModel:

@@ -10,21 +10,21 @@ from collections.abc import Callable, Sequence
 
 from privfed.errors import ConfigError
 from privfed.privacy.events import SampledGaussianEvent
+from privfed.registry import Registry
 
 __all__ = ["accountant_names", "compute_epsilon", "register_accountant"]
 
 _EpsilonFn = Callable[[Sequence[SampledGaussianEvent], float], float]
-_REGISTRY: dict[str, _EpsilonFn] = {}
+_ACCOUNTANTS: Registry[_EpsilonFn] = Registry("accountant", error=ConfigError, field="privacy.accountant")
 
 
 def register_accountant(name: str, fn: _EpsilonFn) -> None:
-    if name in _REGISTRY:
-        raise ConfigError(f"accountant {name!r} is already registered")
-    _REGISTRY[name] = fn
+    """Register ``fn(events, delta) -> epsilon`` under ``name`` (``privacy.accountant``)."""
+    _ACCOUNTANTS.register(name, fn)
 
 
 def accountant_names() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
+    return _ACCOUNTANTS.names()
 
 
 def _history(events: Sequence[SampledGaussianEvent]) -> list[tuple[float, float, int]]:
@@ -67,8 +67,4 @@ register_accountant("prv", _prv)
 
 def compute_epsilon(events: Sequence[SampledGaussianEvent], *, delta: float, accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` of the composition of ``events`` (0 for no events)."""
-    try:
-        fn = _REGISTRY[accountant]
-    except KeyError:
-        raise ConfigError(f"privacy.accountant must be one of {accountant_names()}; got {accountant!r}") from None
-    return fn(events, delta)
+    return _ACCOUNTANTS.get(accountant)(events, delta)

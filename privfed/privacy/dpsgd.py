@@ -42,26 +42,23 @@ def _add_injected_noise(optimizer: Any, noise: NoiseSource) -> None:
         _mark_as_processed(p.summed_grad)
 
 
-class NoisedDPOptimizer(DPOptimizer):  # type: ignore[misc]
+class _InjectedNoise:
+    """Mixin for Opacus optimizers: Gaussian noise from a privfed :class:`NoiseSource`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, noise: NoiseSource, **kwargs: Any) -> None:
+        super().__init__(optimizer, **kwargs)  # type: ignore[call-arg]
+        self._noise = noise
+
+    def add_noise(self) -> None:
+        _add_injected_noise(self, self._noise)
+
+
+class NoisedDPOptimizer(_InjectedNoise, DPOptimizer):  # type: ignore[misc]
     """Opacus' DPOptimizer (per-sample gradients from hooks) with privfed's noise."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, noise: NoiseSource, **kwargs: Any) -> None:
-        super().__init__(optimizer, **kwargs)
-        self._noise = noise
 
-    def add_noise(self) -> None:
-        _add_injected_noise(self, self._noise)
-
-
-class NoisedGhostDPOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
+class NoisedGhostDPOptimizer(_InjectedNoise, DPOptimizerFastGradientClipping):  # type: ignore[misc]
     """Opacus' optimizer for ghost clipping (Li et al. 2022; Bu et al. 2023) with privfed's noise."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, *, noise: NoiseSource, **kwargs: Any) -> None:
-        super().__init__(optimizer, **kwargs)
-        self._noise = noise
-
-    def add_noise(self) -> None:
-        _add_injected_noise(self, self._noise)
 
 
 def ghost_backward(module: Any, optimizer: Any, loss_per_sample: torch.Tensor) -> None:

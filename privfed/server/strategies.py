@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from privfed.errors import ConfigError
+from privfed.registry import Registry
 
 if TYPE_CHECKING:
     from privfed.config import ServerConfig
@@ -118,26 +119,21 @@ class FedAdam(FedAvg):
 
 
 _Factory = Callable[["ServerConfig"], Strategy]
-_REGISTRY: dict[str, _Factory] = {}
+_STRATEGIES: Registry[_Factory] = Registry("strategy", error=ConfigError, field="server.strategy")
 
 
 def register_strategy(name: str, factory: _Factory) -> None:
     """Register ``factory(server_config) -> Strategy`` under ``name`` (``server.strategy``)."""
-    if name in _REGISTRY:
-        raise ConfigError(f"strategy {name!r} is already registered")
-    _REGISTRY[name] = factory
+    _STRATEGIES.register(name, factory)
 
 
 def strategy_names() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
+    return _STRATEGIES.names()
 
 
 def make_strategy(cfg: ServerConfig) -> Strategy:
     """The strategy named by ``cfg.strategy``, built from ``cfg``."""
-    try:
-        return _REGISTRY[cfg.strategy](cfg)
-    except KeyError:
-        raise ConfigError(f"server.strategy must be one of {strategy_names()}; got {cfg.strategy!r}") from None
+    return _STRATEGIES.get(cfg.strategy)(cfg)
 
 
 register_strategy("fedavg", lambda c: FedAvg(learning_rate=c.learning_rate))
