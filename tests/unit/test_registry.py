@@ -36,7 +36,7 @@ def test_unknown_names_raise_the_registry_error_type() -> None:
     from privfed.data import get_dataset_spec
     from privfed.models import get_model_spec
 
-    with pytest.raises(DataError, match="data.name"):
+    with pytest.raises(DataError, match=r"data\.name"):
         get_dataset_spec("imagenet")
-    with pytest.raises(ModelError, match="model.name"):
+    with pytest.raises(ModelError, match=r"model\.name"):
         get_model_spec("gpt-9")
