@@ -75,3 +75,39 @@ def test_smollm2_loads_from_gguf_cache_and_lora_lowers_fortune_perplexity(tmp_pa
     summary = run_experiment(config, tmp_path / "run", quiet=True)
     assert 1.0 < summary["initial_eval_perplexity"] < 500.0  # a real LM, not a random one (~49k)
     assert summary["final_eval_perplexity"] < summary["initial_eval_perplexity"]
+
+
+def test_dp_with_negligible_noise_reaches_non_private_accuracy_on_minilm(tmp_path: Path) -> None:
+    """Opacus #820 guard, end to end: DP-SGD with sigma ~ 0.01 and a clip bound that never binds
+    must train like non-private training (a DP wrapper that silently dropped the adapter's
+    gradients would stay at the majority rate)."""
+    common = {
+        "model.name": "minilm",
+        "model.max_length": 64,
+        "data.max_train_examples": 400,
+        "data.max_eval_examples": 150,
+        "partition.method": "iid",
+        "partition.num_clients": 4,
+        "server.clients_per_round": 4,
+        "server.rounds": 2,
+        "client.local_steps": 6,
+        "client.batch_size": 16,
+        "client.learning_rate": 0.003,
+        "eval.batch_size": 50,
+    }
+    plain = run_experiment(tiny_config(**common), tmp_path / "plain", quiet=True)
+    private = run_experiment(
+        tiny_config(
+            **common,
+            **{
+                "privacy.mode": "sample",
+                "privacy.delta": 1e-3,
+                "privacy.sample.noise_multiplier": 0.01,
+                "privacy.sample.max_grad_norm": 1000.0,
+            },
+        ),
+        tmp_path / "dp",
+        quiet=True,
+    )
+    assert private["final_eval_accuracy"] > private["majority_class_rate"] + 0.3
+    assert private["final_eval_accuracy"] >= plain["final_eval_accuracy"] - 0.05
