@@ -7,6 +7,7 @@ The public API is re-exported here; ``attacks`` and users' code import from
 from __future__ import annotations
 
 from privfed.adapters import AdapterLayout, ParameterSlot, adapter_method_names, register_adapter_method, wrap_model
+from privfed.compression import FixedPointCodec
 from privfed.config import ExperimentConfig, config_from_dict, config_to_dict, dump_config, load_config
 from privfed.data import Dataset, dataset_names, load_dataset, partition, register_dataset
 from privfed.errors import (
@@ -20,6 +21,14 @@ from privfed.errors import (
 )
 from privfed.experiments import RunDirectory, build_experiment, resume_experiment, run_experiment
 from privfed.models import load_base_model, model_names, register_model
+from privfed.privacy import (
+    DPFedAvgServer,
+    PrivacyLedger,
+    SampledGaussianEvent,
+    calibrate_noise_multiplier,
+    compute_epsilon,
+)
+from privfed.secagg import SecAggAborted, SecAggClient, SecAggServer, run_secagg_round
 from privfed.server import FedAdam, FedAvg, FederatedServer, make_strategy, weighted_mean
 from privfed.transport import ClientUpdate, GlobalModel, SimulationTransport
 
@@ -30,23 +39,32 @@ __all__ = [
     "CheckpointError",
     "ClientUpdate",
     "ConfigError",
+    "DPFedAvgServer",
     "DataError",
     "Dataset",
     "ExperimentConfig",
     "FedAdam",
     "FedAvg",
     "FederatedServer",
+    "FixedPointCodec",
     "GlobalModel",
     "ModelError",
     "ParameterSlot",
     "PrivacyBudgetExceeded",
+    "PrivacyLedger",
     "PrivfedError",
     "ProtocolError",
     "RunDirectory",
+    "SampledGaussianEvent",
+    "SecAggAborted",
+    "SecAggClient",
+    "SecAggServer",
     "SimulationTransport",
     "__version__",
     "adapter_method_names",
     "build_experiment",
+    "calibrate_noise_multiplier",
+    "compute_epsilon",
     "config_from_dict",
     "config_to_dict",
     "dataset_names",
@@ -62,6 +80,7 @@ __all__ = [
     "register_model",
     "resume_experiment",
     "run_experiment",
+    "run_secagg_round",
     "weighted_mean",
     "wrap_model",
 ]
