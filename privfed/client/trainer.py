@@ -28,7 +28,14 @@ from privfed.tasks import Task
 if TYPE_CHECKING:
     from privfed.config import ClientConfig
 
-__all__ = ["ClientTrainer", "LocalResult", "SampleDP"]
+__all__ = ["ClientTrainer", "LocalResult", "SampleDP", "local_steps"]
+
+
+def local_steps(config: ClientConfig, num_examples: int) -> int:
+    """Optimizer steps per round for a client holding ``num_examples`` examples."""
+    if config.local_steps > 0:
+        return config.local_steps
+    return config.local_epochs * math.ceil(num_examples / config.batch_size)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -126,8 +133,7 @@ class ClientTrainer:
 
     def steps_for(self, num_examples: int) -> int:
         """Local steps a client with ``num_examples`` examples takes per round."""
-        cfg = self.config
-        return cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * math.ceil(num_examples / cfg.batch_size)
+        return local_steps(self.config, num_examples)
 
     def _train_private(self, *, global_vector: npt.NDArray[np.float32], data: ExampleSet, seed: int) -> LocalResult:
         """DP-SGD: Poisson batches of expected size ``batch_size``, per-sample clipping, Gaussian noise."""

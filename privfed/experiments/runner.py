@@ -14,7 +14,7 @@ import numpy.typing as npt
 from privfed.adapters.layout import AdapterLayout
 from privfed.adapters.methods import wrap_model
 from privfed.client.data import ExampleSet
-from privfed.client.trainer import ClientTrainer, SampleDP
+from privfed.client.trainer import ClientTrainer, SampleDP, local_steps
 from privfed.config import ExperimentConfig
 from privfed.data.partition import PartitionInputs, partition, stratified_split
 from privfed.data.records import Dataset
@@ -313,7 +313,7 @@ class PrivacyPlan:
     user_sample_rate: float
 
 
-def resolve_privacy(exp: Experiment, trainer_steps: Any) -> PrivacyPlan:
+def resolve_privacy(exp: Experiment) -> PrivacyPlan:
     """Check the privacy config against the data and calibrate noise multipliers.
 
     Record-level sigma is calibrated so that every client stays within its
@@ -332,7 +332,7 @@ def resolve_privacy(exp: Experiment, trainer_steps: Any) -> PrivacyPlan:
                 f"privacy.delta must be < 1/(smallest client's examples) = {1 / min(sizes):g} for record-level DP; "
                 f"got {p.delta:g}"
             )
-        shapes = {(min(1.0, config.client.batch_size / n), trainer_steps(n)) for n in sizes}
+        shapes = {(min(1.0, config.client.batch_size / n), local_steps(config.client, n)) for n in sizes}
         if p.sample.noise_multiplier > 0:
             sample_sigma = p.sample.noise_multiplier
         else:
@@ -403,8 +403,7 @@ def _prepare_privacy(exp: Experiment) -> _Privacy:
     """Resolve noise multipliers, build the ledger, DP-FedAvg and the (DP-)trainer; raise ``ConfigError`` early."""
     config = exp.config
     privacy = config.privacy
-    probe = ClientTrainer(model=exp.model, layout=exp.layout, task=exp.task, config=config.client)
-    plan = resolve_privacy(exp, probe.steps_for)
+    plan = resolve_privacy(exp)
     ledger = PrivacyLedger(
         delta=privacy.delta,
         accountant=privacy.accountant,
