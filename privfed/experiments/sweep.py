@@ -32,6 +32,7 @@ COLUMNS = (
     "sample_noise_multiplier",
     "final_eval_accuracy",
     "final_eval_loss",
+    "majority_class_rate",
     "rounds",
     "completed",
 )
@@ -133,7 +134,16 @@ def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path, *, title: s
     for r in rows:
         if math.isinf(r["target_epsilon"]) and r.get("final_eval_accuracy") is not None:
             ax.axhline(r["final_eval_accuracy"], linestyle="--", color="gray", label="no DP")
+    majority = next((r["majority_class_rate"] for r in rows if r.get("majority_class_rate") is not None), None)
+    if majority is not None:
+        ax.axhline(majority, linestyle=":", color="black", label="majority class")
     ax.set_xscale("log")
+    if private:
+        from matplotlib.ticker import FixedLocator, NullLocator
+
+        ax.xaxis.set_major_locator(FixedLocator([r["target_epsilon"] for r in private]))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{r['target_epsilon']:g}" for r in private])
     ax.set_xlabel("epsilon (log scale)")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"privacy-utility {title}".strip())
