@@ -53,7 +53,11 @@ class RoundResult:
         bytes_up / bytes_down: bytes moved this round.
         update_norm: L2 norm of the aggregate delta applied to the global adapter.
         dropped_clients: cohort members that dropped out of secure aggregation.
-        aborted: why secure aggregation aborted (the global adapter is then unchanged).
+        aborted: why secure aggregation aborted (the global adapter then gets no client
+            update; under user-level DP the round's noise is still released and applied).
+        cohort: the clients selected this round.
+        clip_norm / unclipped_fraction: user-level DP clip bound used, and the noised
+            fraction of unclipped clients (adaptive clipping), else ``None``.
     """
 
     round: int
