@@ -78,9 +78,14 @@ def test_smollm2_loads_from_gguf_cache_and_lora_lowers_fortune_perplexity(tmp_pa
 
 
 def test_dp_with_negligible_noise_reaches_non_private_accuracy_on_minilm(tmp_path: Path) -> None:
-    """Opacus #820 guard, end to end: DP-SGD with sigma ~ 0.01 and a clip bound that never binds
-    must train like non-private training (a DP wrapper that silently dropped the adapter's
-    gradients would stay at the majority rate)."""
+    """Opacus #820 guard, end to end: DP-SGD whose noise (sigma * C = 1e-5) and clipping (C = 10)
+    are negligible must train like non-private training (a DP wrapper that silently dropped the
+    adapter's gradients would stay near the majority rate). Note sigma * C, not sigma, sets the
+    noise: sigma = 0.01 with a huge C is loud noise. Even tiny noise costs some accuracy with
+    AdamW, which turns noise on coordinates whose true gradient is 0 (LoRA A while B = 0) into
+    full-size steps, and Poisson batches differ from shuffled ones; so the bar is 10 points on
+    150 held-out articles. The exact equivalence of the DP and plain paths (no noise, SGD) is
+    tested in tests/property/test_dp_mechanisms.py."""
     plain = run_experiment(tiny_config(**MINILM_SMALL), tmp_path / "plain", quiet=True)
     private = run_experiment(
         tiny_config(
@@ -88,12 +93,12 @@ def test_dp_with_negligible_noise_reaches_non_private_accuracy_on_minilm(tmp_pat
             **{
                 "privacy.mode": "sample",
                 "privacy.delta": 1e-3,
-                "privacy.sample.noise_multiplier": 0.01,
-                "privacy.sample.max_grad_norm": 1000.0,
+                "privacy.sample.noise_multiplier": 1e-6,
+                "privacy.sample.max_grad_norm": 10.0,
             },
         ),
         tmp_path / "dp",
         quiet=True,
     )
     assert private["final_eval_accuracy"] > private["majority_class_rate"] + 0.3
-    assert private["final_eval_accuracy"] >= plain["final_eval_accuracy"] - 0.05
+    assert private["final_eval_accuracy"] >= plain["final_eval_accuracy"] - 0.10

@@ -224,3 +224,43 @@ def test_per_sample_gradients_match_a_microbatch_loop(model_name: str) -> None:
     for name, p in trainable:
         for i in range(4):
             torch.testing.assert_close(p.grad_sample[i], reference[i][name], rtol=1e-4, atol=1e-7)
+
+
+def test_dp_path_without_noise_or_clipping_equals_plain_training() -> None:
+    """Full-batch DP-SGD (Poisson rate 1) with sigma*C ~ 1e-9 and a bound that never binds must
+    give the non-private SGD update: nothing in the DP path may drop or rescale gradients."""
+    import torch
+
+    from privfed.adapters import AdapterLayout, wrap_model
+    from privfed.client.data import ExampleSet
+    from privfed.client.trainer import ClientTrainer, SampleDP
+    from privfed.config import AdapterConfig, ClientConfig
+    from privfed.data.tokenize import TokenizedTexts
+    from privfed.models import load_base_model
+    from privfed.rng import torch_rng
+    from privfed.tasks import get_task
+
+    deltas = []
+    for dp in (None, SampleDP(noise_multiplier=1e-12, max_grad_norm=1e3, secure_noise=False, seed=0)):
+        loaded = load_base_model("tiny-bert", num_labels=3, init_seed=1)
+        with torch_rng(2):
+            model = wrap_model(loaded.model, AdapterConfig(method="lora", rank=4), loaded.spec)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        rng = np.random.default_rng(0)
+        ids = rng.integers(100, 5000, size=(12, 16)).astype(np.int32)
+        data = ExampleSet(
+            TokenizedTexts(ids, np.ones_like(ids, dtype=np.int8)), rng.integers(0, 3, 12).astype(np.int64)
+        )
+        layout = AdapterLayout.from_model(model)
+        trainer = ClientTrainer(
+            model=model,
+            layout=layout,
+            task=get_task("classification"),
+            config=ClientConfig(local_steps=3, batch_size=12, optimizer="sgd", learning_rate=0.5),
+            dp=dp,
+        )
+        deltas.append(trainer.train(global_vector=layout.flatten(model), data=data, seed=3).delta)
+    assert np.linalg.norm(deltas[0]) > 0
+    np.testing.assert_allclose(deltas[1], deltas[0], rtol=1e-4, atol=1e-7)  # float32 rounding of local - global
