@@ -83,13 +83,17 @@ class RunDirectory:
         self.path = Path(path)
 
     # --- creation --------------------------------------------------------------------
-    def create(self, config: ExperimentConfig) -> None:
-        """Start a new run here; refuses a directory that already holds a run."""
+    def check_new(self) -> None:
+        """Raise ``CheckpointError`` if this directory already holds a run (runs are never overwritten)."""
         if (self.path / self.CONFIG).exists():
             raise CheckpointError(
                 f"{str(self.path)!r} already holds a run; resume it with `privfed run --resume {self.path}` "
                 "or choose another --out"
             )
+
+    def create(self, config: ExperimentConfig) -> None:
+        """Start a new run here; refuses a directory that already holds a run."""
+        self.check_new()
         self.path.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.path / self.CONFIG, dump_config(config).encode())
         (self.path / self.METRICS).write_text("")

@@ -564,8 +564,7 @@ def run_experiment(
             interrupted; ``privfed run --resume`` continues from there.
     """
     run_dir = RunDirectory(out_dir)
-    if (run_dir.path / RunDirectory.CONFIG).exists():
-        run_dir.create(config)  # raises: never overwrite a run
+    run_dir.check_new()  # before the expensive build
     exp = build_experiment(config)
     dp = _prepare_privacy(exp)
     run_dir.create(config)
