@@ -125,6 +125,13 @@ class FederatedServer:
             raise ProtocolError(f"update from client {update.client_id} has non-finite values")
         return update
 
+    def _apply(self, aggregate: npt.NDArray[np.float32]) -> float:
+        """Server optimizer step with the round's aggregate; returns the L2 norm of the change."""
+        new_vector = self.strategy.apply(self.global_vector, aggregate)
+        update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
+        self.global_vector = new_vector
+        return update_norm
+
     def cohort(self, round: int) -> npt.NDArray[np.int64]:
         """The clients selected for ``round`` (Poisson-sampled under user-level DP)."""
         return sample_cohort(
@@ -167,9 +174,7 @@ class FederatedServer:
             # The noised sum is released every round, whoever answered.
             deltas = np.stack([u.delta for u in accepted]) if accepted else np.zeros((0, self.layout.dim), np.float32)
             dp_result = self.user_dp.aggregate(deltas, noise=self._noise(round))
-            new_vector = self.strategy.apply(self.global_vector, dp_result.mean_delta)
-            update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
-            self.global_vector = new_vector
+            update_norm = self._apply(dp_result.mean_delta)
             losses = np.array([u.train_loss for u in accepted])
             if np.isfinite(losses).any():
                 train_loss = float(np.mean(losses[np.isfinite(losses)]))
@@ -178,9 +183,7 @@ class FederatedServer:
             counts = np.array([u.num_examples for u in accepted], dtype=np.float64)
             weights = counts if self.weighting == "examples" else np.ones_like(counts)
             aggregate = self.strategy.aggregate(deltas, weights=weights)
-            new_vector = self.strategy.apply(self.global_vector, aggregate)
-            update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
-            self.global_vector = new_vector
+            update_norm = self._apply(aggregate)
             losses = np.array([u.train_loss for u in accepted])
             finite = np.isfinite(losses)
             if finite.any():
@@ -254,16 +257,12 @@ class FederatedServer:
             )
             if contributors:
                 train_loss = float(sums[d] / contributors)
-            new_vector = self.strategy.apply(self.global_vector, dp_result.mean_delta)
-            update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
-            self.global_vector = new_vector
+            update_norm = self._apply(dp_result.mean_delta)
         elif exchange.result is not None and contributors:
             mean = self.codec.decode_sum(exchange.result) / contributors
             aggregate = mean[:d].astype(np.float32)
             train_loss = float(mean[d])
-            new_vector = self.strategy.apply(self.global_vector, aggregate)
-            update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
-            self.global_vector = new_vector
+            update_norm = self._apply(aggregate)
         return RoundResult(
             round=round,
             num_clients=contributors,

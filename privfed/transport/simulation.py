@@ -111,8 +111,9 @@ class SimulationTransport:
         for client_id in cohort:
             self._check_client(client_id)
             result = self._train(client_id, message)
-            upload = np.append(result.delta.astype(np.float64), result.train_loss)
-            if clip_norm is not None:  # user-level DP: clip here, before masking; count unclipped
+            if clip_norm is None:
+                upload = np.append(result.delta.astype(np.float64), result.train_loss)
+            else:  # user-level DP: clip here, before masking; count unclipped
                 clipped, norm = clip_to_norm(result.delta, max_norm=clip_norm)
                 upload = np.concatenate([clipped.astype(np.float64), [result.train_loss, float(norm <= clip_norm)]])
             if np.isfinite(upload).all():
