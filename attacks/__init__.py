@@ -1,8 +1,11 @@
 """Privacy attacks and audits against privfed pipelines.
 
-Imports only privfed's public API. Gradient inversion, membership inference
-and empirical epsilon lower bounds arrive in later issues; this package
-exists now so the layout is stable.
+Imports only privfed's public API. Subpackages: ``attacks.inversion``
+(gradient inversion of images and text), ``attacks.membership`` (membership
+inference scores), ``attacks.audit`` (empirical epsilon lower bounds);
+``attacks.metrics`` and ``attacks.threat`` are shared by all of them.
 """
 
-__all__: list[str] = []
+from attacks.threat import Observation, ThreatModel
+
+__all__ = ["Observation", "ThreatModel"]
