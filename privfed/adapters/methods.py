@@ -21,12 +21,19 @@ if TYPE_CHECKING:
 __all__ = ["adapter_method_names", "build_peft_config", "register_adapter_method", "wrap_model"]
 
 _Builder = Callable[["AdapterConfig", "ModelSpec"], Any]
-_METHODS: Registry[_Builder] = Registry("adapter method", error=ModelError, field="adapter.method")
+_AfterWrap = Callable[[Any], None]
+_METHODS: Registry[tuple[_Builder, _AfterWrap | None]] = Registry(
+    "adapter method", error=ModelError, field="adapter.method"
+)
 
 
-def register_adapter_method(name: str, builder: _Builder) -> None:
-    """Register ``builder(adapter_config, model_spec) -> peft.PeftConfig`` under ``name``."""
-    _METHODS.register(name, builder)
+def register_adapter_method(name: str, builder: _Builder, *, after_wrap: _AfterWrap | None = None) -> None:
+    """Register ``builder(adapter_config, model_spec) -> peft.PeftConfig`` under ``name``.
+
+    ``after_wrap(peft_model)``, when given, runs once the adapter is attached
+    (e.g. to freeze part of it); what stays trainable is what travels.
+    """
+    _METHODS.register(name, (builder, after_wrap))
 
 
 def adapter_method_names() -> tuple[str, ...]:
@@ -68,14 +75,32 @@ def _prompt_tuning(cfg: AdapterConfig, spec: ModelSpec) -> Any:
     return PromptTuningConfig(task_type=_task_type(spec), num_virtual_tokens=cfg.num_virtual_tokens)
 
 
+def _freeze_lora_a(model: Any) -> None:
+    # FFA-LoRA (Sun, Qin, Xu, Li, ICLR 2024, "Improving LoRA in Privacy-preserving
+    # Federated Learning"): A stays at its seeded random init on every party and
+    # only B is trained, so the server's average of B is the exact average of the
+    # clients' products B·A (plain LoRA averages B and A separately), and DP noise
+    # is added to half as many parameters. A is reproducible from the adapter-init
+    # seed, so it never crosses the wire.
+    frozen = 0
+    for name, param in model.named_parameters():
+        if ".lora_A." in name:
+            param.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        raise ModelError("ffa_lora found no LoRA A matrices to freeze")
+
+
 register_adapter_method("lora", _lora)
+register_adapter_method("ffa_lora", _lora, after_wrap=_freeze_lora_a)
 register_adapter_method("ia3", _ia3)
 register_adapter_method("prompt_tuning", _prompt_tuning)
 
 
 def build_peft_config(cfg: AdapterConfig, spec: ModelSpec) -> Any:
     """The ``peft`` config for ``cfg`` on the model described by ``spec``."""
-    return _METHODS.get(cfg.method)(cfg, spec)
+    builder, _ = _METHODS.get(cfg.method)
+    return builder(cfg, spec)
 
 
 def wrap_model(model: Any, cfg: AdapterConfig, spec: ModelSpec) -> Any:
@@ -89,7 +114,11 @@ def wrap_model(model: Any, cfg: AdapterConfig, spec: ModelSpec) -> Any:
     """
     from peft import get_peft_model
 
+    _, after_wrap = _METHODS.get(cfg.method)
     try:
-        return get_peft_model(model, build_peft_config(cfg, spec))
+        wrapped = get_peft_model(model, build_peft_config(cfg, spec))
     except ValueError as exc:
         raise ModelError(f"adapter {cfg.method!r} cannot be attached to model {spec.name!r}: {exc}") from None
+    if after_wrap is not None:
+        after_wrap(wrapped)
+    return wrapped

@@ -187,3 +187,21 @@ def test_cli_shows_progress_unless_quiet(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["run", str(config_path), "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "rounds" in err and "1/1" in err
+
+
+def test_ffa_lora_trains_only_b_and_keeps_a_at_its_seeded_init(run_dir: Path) -> None:
+    config = tiny_config(**{"adapter.method": "ffa_lora", "server.rounds": 2})
+    first = build_experiment(config)
+    names = first.layout.names
+    assert names and not any(".lora_A." in n for n in names)
+    assert any(".lora_B." in n for n in names)
+    frozen_a = {n: p.detach().clone() for n, p in first.model.named_parameters() if ".lora_A." in n}
+    assert frozen_a and all(float(a.abs().sum()) > 0 for a in frozen_a.values())
+    # A is re-derived from the adapter-init seed, so another party builds the same A.
+    again = {n: p for n, p in build_experiment(config).model.named_parameters() if ".lora_A." in n}
+    assert all(torch.equal(frozen_a[n], again[n]) for n in frozen_a)
+    summary = run_experiment(config, run_dir, quiet=True)
+    assert summary["adapter_method"] == "ffa_lora"
+    records = metrics(run_dir)
+    assert len(records) == 2 and all(r["update_norm"] > 0 for r in records)
+    assert first.layout.dim < build_experiment(tiny_config()).layout.dim
