@@ -78,6 +78,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attack_inversion(args: argparse.Namespace) -> int:
+    # The attacks package ships with privfed but is only imported on demand.
+    from attacks.inversion.sweep import load_inversion_config, run_inversion_sweep
+
+    _quiet_libraries()
+    sweep = load_inversion_config(args.config)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-inversion"
+    records = run_inversion_sweep(sweep, out, progress=None if args.quiet else print)
+    print(f"results: {out / 'inversion_results.json'} ({len(records)} configurations)")
+    print((out / "inversion_results.md").read_text(), end="")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from privfed.config import dump_config, load_config
 
@@ -118,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     sweep.set_defaults(func=_cmd_sweep)
+    attack = sub.add_parser("attack", help="privacy attacks against the pipeline")
+    attack_sub = attack.add_subparsers(dest="attack", required=True)
+    inversion = attack_sub.add_parser("inversion", help="gradient inversion sweep (text and images) vs defences")
+    inversion.add_argument("config", help="TOML file with an [inversion] table (see configs/inversion.toml)")
+    inversion.add_argument("--out", help="results directory (default: runs/<config name>-inversion); reruns resume")
+    inversion.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
+    inversion.set_defaults(func=_cmd_attack_inversion)
     validate = sub.add_parser("validate", help="check a config and print it fully resolved")
     validate.add_argument("config")
     validate.set_defaults(func=_cmd_validate)

@@ -17,6 +17,9 @@ PACKAGES = [
     "privfed.server",
     "privfed.transport",
     "attacks",
+    "attacks.audit",
+    "attacks.inversion",
+    "attacks.membership",
 ]
 
 

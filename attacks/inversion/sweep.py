@@ -1,0 +1,431 @@
+"""The inversion experiment: attack success against update type and defences.
+
+``privfed attack inversion CONFIG.toml --out DIR`` reads an ``[inversion]``
+table (see ``configs/inversion.toml``), runs one attack per configuration and
+writes, in ``DIR``:
+
+- ``inversion_results.json``: a list of records, one per configuration
+  (``modality``, ``target``, ``rank``, ``batch_size``, ``noise_multiplier``,
+  ``secagg_clients``, ``quant_bits``, and ``token_f1``/``rouge1``/``rouge2``
+  for text or ``psnr_db``/``ssim``/``label_accuracy`` for images), rewritten
+  atomically after every record so an interrupted sweep resumes where it
+  stopped (finished records are kept, keyed by their configuration);
+- ``inversion_results.csv`` and ``inversion_results.md``;
+- ``image_reconstructions.png`` (originals over reconstructions) and
+  ``inversion_vs_defence.png`` (recovery against batch size, DP noise,
+  SecAgg cohort and quantization bits).
+
+``design = "axes"`` varies one knob at a time from the baseline (the first
+value of every list); ``design = "grid"`` runs the full product.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import os
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attacks.inversion.text import Target, text_span_attack
+from attacks.inversion.victim import TextBatch, TextVictim
+from attacks.metrics import rouge_scores, token_recovery
+from privfed import ConfigError, load_dataset
+
+__all__ = [
+    "ImageSweep",
+    "InversionSweep",
+    "TextSweep",
+    "load_inversion_config",
+    "run_inversion_sweep",
+    "text_records",
+]
+
+KEY_FIELDS = ("modality", "target", "rank", "batch_size", "noise_multiplier", "secagg_clients", "quant_bits", "trial")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSweep:
+    """Text side: which model, data and grid."""
+
+    model: str = "minilm"
+    dataset: str = "tweets"
+    max_length: int = 32
+    targets: tuple[str, ...] = ("full", "lora", "ffa_lora")
+    ranks: tuple[int, ...] = (8, 4, 64)
+    batch_sizes: tuple[int, ...] = (1, 4, 16)
+    noise_multipliers: tuple[float, ...] = (0.0, 0.1, 1.0)
+    secagg_clients: tuple[int, ...] = (1, 8)
+    quant_bits: tuple[int, ...] = (0, 16, 8)
+    clip_norm: float = 1.0
+    learning_rate: float = 0.1
+    trials: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSweep:
+    """Image side: which vision model and attack on sklearn digits."""
+
+    model: str = "digits_cnn"
+    attack: str = "inverting_gradients"
+    batch_sizes: tuple[int, ...] = (1, 4)
+    noise_multipliers: tuple[float, ...] = (0.0, 0.1, 1.0)
+    secagg_clients: tuple[int, ...] = (1, 8)
+    quant_bits: tuple[int, ...] = (0, 16, 8)
+    clip_norm: float = 1.0
+    learning_rate: float = 0.1
+    steps: int = 300
+    restarts: int = 2
+    trials: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class InversionSweep:
+    """The whole sweep (``[inversion]`` table)."""
+
+    seed: int = 0
+    design: str = "axes"
+    modalities: tuple[str, ...] = ("text", "image")
+    text: TextSweep = dataclasses.field(default_factory=TextSweep)
+    image: ImageSweep = dataclasses.field(default_factory=ImageSweep)
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _section(cls: Any, raw: Mapping[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    _check(not unknown, f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        default = getattr(cls(), name)
+        if isinstance(default, tuple):
+            _check(isinstance(value, list) and len(value) > 0, f"{where}.{name} must be a non-empty list")
+            values[name] = tuple(value)
+        else:
+            values[name] = value
+    return cls(**values)
+
+
+def load_inversion_config(path: str | Path) -> InversionSweep:
+    """Read and validate the ``[inversion]`` table of a TOML file.
+
+    Raises:
+        ConfigError: unreadable file, unknown keys, or values out of range.
+    """
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    table = raw.get("inversion")
+    _check(isinstance(table, dict), f"{path}: needs an [inversion] table")
+    assert isinstance(table, dict)
+    top = {k: v for k, v in table.items() if k not in ("text", "image")}
+    base = _section(InversionSweep, top, "inversion")
+    sweep = dataclasses.replace(
+        base,
+        text=_section(TextSweep, table.get("text", {}), "inversion.text"),
+        image=_section(ImageSweep, table.get("image", {}), "inversion.image"),
+    )
+    _validate(sweep)
+    assert isinstance(sweep, InversionSweep)
+    return sweep
+
+
+def _validate(s: InversionSweep) -> None:
+    _check(s.design in ("axes", "grid"), f"inversion.design must be 'axes' or 'grid', got {s.design!r}")
+    _check(set(s.modalities) <= {"text", "image"}, f"inversion.modalities must be text/image, got {s.modalities}")
+    _check(isinstance(s.seed, int) and s.seed >= 0, "inversion.seed must be an integer >= 0")
+    for where, side in (("text", s.text), ("image", s.image)):
+        _check(all(isinstance(b, int) and 1 <= b <= 256 for b in side.batch_sizes), f"{where}.batch_sizes: 1..256")
+        _check(all(z >= 0 for z in side.noise_multipliers), f"{where}.noise_multipliers must be >= 0")
+        _check(all(isinstance(n, int) and 1 <= n <= 64 for n in side.secagg_clients), f"{where}.secagg_clients: 1..64")
+        _check(all(b == 0 or 8 <= b <= 62 for b in side.quant_bits), f"{where}.quant_bits: 0 (float) or 8..62")
+        _check(side.clip_norm > 0 and side.learning_rate > 0, f"{where}: clip_norm and learning_rate must be > 0")
+        _check(isinstance(side.trials, int) and side.trials >= 1, f"{where}.trials must be >= 1")
+    _check(set(s.text.targets) <= {"full", "lora", "ffa_lora"}, "text.targets: full, lora, ffa_lora")
+    _check(all(isinstance(r, int) and 1 <= r <= 1024 for r in s.text.ranks), "text.ranks: 1..1024")
+    _check(8 <= s.text.max_length <= 512, "text.max_length: 8..512")
+    _check(s.image.attack in ("dlg", "inverting_gradients"), "image.attack: dlg or inverting_gradients")
+    _check(s.image.steps >= 1 and s.image.restarts >= 1, "image.steps and image.restarts must be >= 1")
+
+
+def _points(
+    design: str, batch_sizes: Sequence[int], noises: Sequence[float], cohorts: Sequence[int], bits: Sequence[int]
+) -> list[tuple[int, float, int, int]]:
+    """(batch_size, noise, secagg_clients, quant_bits) points of the design."""
+    if design == "grid":
+        return list(itertools.product(batch_sizes, noises, cohorts, bits))
+    base = (batch_sizes[0], noises[0], cohorts[0], bits[0])
+    points = [(b, base[1], base[2], base[3]) for b in batch_sizes]
+    points += [(base[0], z, base[2], base[3]) for z in noises[1:]]
+    points += [(base[0], base[1], c, base[3]) for c in cohorts[1:]]
+    points += [(base[0], base[1], base[2], q) for q in bits[1:]]
+    return list(dict.fromkeys(points))
+
+
+def _key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(record[k] for k in KEY_FIELDS)
+
+
+def _rng(seed: int, *path: int | str) -> np.random.Generator:
+    words = [seed] + [int.from_bytes(str(p).encode(), "little") % (2**32) if isinstance(p, str) else p for p in path]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def _best_match(reference: str, predictions: Sequence[str]) -> str:
+    return max(predictions, key=lambda p: rouge_scores([reference], [p])["rouge1"])
+
+
+def _chance_f1(truth: Sequence[int], prior: Counter[int]) -> float:
+    """F1 of an attacker who ignores the update and guesses the most frequent public tokens."""
+    guess = [t for t, _ in prior.most_common(len(truth))]
+    return token_recovery(truth, guess).f1
+
+
+def text_records(sweep: InversionSweep, done: Mapping[tuple[Any, ...], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Run (or reuse from ``done``) every text configuration; yields records in order."""
+    cfg = sweep.text
+    data = load_dataset(cfg.dataset)
+    if data.texts is None:
+        raise ConfigError(f"inversion.text.dataset {cfg.dataset!r} is not a text dataset")
+    victim = TextVictim(cfg.model, num_labels=data.num_classes, max_length=cfg.max_length, seed=sweep.seed)
+    order = _rng(sweep.seed, "text-order").permutation(len(data.texts))
+    # Public prior for the chance baseline: texts never used as client batches.
+    prior: Counter[int] = Counter()
+    for i in order[-2000:]:
+        prior.update(victim.tokenize([data.texts[i]], [0]).content_tokens(victim.special_ids))
+    variants: list[tuple[Target, int]] = []
+    for target in cfg.targets:
+        if target == "full":
+            variants.append(("full", 0))
+        else:
+            variants += [(target, r) for r in cfg.ranks]  # type: ignore[misc]
+    points = _points(sweep.design, cfg.batch_sizes, cfg.noise_multipliers, cfg.secagg_clients, cfg.quant_bits)
+    for target, rank in variants:
+        model: Any = None
+        for trial in range(cfg.trials):
+            for batch_size, noise, cohort, bits in points:
+                record: dict[str, Any] = {
+                    "modality": "text",
+                    "target": target,
+                    "rank": rank,
+                    "batch_size": batch_size,
+                    "noise_multiplier": float(noise),
+                    "secagg_clients": cohort,
+                    "quant_bits": bits,
+                    "trial": trial,
+                }
+                if _key(record) in done:
+                    yield done[_key(record)]
+                    continue
+                if model is None:
+                    model = victim.model(target, rank)
+                start = time.perf_counter()
+                # Client c of trial t always holds the same texts, whatever else varies.
+                batches: list[TextBatch] = []
+                for c in range(cohort):
+                    offset = (trial * 64 + c) * 16
+                    rows = order[offset : offset + batch_size]
+                    batches.append(victim.tokenize([data.texts[i] for i in rows], data.labels[rows].tolist()))
+                observation = victim.observe(
+                    model,
+                    batches,
+                    learning_rate=cfg.learning_rate,
+                    noise_multiplier=noise,
+                    clip_norm=cfg.clip_norm,
+                    quant_bits=bits,
+                    rng=_rng(sweep.seed, "text-noise", target, rank, batch_size, str(noise), cohort, bits, trial),
+                )
+                truth = batches[0].content_tokens(victim.special_ids)
+                result = text_span_attack(
+                    observation,
+                    model,
+                    target=target,
+                    max_positions=int(batches[0].input_ids.shape[1]),
+                    batch_size=batch_size,
+                    guesses=len(truth) + batch_size * 2,  # told the token count (incl. [CLS]/[SEP])
+                    exclude_tokens=[victim.tokenizer.pad_token_id],
+                )
+                special = set(victim.special_ids)
+                recovered = [t for t in result.tokens if t not in special]
+                scores = token_recovery(truth, recovered)
+                references = [
+                    victim.decode(ids[mask.astype(bool)].tolist())
+                    for ids, mask in zip(batches[0].input_ids, batches[0].attention_mask, strict=True)
+                ]
+                predictions = [victim.decode(seq) for seq in result.sequences] or [""]
+                # Each reference is scored against its best-matching reconstructed sequence.
+                best = [_best_match(ref, predictions) for ref in references]
+                rouge = rouge_scores(references, best)
+                record.update(
+                    token_precision=scores.precision,
+                    token_recall=scores.recall,
+                    token_f1=scores.f1,
+                    rouge1=rouge["rouge1"],
+                    rouge2=rouge["rouge2"],
+                    chance_token_f1=_chance_f1(truth, prior),
+                    num_tokens=len(truth),
+                    span_rank=result.span_rank,
+                    span_saturated=result.saturated,
+                    example_reference=references[0],
+                    example_reconstruction=best[0],
+                    seconds=round(time.perf_counter() - start, 2),
+                )
+                yield record
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+COLUMNS = (
+    "modality",
+    "target",
+    "rank",
+    "batch_size",
+    "noise_multiplier",
+    "secagg_clients",
+    "quant_bits",
+    "trial",
+    "token_f1",
+    "rouge1",
+    "rouge2",
+    "chance_token_f1",
+    "psnr_db",
+    "ssim",
+    "label_accuracy",
+    "chance_psnr_db",
+)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def write_tables(records: Sequence[Mapping[str, Any]], out: Path) -> None:
+    """``inversion_results.csv`` and ``.md`` (one row per record, the main columns)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    for r in records:
+        writer.writerow([_fmt(r.get(c)) for c in COLUMNS])
+    _atomic_write(out / "inversion_results.csv", buffer.getvalue())
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in records]
+    _atomic_write(out / "inversion_results.md", "\n".join(lines) + "\n")
+
+
+def plot_defence_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """One panel per knob (batch size, noise, SecAgg cohort, bits): text token F1 and image PSNR/10."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    knobs = (
+        ("batch_size", "batch size"),
+        ("noise_multiplier", "DP noise multiplier"),
+        ("secagg_clients", "clients in the SecAgg sum"),
+        ("quant_bits", "quantization bits (0 = float)"),
+    )
+    baseline = {k: Counter(r[k] for r in records).most_common(1)[0][0] for k, _ in knobs} if records else {}
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    for ax, (knob, label) in zip(axes, knobs, strict=True):
+        series: dict[str, list[tuple[float, float]]] = {}
+        for r in records:
+            if any(r[k] != baseline[k] for k, _ in knobs if k != knob):
+                continue
+            if r["modality"] == "text":
+                name = r["target"] + (f" r={r['rank']}" if r["rank"] else "")
+                y = r["token_f1"]
+            else:
+                name, y = f"image {r['target']} (PSNR/40 dB)", r["psnr_db"] / 40.0
+            series.setdefault(name, []).append((float(r[knob]), float(y)))
+        for name, pts in sorted(series.items()):
+            pts.sort()
+            xs = [p[0] for p in pts]
+            ys = [float(np.mean([q[1] for q in pts if q[0] == x])) for x in xs]
+            ax.plot(xs, ys, marker="o", label=name)
+        ax.set_xlabel(label)
+        ax.set_ylim(-0.02, 1.05)
+        if knob in ("batch_size", "secagg_clients"):
+            ax.set_xscale("log", base=2)
+        if knob == "noise_multiplier":
+            ax.set_xscale("symlog", linthresh=0.1)
+    axes[0].set_ylabel("token F1 (text) / PSNR÷40 (image)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        h, lab = ax.get_legend_handles_labels()
+        for hh, ll in zip(h, lab, strict=True):
+            if ll not in labels:
+                handles.append(hh)
+                labels.append(ll)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 8), fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_inversion_sweep(
+    sweep: InversionSweep,
+    out: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+    image_records: Callable[..., Iterator[dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the sweep into ``out`` (created if needed; finished records are reused)."""
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "inversion_results.json"
+    done: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if results_path.exists():
+        try:
+            done = {_key(r): r for r in json.loads(results_path.read_text())}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{results_path} is not a results file of this command ({exc}); use a new --out"
+            ) from None
+    records: list[dict[str, Any]] = []
+    sources: list[Iterator[dict[str, Any]]] = []
+    if "text" in sweep.modalities:
+        sources.append(text_records(sweep, done))
+    if "image" in sweep.modalities:
+        if image_records is None:
+            from attacks.inversion.image_sweep import image_records as default_image_records
+
+            image_records = default_image_records
+        sources.append(image_records(sweep, done, out))
+    for source in sources:
+        for record in source:
+            records.append(record)
+            _atomic_write(results_path, json.dumps(records, indent=1))
+            if progress is not None:
+                metric = (
+                    f"token_f1={record['token_f1']:.3f}"
+                    if record["modality"] == "text"
+                    else f"psnr={record['psnr_db']:.1f}dB"
+                )
+                keys = ", ".join(f"{k}={record[k]}" for k in KEY_FIELDS[1:-1])
+                progress(f"[{len(records)}] {record['modality']} {keys}: {metric}")
+    write_tables(records, out)
+    if records:
+        plot_defence_curves(records, out / "inversion_vs_defence.png")
+    return records

@@ -1,0 +1,23 @@
+"""Membership inference: scores from per-example statistics (higher = more likely a member)."""
+
+from attacks.membership.scores import (
+    client_scores,
+    lira_offline,
+    lira_online,
+    logit_confidence,
+    logit_confidence_from_logits,
+    loss_score,
+    reference_score,
+    rmia_scores,
+)
+
+__all__ = [
+    "client_scores",
+    "lira_offline",
+    "lira_online",
+    "logit_confidence",
+    "logit_confidence_from_logits",
+    "loss_score",
+    "reference_score",
+    "rmia_scores",
+]
