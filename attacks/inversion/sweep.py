@@ -255,7 +255,7 @@ def text_records(sweep: InversionSweep, done: Mapping[tuple[Any, ...], dict[str,
                     model,
                     target=target,
                     max_positions=int(batches[0].input_ids.shape[1]),
-                    batch_size=batch_size,
+                    batch_size=batch_size * cohort,
                     guesses=len(truth) + batch_size * 2,  # told the token count (incl. [CLS]/[SEP])
                     exclude_tokens=[victim.tokenizer.pad_token_id],
                 )

@@ -165,8 +165,9 @@ def text_span_attack(
         target: what was trained (see the module docstring).
         max_positions: positions to test (BERT-style models; the tokenizer's
             max_length in the attacked pipeline).
-        batch_size: sequences in the batch (default: ``observation.batch_size``);
-            at most this many tokens are accepted per position.
+        batch_size: sequences behind the update (default: ``observation.batch_size``
+            times the clients in a SecAgg sum); at most this many tokens are
+            accepted per position.
         residual_tol: a (token, position) whose input lies within this relative
             distance of the span counts as present (unsaturated spans).
         rank_tol: relative singular-value cut-off for the span.
@@ -189,7 +190,7 @@ def text_span_attack(
             rows.append(grad)  # dL/dB = sum_t delta_t (A x_t)^T: rows in span{A x_t}
         else:
             rows.append(grad)
-    bsz = batch_size or observation.batch_size
+    bsz = batch_size or observation.batch_size * observation.threat.num_clients
     positions = range(max_positions) if inputs.positional else range(1)
     excluded = torch.tensor(sorted(set(int(t) for t in exclude_tokens)), dtype=torch.long)
 
