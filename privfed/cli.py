@@ -91,6 +91,35 @@ def _cmd_attack_inversion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from attacks.audit.federated import AuditSettings, run_audit
+    from privfed.config import config_from_dict
+    from privfed.errors import ConfigError
+
+    _quiet_libraries()
+    try:
+        raw = tomllib.loads(Path(args.config).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{args.config}: {exc}") from None
+    settings = AuditSettings.from_mapping(raw.pop("audit", {}))
+    config = config_from_dict(raw)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-audit"
+    records = run_audit(config, settings, out, quiet=args.quiet)
+    keys = ["run", "epsilon", "epsilon_lower_bound_one_run", "epsilon_lower_bound_one_shot", "auc"]
+    keys += ["tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "final_eval_accuracy"]
+    print(f"audit directory: {out}")
+    print(" | ".join(keys))
+    for r in records:
+        print(" | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys))
+    violated = [r["run"] for r in records if r.get("bound_violated")]
+    if violated:
+        print(f"privfed: error: empirical lower bound above the accountant's epsilon in {violated}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from privfed.config import dump_config, load_config
 
@@ -138,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     inversion.add_argument("--out", help="results directory (default: runs/<config name>-inversion); reruns resume")
     inversion.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
     inversion.set_defaults(func=_cmd_attack_inversion)
+    audit = sub.add_parser("audit", help="canary audit: accountant epsilon next to empirical lower bounds")
+    audit.add_argument("config", help="experiment config with privacy.mode set and an optional [audit] table")
+    audit.add_argument("--out", help="audit directory (default: runs/<config name>-audit); reruns reuse finished runs")
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
+    audit.set_defaults(func=_cmd_audit)
     validate = sub.add_parser("validate", help="check a config and print it fully resolved")
     validate.add_argument("config")
     validate.set_defaults(func=_cmd_validate)

@@ -2,5 +2,14 @@
 
 from privfed.experiments.run_dir import Checkpoint, RunDirectory
 from privfed.experiments.runner import Experiment, build_experiment, resume_experiment, run_experiment
+from privfed.experiments.sweep import sweep_config
 
-__all__ = ["Checkpoint", "Experiment", "RunDirectory", "build_experiment", "resume_experiment", "run_experiment"]
+__all__ = [
+    "Checkpoint",
+    "Experiment",
+    "RunDirectory",
+    "build_experiment",
+    "resume_experiment",
+    "run_experiment",
+    "sweep_config",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from privfed.rng import derive_seed, generator, torch_rng
 from privfed.server.server import FederatedServer, RoundResult
 from privfed.server.strategies import Strategy, make_strategy
 from privfed.tasks import Task, get_task
+from privfed.transport.base import Transport
 from privfed.transport.simulation import SimulationTransport
 
 __all__ = ["Experiment", "build_experiment", "resume_experiment", "run_experiment"]
@@ -459,6 +461,7 @@ def _execute(
     checkpoint: Checkpoint | None,
     quiet: bool,
     stop_after_round: int | None,
+    transport_hook: Callable[[Transport], Transport] | None = None,
 ) -> dict[str, Any]:
     config = exp.config
     privacy = config.privacy
@@ -500,7 +503,9 @@ def _execute(
         user_dp=user_dp,
         secure_noise=privacy.secure_noise,
     )
-    transport = SimulationTransport(trainer=trainer, client_data=exp.client_data, seed=config.seed)
+    transport: Transport = SimulationTransport(trainer=trainer, client_data=exp.client_data, seed=config.seed)
+    if transport_hook is not None:
+        transport = transport_hook(transport)
     total = config.server.rounds
     last = total if stop_after_round is None else min(total, stop_after_round)
     progress = _Progress(
@@ -555,20 +560,30 @@ def _execute(
 
 
 def run_experiment(
-    config: ExperimentConfig, out_dir: str | Path, *, quiet: bool = False, stop_after_round: int | None = None
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    quiet: bool = False,
+    stop_after_round: int | None = None,
+    transport_hook: Callable[[Transport], Transport] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` into a new run directory ``out_dir``; returns the summary.
 
     Args:
         stop_after_round: stop (with a checkpoint) after this round, as if
             interrupted; ``privfed run --resume`` continues from there.
+        transport_hook: wraps the simulation transport, e.g. to add the canary
+            clients of a privacy audit (``attacks.audit``); secure aggregation
+            rounds bypass it.
     """
     run_dir = RunDirectory(out_dir)
     run_dir.check_new()  # before the expensive build
     exp = build_experiment(config)
     dp = _prepare_privacy(exp)
     run_dir.create(config)
-    return _execute(exp, dp, run_dir, checkpoint=None, quiet=quiet, stop_after_round=stop_after_round)
+    return _execute(
+        exp, dp, run_dir, checkpoint=None, quiet=quiet, stop_after_round=stop_after_round, transport_hook=transport_hook
+    )
 
 
 def resume_experiment(

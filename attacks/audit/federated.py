@@ -1,0 +1,296 @@
+"""Auditing a federated run with canary clients (``privfed audit``).
+
+One training run gives both empirical lower bounds of the issue:
+
+- Canary clients (Andrew, Kairouz, Oh, Oprea, McMahan, Suriyakumar,
+  "One-shot Empirical Privacy Estimation for Federated Learning", ICLR 2024):
+  a canary client ignores the broadcast and uploads a fixed random unit
+  direction scaled to ``canary_norm`` (the clip norm C under user-level DP)
+  in every round it is sampled. After training, the cosine between each
+  canary direction and the final model delta is its score.
+- Of ``num_canaries`` candidate directions, each is inserted (given a client
+  slot) independently with probability 1/2, as in the one-run audit of
+  Steinke, Nasr & Jagielski (NeurIPS 2023); guessing the top/bottom scored
+  candidates gives a lower bound on ε at the run's δ
+  (:func:`attacks.audit.best_one_run_bound`).
+- The one-shot estimate compares the inserted canaries' cosines with those of
+  ``num_unobserved`` never-inserted directions (free to draw), and the same
+  scores give the membership metrics (AUC, TPR at 0.1%/1% FPR) of a
+  white-box attacker who holds the final adapter.
+
+Canaries take over the slots of real clients (ids ``0..k-1`` of the
+population), so the population size, the sampling rate and hence the
+accountant's ε are exactly those of the configured run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_directions, one_shot_epsilon
+from attacks.metrics import membership_metrics, plot_roc
+from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
+from privfed.experiments import sweep_config
+from privfed.transport import RoundExchange, Transport
+
+__all__ = ["AuditSettings", "CanaryTransport", "audit_run", "plot_audit", "run_audit"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    """``[audit]`` table.
+
+    Attributes:
+        epsilons: accountant targets to audit (``inf`` = privacy off), each a
+            calibrated copy of the config (as ``privfed sweep`` makes them).
+        num_canaries: candidate canary directions; each inserted with prob. 1/2.
+        num_unobserved: extra never-inserted directions (one-shot null and MIA non-members).
+        canary_norm: L2 norm of a canary upload; 0 = the user-level clip norm.
+        confidence: of the one-run lower bound.
+    """
+
+    epsilons: tuple[float, ...] = (math.inf, 8.0, 1.0)
+    num_canaries: int = 100
+    num_unobserved: int = 2000
+    canary_norm: float = 0.0
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not self.epsilons or any(not e > 0 for e in self.epsilons):
+            raise ConfigError("audit.epsilons must be a non-empty list of values > 0 (inf = privacy off)")
+        if self.num_canaries < 2 or self.num_unobserved < 10:
+            raise ConfigError("audit.num_canaries must be >= 2 and audit.num_unobserved >= 10")
+        if self.canary_norm < 0 or not 0 < self.confidence < 1:
+            raise ConfigError("audit.canary_norm must be >= 0 and audit.confidence in (0, 1)")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> AuditSettings:
+        """Validate a TOML table (``"inf"`` allowed in ``epsilons``)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"audit: unknown keys {unknown}; allowed: {sorted(known)}")
+        values = dict(raw)
+        if "epsilons" in values:
+            try:
+                values["epsilons"] = tuple(float(e) for e in values["epsilons"])
+            except (TypeError, ValueError):
+                raise ConfigError("audit.epsilons must be numbers or 'inf'") from None
+        return cls(**values)
+
+
+class CanaryTransport:
+    """Wraps a transport: canary client ids answer with their fixed direction.
+
+    Also remembers the first broadcast, i.e. the initial global adapter.
+    """
+
+    def __init__(
+        self,
+        inner: Transport,
+        canaries: Mapping[int, npt.NDArray[np.float32]],
+        *,
+        norm: float,
+        num_examples: int = 1,
+    ) -> None:
+        self.inner = inner
+        self.num_examples = num_examples
+        self.canaries = {int(k): np.asarray(v, dtype=np.float32) * np.float32(norm) for k, v in canaries.items()}
+        self.initial: npt.NDArray[np.float32] | None = None
+        self.participations = dict.fromkeys(self.canaries, 0)
+
+    def exchange(
+        self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
+    ) -> RoundExchange:
+        message = GlobalModel.from_bytes(broadcast)
+        if self.initial is None:
+            self.initial = message.vector.copy()
+        real = [c for c in cohort if c not in self.canaries]
+        fake = [c for c in cohort if c in self.canaries]
+        inner = self.inner.exchange(broadcast=broadcast, cohort=real, on_client_done=on_client_done)
+        uploads = list(inner.uploads)
+        for c in fake:
+            self.participations[c] += 1
+            uploads.append(
+                ClientUpdate(
+                    round=message.round,
+                    client_id=c,
+                    num_examples=self.num_examples,
+                    train_loss=float("nan"),
+                    delta=self.canaries[c],
+                ).to_bytes()
+            )
+            if on_client_done is not None:
+                on_client_done(c)
+        return RoundExchange(
+            uploads=tuple(uploads),
+            bytes_down=inner.bytes_down + len(broadcast) * len(fake),
+            bytes_up=inner.bytes_up + sum(len(u) for u in uploads[len(inner.uploads) :]),
+        )
+
+
+def audit_run(config: ExperimentConfig, settings: AuditSettings, out: Path, *, quiet: bool = True) -> dict[str, Any]:
+    """Run ``config`` once with canaries into ``out`` and score them; returns the record."""
+    if config.secagg.enabled:
+        raise ConfigError("privfed audit runs without secure aggregation (the final model is what it audits)")
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xA0D17]))
+    included = rng.random(settings.num_canaries) < 0.5
+    if included.sum() > config.partition.num_clients // 2:
+        raise ConfigError(
+            f"{int(included.sum())} inserted canaries need at least twice as many clients; "
+            f"partition.num_clients is {config.partition.num_clients}"
+        )
+    holder: dict[str, CanaryTransport] = {}
+    privacy_on = config.privacy.mode in ("user", "both")
+    norm = settings.canary_norm or config.privacy.user.clip_norm
+
+    def hook(inner: Transport) -> Transport:
+        canaries = dict(zip(slots, inserted, strict=True))
+        return holder.setdefault("t", CanaryTransport(inner, canaries, norm=norm, num_examples=typical))
+
+    # Directions need the adapter dimension: one dry build tells it.
+    from privfed import build_experiment
+
+    probe = build_experiment(config)
+    dim = probe.layout.dim
+    # FedAvg weights by examples: a canary weighs as much as a typical client.
+    typical = max(1, round(float(np.mean([len(d) for d in probe.client_data]))))
+    del probe
+    directions = canary_directions(dim, settings.num_canaries + settings.num_unobserved, rng)
+    candidates, extra = directions[: settings.num_canaries], directions[settings.num_canaries :]
+    inserted = candidates[included]
+    slots = list(range(int(included.sum())))
+    summary = run_experiment(config, out, quiet=quiet, transport_hook=hook)
+    transport = holder["t"]
+    assert transport.initial is not None
+    checkpoint = RunDirectory(out).load_checkpoint()
+    if checkpoint is None or not summary.get("completed"):
+        raise ConfigError(f"the audited run in {out} did not finish ({summary.get('stopped', 'no checkpoint')})")
+    final = checkpoint.arrays["global"]
+    delta = final.astype(np.float64) - transport.initial.astype(np.float64)
+    scores = canary_cosines(candidates, delta)
+    null_scores = canary_cosines(extra, delta)
+    delta_run = config.privacy.delta
+    one_run, k = best_one_run_bound(scores, included, delta=delta_run, confidence=settings.confidence)
+    one_shot = one_shot_epsilon(
+        observed_cosines=scores[included],
+        unobserved_cosines=np.concatenate([scores[~included], null_scores]),
+        delta=delta_run,
+    )
+    members = np.concatenate([np.ones(int(included.sum()), bool), np.zeros(int((~included).sum()) + len(extra), bool)])
+    all_scores = np.concatenate([scores[included], scores[~included], null_scores])
+    mia = membership_metrics(all_scores, members).to_dict()
+    epsilon = summary.get("epsilon_user") if privacy_on else None
+    record: dict[str, Any] = {
+        "privacy_mode": config.privacy.mode,
+        "epsilon": epsilon,
+        "delta": delta_run,
+        "epsilon_lower_bound_one_run": one_run,
+        "one_run_k": k,
+        "epsilon_lower_bound_one_shot": one_shot.epsilon,
+        "one_shot_mu": one_shot.mu,
+        **mia,
+        "num_canaries": settings.num_canaries,
+        "num_inserted": int(included.sum()),
+        "mean_participations": float(np.mean(list(transport.participations.values()) or [0])),
+        "canary_norm": norm,
+        "final_eval_accuracy": summary.get("final_eval_accuracy"),
+        "user_noise_multiplier": summary.get("user_noise_multiplier"),
+        "rounds": summary.get("rounds"),
+    }
+    # The one-run bound holds with 95% confidence for any correct DP implementation, so
+    # exceeding the accountant is reported as a bug; the one-shot figure is an estimate
+    # (Andrew et al.), which may exceed it by sampling error and is only flagged.
+    violated = epsilon is not None and one_run > float(epsilon) + 1e-9
+    record["bound_violated"] = bool(violated)
+    record["one_shot_above_accountant"] = bool(epsilon is not None and one_shot.epsilon > float(epsilon))
+    if violated:
+        print(
+            f"privfed audit: BUG: empirical lower bound {one_run:.3f} exceeds the accountant's epsilon {epsilon:.3f} "
+            f"in {out}; the accounting or the implementation is wrong",
+            file=sys.stderr,
+        )
+    np.savez(out / "canary_scores.npz", scores=scores, included=included, null_scores=null_scores)
+    plot_roc({"canary cosine": (all_scores, members)}, out / "canary_roc.png", title=f"eps={epsilon}")
+    return record
+
+
+def _label(epsilon: float) -> str:
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def run_audit(
+    config: ExperimentConfig, settings: AuditSettings, out: Path, *, quiet: bool = True
+) -> list[dict[str, Any]]:
+    """Audit ``config`` at every ``settings.epsilons`` into ``out/eps-<value>/``.
+
+    Finished runs are reused (their record is kept in ``audit_results.json``);
+    writes ``audit_results.json`` and ``audit.png``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "audit_results.json"
+    done: dict[str, dict[str, Any]] = {}
+    if results_path.exists():
+        done = {r["run"]: r for r in json.loads(results_path.read_text())}
+    records: list[dict[str, Any]] = []
+    for eps in settings.epsilons:
+        label = _label(eps)
+        if label in done:
+            records.append(done[label])
+            continue
+        cfg = sweep_config(config, eps)
+        run_dir = out / f"eps-{label}"
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)  # an unfinished audit run: its canary state is gone, start it again
+        target = None if math.isinf(eps) else eps
+        record = {"run": label, "target_epsilon": target, **audit_run(cfg, settings, run_dir, quiet=quiet)}
+        records.append(record)
+        tmp = results_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(records, indent=1))
+        os.replace(tmp, results_path)
+        if not quiet:
+            print(json.dumps(record))
+    plot_audit(records, out / "audit.png")
+    return records
+
+
+def plot_audit(records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Accountant ε next to the one-run and one-shot ε̂, and AUC / TPR@1%FPR, per audited run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [str(r["run"]) for r in records]
+    x = np.arange(len(records))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    acc = [r["epsilon"] if r["epsilon"] is not None else np.nan for r in records]
+    ax.bar(x - 0.25, acc, 0.25, label="accountant ε")
+    ax.bar(x, [r["epsilon_lower_bound_one_run"] for r in records], 0.25, label="ε̂ one-run (95%)")
+    ax.bar(x + 0.25, [r["epsilon_lower_bound_one_shot"] for r in records], 0.25, label="ε̂ one-shot")
+    ax.set_xticks(x, [f"target {lab}" for lab in labels])
+    ax.set_ylabel("ε")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.legend(fontsize=7)
+    bx.plot(x, [r["auc"] for r in records], "o-", label="AUC")
+    bx.plot(x, [r["tpr_at_1pct_fpr"] for r in records], "s-", label="TPR @ 1% FPR")
+    bx.plot(x, [r["tpr_at_0.1pct_fpr"] for r in records], "^-", label="TPR @ 0.1% FPR")
+    bx.set_xticks(x, [f"target {lab}" for lab in labels])
+    bx.set_ylim(0, 1.02)
+    bx.legend(fontsize=7)
+    bx.set_title("canary membership (white-box, final adapter)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
