@@ -40,7 +40,8 @@ import numpy.typing as npt
 from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_directions, one_shot_epsilon
 from attacks.metrics import membership_metrics, plot_roc
 from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
-from privfed.experiments import sweep_config
+from privfed.client import ExampleSet
+from privfed.experiments import Experiment, sweep_config
 from privfed.transport import RoundExchange, Transport
 
 __all__ = ["AuditSettings", "CanaryTransport", "audit_run", "plot_audit", "run_audit"]
@@ -64,6 +65,7 @@ class AuditSettings:
     num_unobserved: int = 2000
     canary_norm: float = 0.0
     confidence: float = 0.95
+    max_record_examples: int = 1500
 
     def __post_init__(self) -> None:
         if not self.epsilons or any(not e > 0 for e in self.epsilons):
@@ -108,6 +110,7 @@ class CanaryTransport:
         self.canaries = {int(k): np.asarray(v, dtype=np.float32) * np.float32(norm) for k, v in canaries.items()}
         self.initial: npt.NDArray[np.float32] | None = None
         self.participations = dict.fromkeys(self.canaries, 0)
+        self.real_participants: set[int] = set()
 
     def exchange(
         self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
@@ -116,6 +119,7 @@ class CanaryTransport:
         if self.initial is None:
             self.initial = message.vector.copy()
         real = [c for c in cohort if c not in self.canaries]
+        self.real_participants.update(int(c) for c in real)
         fake = [c for c in cohort if c in self.canaries]
         inner = self.inner.exchange(broadcast=broadcast, cohort=real, on_client_done=on_client_done)
         uploads = list(inner.uploads)
@@ -165,7 +169,6 @@ def audit_run(config: ExperimentConfig, settings: AuditSettings, out: Path, *, q
     dim = probe.layout.dim
     # FedAvg weights by examples: a canary weighs as much as a typical client.
     typical = max(1, round(float(np.mean([len(d) for d in probe.client_data]))))
-    del probe
     directions = canary_directions(dim, settings.num_canaries + settings.num_unobserved, rng)
     candidates, extra = directions[: settings.num_canaries], directions[settings.num_canaries :]
     inserted = candidates[included]
@@ -220,9 +223,71 @@ def audit_run(config: ExperimentConfig, settings: AuditSettings, out: Path, *, q
             f"in {out}; the accounting or the implementation is wrong",
             file=sys.stderr,
         )
+    record.update(
+        record_level_mia(probe, final, transport, max_examples=settings.max_record_examples, seed=config.seed)
+    )
     np.savez(out / "canary_scores.npz", scores=scores, included=included, null_scores=null_scores)
     plot_roc({"canary cosine": (all_scores, members)}, out / "canary_roc.png", title=f"eps={epsilon}")
     return record
+
+
+def _per_example_losses(exp: Experiment, vector: npt.NDArray[np.float32], data: ExampleSet) -> npt.NDArray[np.float64]:
+    import torch
+
+    exp.layout.load_into(exp.model, vector)
+    exp.model.eval()
+    out = []
+    with torch.no_grad():
+        for batch in data.sequential_batches(128):
+            out.append(exp.task.per_example_loss(exp.model, batch).double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def record_level_mia(
+    exp: Experiment, final: npt.NDArray[np.float32], transport: CanaryTransport, *, max_examples: int, seed: int
+) -> dict[str, Any]:
+    """Black-box record membership against the final adapter.
+
+    Members: training examples of real clients that took part in at least one
+    round; non-members: the held-out evaluation examples (same distribution).
+    Scores: LOSS (Yeom et al. 2018) and the reference score against the
+    initial adapter (for LoRA: the frozen base model plus the untrained head;
+    Carlini et al. 2021 / Watson et al. 2022 difficulty calibration).
+    """
+    from attacks.membership import loss_score, reference_score
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x31A]))
+    participants = sorted(transport.real_participants)
+    if not participants:
+        return {}
+    pool = [(c, i) for c in participants for i in range(len(exp.client_data[c]))]
+    take = rng.choice(len(pool), size=min(max_examples, len(pool)), replace=False)
+    members_by_client: dict[int, list[int]] = {}
+    for j in sorted(take):
+        c, i = pool[j]
+        members_by_client.setdefault(c, []).append(i)
+    subsets = [exp.client_data[c].subset(np.asarray(idx, dtype=np.int64)) for c, idx in members_by_client.items()]
+    held = exp.eval_data.subset(np.sort(rng.choice(len(exp.eval_data), min(max_examples, len(exp.eval_data)), False)))
+    initial = exp.initial_vector
+    member_final = np.concatenate([_per_example_losses(exp, final, s) for s in subsets])
+    member_init = np.concatenate([_per_example_losses(exp, initial, s) for s in subsets])
+    held_final = _per_example_losses(exp, final, held)
+    held_init = _per_example_losses(exp, initial, held)
+    labels = np.concatenate([np.ones(len(member_final), bool), np.zeros(len(held_final), bool)])
+    losses_final = np.concatenate([member_final, held_final])
+    losses_init = np.concatenate([member_init, held_init])
+    loss_metrics = membership_metrics(loss_score(losses_final), labels).to_dict()
+    ref_metrics = membership_metrics(reference_score(-losses_final, -losses_init), labels).to_dict()
+    return {
+        "record_loss_auc": loss_metrics["auc"],
+        "record_loss_tpr_at_0.1pct_fpr": loss_metrics["tpr_at_0.1pct_fpr"],
+        "record_loss_tpr_at_1pct_fpr": loss_metrics["tpr_at_1pct_fpr"],
+        "record_reference_auc": ref_metrics["auc"],
+        "record_reference_tpr_at_0.1pct_fpr": ref_metrics["tpr_at_0.1pct_fpr"],
+        "record_reference_tpr_at_1pct_fpr": ref_metrics["tpr_at_1pct_fpr"],
+        "record_num_members": int(labels.sum()),
+        "record_num_nonmembers": int((~labels).sum()),
+    }
 
 
 def _label(epsilon: float) -> str:

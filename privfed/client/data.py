@@ -33,6 +33,10 @@ class ExampleSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, indices: npt.NDArray[np.int64]) -> ExampleSet:
+        """The examples at ``indices``, as a new set."""
+        return ExampleSet(tokens=self.tokens.take(indices), labels=self.labels[indices])
+
     def batch(self, indices: npt.NDArray[np.int64]) -> Batch:
         """The examples at ``indices`` as tensors, trimmed to their longest member."""
         return Batch.from_arrays(self.tokens.take(indices), self.labels[indices])

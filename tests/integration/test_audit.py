@@ -54,6 +54,9 @@ def test_nonprivate_audit_finds_the_canaries(tmp_path: Path) -> None:
     assert record["tpr_at_1pct_fpr"] > 0.2
     assert record["epsilon_lower_bound_one_run"] > 0.0
     assert record["epsilon_lower_bound_one_shot"] > 1.0
+    # Record-level black-box MIA on the same final adapter: members are the participants' examples.
+    assert record["record_num_members"] > 0 and record["record_num_nonmembers"] > 0
+    assert 0.0 <= record["record_loss_auc"] <= 1.0 and 0.0 <= record["record_reference_auc"] <= 1.0
 
 
 def test_dp_audit_respects_the_accountant_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
