@@ -47,7 +47,7 @@ def image_records(
 
     Also writes ``image_reconstructions.png`` for the baseline batch of the first trial.
     """
-    from attacks.inversion.sweep import _key, _points, _rng
+    from attacks.inversion.sweep import _key, _points, _rng, new_record
 
     cfg = sweep.image
     data = load_dataset("digits")
@@ -57,16 +57,7 @@ def image_records(
     points = _points(sweep.design, cfg.batch_sizes, cfg.noise_multipliers, cfg.secagg_clients, cfg.quant_bits)
     for trial in range(cfg.trials):
         for batch_size, noise, cohort, bits in points:
-            record: dict[str, Any] = {
-                "modality": "image",
-                "target": "full",
-                "rank": 0,
-                "batch_size": batch_size,
-                "noise_multiplier": float(noise),
-                "secagg_clients": cohort,
-                "quant_bits": bits,
-                "trial": trial,
-            }
+            record = new_record("image", "full", 0, batch_size, noise, cohort, bits, trial)
             if _key(record) in done:
                 yield done[_key(record)]
                 continue

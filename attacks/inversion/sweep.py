@@ -176,6 +176,14 @@ def _points(
     return list(dict.fromkeys(points))
 
 
+def new_record(
+    modality: str, target: str, rank: int, batch_size: int, noise: float, cohort: int, bits: int, trial: int
+) -> dict[str, Any]:
+    """A result record holding just its configuration (the ``KEY_FIELDS``)."""
+    values = (modality, target, rank, batch_size, float(noise), cohort, bits, trial)
+    return dict(zip(KEY_FIELDS, values, strict=True))
+
+
 def _key(record: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(record[k] for k in KEY_FIELDS)
 
@@ -218,16 +226,7 @@ def text_records(sweep: InversionSweep, done: Mapping[tuple[Any, ...], dict[str,
         model: Any = None
         for trial in range(cfg.trials):
             for batch_size, noise, cohort, bits in points:
-                record: dict[str, Any] = {
-                    "modality": "text",
-                    "target": target,
-                    "rank": rank,
-                    "batch_size": batch_size,
-                    "noise_multiplier": float(noise),
-                    "secagg_clients": cohort,
-                    "quant_bits": bits,
-                    "trial": trial,
-                }
+                record = new_record("text", target, rank, batch_size, noise, cohort, bits, trial)
                 if _key(record) in done:
                     yield done[_key(record)]
                     continue
