@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ def membership_metrics(scores: npt.ArrayLike, is_member: npt.ArrayLike) -> Membe
     )
 
 
-def plot_roc(curves: dict[str, tuple[npt.ArrayLike, npt.ArrayLike]], path: str | Path, *, title: str = "") -> Path:
+def plot_roc(curves: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]], path: str | Path, *, title: str = "") -> Path:
     """Log-log ROC plot (the low-FPR regime is what matters), one line per ``label: (scores, is_member)``."""
     import matplotlib
 

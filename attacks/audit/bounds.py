@@ -287,8 +287,14 @@ def best_one_run_bound(
     delta: float,
     confidence: float = 0.95,
     ks: Sequence[int] | None = None,
+    positive_only: bool = False,
 ) -> tuple[float, int]:
     """Best one-run bound over ``k_pos = k_neg = k`` for ``k`` in ``ks``; returns ``(epsilon, k)``.
+
+    With ``positive_only`` the auditor only guesses "included" for the top ``k``
+    and abstains on the rest (``k_neg = 0``), which suits canaries that may never
+    be used (Poisson-sampled canary clients): an unused inserted canary looks
+    exactly like an excluded one, so bottom guesses would be coin flips.
 
     Choosing ``k`` after seeing the scores is a multiple comparison: each ``k`` is tested at level
     ``(1 - confidence) / len(ks)`` (Bonferroni), so by the union bound the maximum is still a valid lower bound
@@ -319,12 +325,12 @@ def best_one_run_bound(
     candidates = _default_ks(m) if ks is None else sorted({_check_int("k", k, minimum=1) for k in ks})
     if not candidates:
         raise ValueError("ks must not be empty")
-    if 2 * candidates[-1] > m:
-        raise ValueError(f"k = {candidates[-1]} needs 2k <= num_canaries = {m}")
+    if (1 if positive_only else 2) * candidates[-1] > m:
+        raise ValueError(f"k = {candidates[-1]} needs {'' if positive_only else '2'}k <= num_canaries = {m}")
     per_test_confidence = 1.0 - (1.0 - float(confidence)) / len(candidates)
     best_eps, best_k = -1.0, candidates[0]
     for k in candidates:
-        r, v = one_run_guesses(scores, included, k_pos=k, k_neg=k)
+        r, v = one_run_guesses(scores, included, k_pos=k, k_neg=0 if positive_only else k)
         eps = one_run_epsilon_lower_bound(
             num_guesses=r, num_correct=v, delta=delta, confidence=per_test_confidence, num_canaries=m
         )

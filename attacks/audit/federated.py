@@ -111,6 +111,7 @@ class CanaryTransport:
         self.initial: npt.NDArray[np.float32] | None = None
         self.participations = dict.fromkeys(self.canaries, 0)
         self.real_participants: set[int] = set()
+        self.broadcasts: list[npt.NDArray[np.float32]] = []
 
     def exchange(
         self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
@@ -118,6 +119,7 @@ class CanaryTransport:
         message = GlobalModel.from_bytes(broadcast)
         if self.initial is None:
             self.initial = message.vector.copy()
+        self.broadcasts.append(message.vector.copy())
         real = [c for c in cohort if c not in self.canaries]
         self.real_participants.update(int(c) for c in real)
         fake = [c for c in cohort if c in self.canaries]
@@ -183,16 +185,23 @@ def audit_run(config: ExperimentConfig, settings: AuditSettings, out: Path, *, q
     delta = final.astype(np.float64) - transport.initial.astype(np.float64)
     scores = canary_cosines(candidates, delta)
     null_scores = canary_cosines(extra, delta)
+    rounds = np.diff(np.stack([*transport.broadcasts, final]).astype(np.float64), axis=0)
+    white = whitebox_scores(directions, rounds, config, summary, RunDirectory(out).read_metrics(), norm)
+    white_in, white_null = white[: settings.num_canaries], white[settings.num_canaries :]
     delta_run = config.privacy.delta
-    one_run, k = best_one_run_bound(scores, included, delta=delta_run, confidence=settings.confidence)
+    conf = settings.confidence
+    one_run, k = best_one_run_bound(white_in, included, delta=delta_run, confidence=conf, positive_only=True)
+    one_run_final, _ = best_one_run_bound(scores, included, delta=delta_run, confidence=conf, positive_only=True)
     one_shot = one_shot_epsilon(
         observed_cosines=scores[included],
         unobserved_cosines=np.concatenate([scores[~included], null_scores]),
         delta=delta_run,
     )
     members = np.concatenate([np.ones(int(included.sum()), bool), np.zeros(int((~included).sum()) + len(extra), bool)])
-    all_scores = np.concatenate([scores[included], scores[~included], null_scores])
+    all_scores = np.concatenate([white_in[included], white_in[~included], white_null])
+    final_scores = np.concatenate([scores[included], scores[~included], null_scores])
     mia = membership_metrics(all_scores, members).to_dict()
+    final_mia = membership_metrics(final_scores, members).to_dict()
     epsilon = summary.get("epsilon_user") if privacy_on else None
     record: dict[str, Any] = {
         "privacy_mode": config.privacy.mode,
@@ -200,9 +209,13 @@ def audit_run(config: ExperimentConfig, settings: AuditSettings, out: Path, *, q
         "delta": delta_run,
         "epsilon_lower_bound_one_run": one_run,
         "one_run_k": k,
+        "epsilon_lower_bound_one_run_final_model": one_run_final,
         "epsilon_lower_bound_one_shot": one_shot.epsilon,
         "one_shot_mu": one_shot.mu,
         **mia,
+        "final_model_auc": final_mia["auc"],
+        "final_model_tpr_at_0.1pct_fpr": final_mia["tpr_at_0.1pct_fpr"],
+        "final_model_tpr_at_1pct_fpr": final_mia["tpr_at_1pct_fpr"],
         "num_canaries": settings.num_canaries,
         "num_inserted": int(included.sum()),
         "mean_participations": float(np.mean(list(transport.participations.values()) or [0])),
@@ -227,8 +240,49 @@ def audit_run(config: ExperimentConfig, settings: AuditSettings, out: Path, *, q
         record_level_mia(probe, final, transport, max_examples=settings.max_record_examples, seed=config.seed)
     )
     np.savez(out / "canary_scores.npz", scores=scores, included=included, null_scores=null_scores)
-    plot_roc({"canary cosine": (all_scores, members)}, out / "canary_roc.png", title=f"eps={epsilon}")
+    curves = {"white-box (per round)": (all_scores, members), "final model cosine": (final_scores, members)}
+    plot_roc(curves, out / "canary_roc.png", title=f"canaries, accountant eps={epsilon}")
     return record
+
+
+def whitebox_scores(
+    directions: npt.NDArray[np.float32],
+    round_deltas: npt.NDArray[np.float64],
+    config: ExperimentConfig,
+    summary: Mapping[str, Any],
+    metrics: Sequence[Mapping[str, Any]],
+    canary_norm: float,
+) -> npt.NDArray[np.float64]:
+    """The server's view: every round's global update, not just the final model.
+
+    Under user-level DP-FedAvg with FedAvg on the server, round t's update is
+    ``eta/E * (sum of clipped deltas + N(0, (sigma C_t)^2 I))``; a canary
+    client adds ``eta/E * min(norm, C_t) * u`` when Poisson-sampled (rate
+    ``q = E/N``). Projected on ``u`` and scaled to noise units, each round is
+    a mixture ``(1-q) N(0,1) + q N(mu_t, 1)`` against ``N(0,1)``, with
+    ``mu_t = min(norm, C_t) / (sigma C_t)``; the score is the sum over rounds
+    of the exact log-likelihood ratios (the Neyman-Pearson test for one
+    canary, ignoring the other clients' tiny projections on a random
+    direction). Without DP (or with a non-linear server optimizer or adaptive
+    noise split) the score is the plain sum of projections.
+    """
+    proj = directions.astype(np.float64) @ round_deltas.T  # [canaries, rounds]
+    sigma = summary.get("user_noise_multiplier")
+    adaptive = config.privacy.user.adaptive_clipping
+    if not sigma or adaptive or config.server.strategy != "fedavg" or config.privacy.mode not in ("user", "both"):
+        return np.asarray(proj.sum(axis=1), dtype=np.float64)
+    expected = float(config.server.clients_per_round)
+    q = expected / config.partition.num_clients
+    eta = config.server.learning_rate
+    clips = [float(r.get("clip_norm") or config.privacy.user.clip_norm) for r in metrics]
+    total = np.zeros(proj.shape[0])
+    for t in range(proj.shape[1]):
+        c = clips[t] if t < len(clips) else config.privacy.user.clip_norm
+        unit = eta * float(sigma) * c / expected
+        mu = min(canary_norm, c) / (float(sigma) * c)
+        s = proj[:, t] / unit
+        total += np.logaddexp(np.log1p(-q), np.log(q) + mu * s - mu * mu / 2)
+    return total
 
 
 def _per_example_losses(exp: Experiment, vector: npt.NDArray[np.float32], data: ExampleSet) -> npt.NDArray[np.float64]:
