@@ -266,7 +266,10 @@ def whitebox_scores(
     direction). Without DP (or with a non-linear server optimizer or adaptive
     noise split) the score is the plain sum of projections.
     """
-    proj = directions.astype(np.float64) @ round_deltas.T  # [canaries, rounds]
+    deltas32 = np.ascontiguousarray(round_deltas.T, dtype=np.float32)
+    proj = np.concatenate(  # [canaries, rounds], in chunks to bound memory
+        [directions[i : i + 512] @ deltas32 for i in range(0, len(directions), 512)]
+    ).astype(np.float64)
     sigma = summary.get("user_noise_multiplier")
     adaptive = config.privacy.user.adaptive_clipping
     if not sigma or adaptive or config.server.strategy != "fedavg" or config.privacy.mode not in ("user", "both"):
