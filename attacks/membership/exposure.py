@@ -1,0 +1,171 @@
+"""Canary exposure for language models (Carlini, Liu, Erlingsson, Kos, Song,
+"The Secret Sharer", USENIX Security 2019).
+
+Random secrets ("my secret code is 482913") are inserted into one client's
+training data, some once and some many times; after federated training, each
+secret's log-perplexity is ranked among candidates of the same format that
+were never inserted. ``exposure = log2(#candidates + 1) - log2(rank)``: 0-1
+bits means the model did not single the secret out, ``log2(n+1)`` means it
+ranks first. ``privfed``'s public API only: the canaried corpus is registered
+as a dataset of its own and the run is an ordinary ``run_experiment``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from privfed import (
+    ConfigError,
+    Dataset,
+    ExperimentConfig,
+    PrivfedError,
+    RunDirectory,
+    build_experiment,
+    load_base_model,
+    load_dataset,
+    register_dataset,
+    run_experiment,
+)
+from privfed.config import replace_path
+from privfed.data import DatasetSpec
+
+__all__ = ["SecretSharerSettings", "exposure", "log_perplexities", "run_exposure"]
+
+
+def exposure(secret_score: float, candidate_scores: npt.ArrayLike) -> float:
+    """Exposure in bits of a secret with log-perplexity ``secret_score`` among candidates.
+
+    rank = 1 + #candidates strictly more likely + half the ties; exposure =
+    log2(n + 1) - log2(rank) (Carlini et al. 2019, Def. 3, estimated by rank
+    among ``n`` sampled candidates).
+    """
+    c = np.asarray(candidate_scores, dtype=np.float64).reshape(-1)
+    if c.size == 0 or not np.all(np.isfinite(c)) or not np.isfinite(secret_score):
+        raise ValueError("need finite scores and at least one candidate")
+    rank = 1.0 + float(np.sum(c < secret_score)) + 0.5 * float(np.sum(c == secret_score))
+    return float(np.log2(c.size + 1) - np.log2(rank))
+
+
+def log_perplexities(
+    model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64
+) -> npt.NDArray[np.float64]:
+    """Summed next-token negative log-likelihood (nats) of each text under ``model``."""
+    import torch
+
+    model.eval()
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True)
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1]
+            target = enc["input_ids"][:, 1:]
+            mask = enc["attention_mask"][:, 1:].bool()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            out.extend((nll * mask).sum(dim=1).double().tolist())
+    return np.asarray(out, dtype=np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretSharerSettings:
+    """How many secrets, how often each is inserted, and how many candidates rank them."""
+
+    template: str = "my secret code is {:06d}"
+    space: int = 1_000_000
+    repeats: tuple[int, ...] = (1, 1, 4, 4, 16, 16)
+    candidates: int = 2000
+
+    def __post_init__(self) -> None:
+        if not self.repeats or min(self.repeats) < 1:
+            raise ConfigError("exposure repeats must be a non-empty list of counts >= 1")
+        if not 10 <= self.candidates < self.space:
+            raise ConfigError("exposure candidates must be >= 10 and below the secret space")
+
+
+def _canaried(base_name: str, settings: SecretSharerSettings, seed: int) -> tuple[str, list[int]]:
+    base = load_dataset(base_name)
+    if base.texts is None or base.groups is None:
+        raise ConfigError(f"exposure needs a text dataset with natural client groups; {base_name!r} is not")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EC2E7]))
+    values = [int(v) for v in rng.choice(settings.space, size=len(settings.repeats), replace=False)]
+    group = str(base.groups[0])  # every copy goes to the client that holds this group
+    label = int(base.labels[0])
+    texts = [settings.template.format(v) for v, r in zip(values, settings.repeats, strict=True) for _ in range(r)]
+    digest = hashlib.sha256(("\n".join(texts) + base_name).encode()).hexdigest()[:10]
+    name = f"{base_name}+secrets-{digest}"
+    dataset = Dataset(
+        name=name,
+        modality="text",
+        labels=np.concatenate([base.labels, np.full(len(texts), label, dtype=np.int64)]),
+        label_names=base.label_names,
+        source=base.source + " + inserted random secrets",
+        license=base.license,
+        groups=np.concatenate([base.groups, np.array([group] * len(texts))]),
+        texts=tuple(base.texts) + tuple(texts),
+    )
+    with contextlib.suppress(PrivfedError):  # registered earlier in this process, same content
+        register_dataset(DatasetSpec(name, "text", "language_modeling", lambda: dataset, "canaried corpus"))
+    return name, values
+
+
+def run_exposure(
+    config: ExperimentConfig, settings: SecretSharerSettings, out: Path, *, quiet: bool = True
+) -> dict[str, Any]:
+    """Insert secrets, train ``config`` federated into ``out/run``, and report each secret's exposure.
+
+    Writes ``out/exposure_results.json``: per secret its value, how many copies
+    landed in training (the held-out split may take some), and its exposure
+    before and after training.
+    """
+    name, values = _canaried(config.data.name, settings, config.seed)
+    cfg = replace_path(config, "data.name", name)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_experiment(cfg, out / "run", quiet=quiet)
+    checkpoint = RunDirectory(out / "run").load_checkpoint()
+    if checkpoint is None:
+        raise ConfigError(f"no checkpoint in {out / 'run'}")
+    exp = build_experiment(cfg)
+    train_texts = [exp.dataset.texts[i] for i in exp.train_indices] if exp.dataset.texts else []
+    tokenizer = load_base_model(config.model.name, init_seed=0).tokenizer
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xCA1D]))
+    taken = set(values)
+    pool = [int(v) for v in rng.choice(settings.space, size=settings.candidates + len(values), replace=False)]
+    candidates = [settings.template.format(v) for v in pool if v not in taken][: settings.candidates]
+    secrets = [settings.template.format(v) for v in values]
+    results = []
+    scores = {}
+    for stage, vector in (("before", exp.initial_vector), ("after", checkpoint.arrays["global"])):
+        exp.layout.load_into(exp.model, vector)
+        scores[stage] = (
+            log_perplexities(exp.model, tokenizer, secrets),
+            log_perplexities(exp.model, tokenizer, candidates),
+        )
+    for j, repeats in enumerate(settings.repeats):
+        results.append(
+            {
+                "secret": secrets[j],
+                "inserted": repeats,
+                "copies_in_training": sum(t == secrets[j] for t in train_texts),
+                "exposure_before": exposure(scores["before"][0][j], scores["before"][1]),
+                "exposure_after": exposure(scores["after"][0][j], scores["after"][1]),
+            }
+        )
+    record = {
+        "privacy_mode": cfg.privacy.mode,
+        "epsilon_user": summary.get("epsilon_user"),
+        "epsilon_sample_max": summary.get("epsilon_sample_max"),
+        "candidates": len(candidates),
+        "max_exposure": float(np.log2(len(candidates) + 1)),
+        "final_eval_perplexity": summary.get("final_eval_perplexity"),
+        "secrets": results,
+    }
+    (out / "exposure_results.json").write_text(json.dumps(record, indent=1))
+    return record
