@@ -91,6 +91,36 @@ def _cmd_attack_inversion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attack_exposure(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from attacks.membership import SecretSharerSettings, run_exposure
+    from privfed.config import config_from_dict
+    from privfed.errors import ConfigError
+
+    _quiet_libraries()
+    try:
+        raw = tomllib.loads(Path(args.config).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{args.config}: {exc}") from None
+    table = raw.pop("exposure", {})
+    known = {"template", "space", "repeats", "candidates"}
+    if set(table) - known:
+        raise ConfigError(f"exposure: unknown keys {sorted(set(table) - known)}; allowed: {sorted(known)}")
+    if "repeats" in table:
+        table["repeats"] = tuple(table["repeats"])
+    settings = SecretSharerSettings(**table)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-exposure"
+    record = run_exposure(config_from_dict(raw), settings, out, quiet=args.quiet)
+    print(f"exposure results: {out / 'exposure_results.json'} (max {record['max_exposure']:.2f} bits)")
+    for secret in record["secrets"]:
+        print(
+            f"  inserted {secret['inserted']:3d}x ({secret['copies_in_training']} in training): "
+            f"{secret['exposure_before']:.2f} -> {secret['exposure_after']:.2f} bits"
+        )
+    return 0
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     import tomllib
 
@@ -167,6 +197,11 @@ def _parser() -> argparse.ArgumentParser:
     inversion.add_argument("--out", help="results directory (default: runs/<config name>-inversion); reruns resume")
     inversion.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
     inversion.set_defaults(func=_cmd_attack_inversion)
+    expo = attack_sub.add_parser("exposure", help="Secret Sharer: insert random secrets, train, rank them (LMs)")
+    expo.add_argument("config", help="causal-LM experiment config with an optional [exposure] table")
+    expo.add_argument("--out", help="results directory (default: runs/<config name>-exposure); must be new")
+    expo.add_argument("--quiet", action="store_true", help="no progress bars")
+    expo.set_defaults(func=_cmd_attack_exposure)
     audit = sub.add_parser("audit", help="canary audit: accountant epsilon next to empirical lower bounds")
     audit.add_argument("config", help="experiment config with privacy.mode set and an optional [audit] table")
     audit.add_argument("--out", help="audit directory (default: runs/<config name>-audit); reruns reuse finished runs")
