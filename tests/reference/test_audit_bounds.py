@@ -370,3 +370,28 @@ def test_one_shot_with_equal_spreads_is_the_gaussian_mechanism() -> None:
     # no shift towards the canaries: no evidence
     none = one_shot_epsilon(observed_cosines=unobserved - 0.001, unobserved_cosines=unobserved, delta=1e-5)
     assert none.mu < 0 and none.epsilon == 0.0
+
+
+def test_positive_only_guesses_top_k_and_abstains_on_the_rest() -> None:
+    from attacks.audit import best_one_run_bound, one_run_epsilon_lower_bound
+
+    rng = np.random.default_rng(5)
+    included = rng.random(400) < 0.5
+    scores = rng.normal(size=400) + 2.0 * included
+    ks = [20, 50]
+    got, k = best_one_run_bound(scores, included, delta=1e-5, ks=ks, positive_only=True)
+    order = np.argsort(-scores, kind="stable")
+    want = max(
+        one_run_epsilon_lower_bound(
+            num_guesses=kk,
+            num_correct=int(included[order[:kk]].sum()),
+            delta=1e-5,
+            confidence=1 - 0.05 / len(ks),
+            num_canaries=400,
+        )
+        for kk in ks
+    )
+    assert got == pytest.approx(want) and k in ks and got > 0
+    # Random scores carry no signal: the bound stays at (or very near) zero.
+    null, _ = best_one_run_bound(rng.normal(size=400), included, delta=1e-5, positive_only=True)
+    assert null < 0.3
