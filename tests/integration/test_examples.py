@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -27,3 +28,21 @@ def test_federated_lora_example_dry_run(config: str, tmp_path: Path) -> None:
     assert summary["rounds"] == 2 and summary["completed"] is True
     assert summary["model"] in ("tiny-bert", "tiny-llama")
     assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_cohort_curve_example_dry_run(tmp_path: Path) -> None:
+    out = tmp_path / "cohorts"
+    proc = subprocess.run(
+        [sys.executable, "examples/cohort_curve.py", "configs/cohort_tweets.toml", "--dry-run", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader((out / "cohorts.csv").open()))
+    assert [int(r["clients_per_round"]) for r in rows] == [3, 10]
+    # Every DP point is accounted within the config's budget; the non-private twin has no epsilon.
+    assert all(0 < float(r["epsilon"]) <= 8.0 + 1e-6 for r in rows)
+    assert float(rows[0]["noise_multiplier"]) > 0
+    assert (out / "cohorts.png").exists() and "smallest cohort" in (out / "cohorts.md").read_text()
