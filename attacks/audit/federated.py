@@ -56,7 +56,9 @@ class AuditSettings:
             calibrated copy of the config (as ``privfed sweep`` makes them).
         num_canaries: candidate canary directions; each inserted with prob. 1/2.
         num_unobserved: extra never-inserted directions (one-shot null and MIA non-members).
-        canary_norm: L2 norm of a canary upload; 0 = the user-level clip norm.
+        canary_norm: L2 norm of a canary upload; 0 = automatic: the clip norm C
+            under user-level DP, otherwise the median norm of the real clients'
+            updates in the first round (a canary as large as a typical client).
         confidence: of the one-run lower bound.
     """
 
@@ -102,12 +104,14 @@ class CanaryTransport:
         inner: Transport,
         canaries: Mapping[int, npt.NDArray[np.float32]],
         *,
-        norm: float,
+        norm: float | None,
         num_examples: int = 1,
     ) -> None:
         self.inner = inner
         self.num_examples = num_examples
-        self.canaries = {int(k): np.asarray(v, dtype=np.float32) * np.float32(norm) for k, v in canaries.items()}
+        self.norm = norm  # None: the median real update norm of the first round with real clients
+        self.directions = {int(k): np.asarray(v, dtype=np.float32) for k, v in canaries.items()}
+        self.canaries = self.directions
         self.initial: npt.NDArray[np.float32] | None = None
         self.participations = dict.fromkeys(self.canaries, 0)
         self.real_participants: set[int] = set()
@@ -125,6 +129,9 @@ class CanaryTransport:
         fake = [c for c in cohort if c in self.canaries]
         inner = self.inner.exchange(broadcast=broadcast, cohort=real, on_client_done=on_client_done)
         uploads = list(inner.uploads)
+        if self.norm is None and uploads:
+            norms = [float(np.linalg.norm(ClientUpdate.from_bytes(u).delta)) for u in uploads]
+            self.norm = float(np.median(norms))
         for c in fake:
             self.participations[c] += 1
             uploads.append(
@@ -133,7 +140,7 @@ class CanaryTransport:
                     client_id=c,
                     num_examples=self.num_examples,
                     train_loss=float("nan"),
-                    delta=self.canaries[c],
+                    delta=self.directions[c] * np.float32(self.norm or 0.0),
                 ).to_bytes()
             )
             if on_client_done is not None:
@@ -145,8 +152,19 @@ class CanaryTransport:
         )
 
 
-def audit_run(config: ExperimentConfig, settings: AuditSettings, out: Path, *, quiet: bool = True) -> dict[str, Any]:
-    """Run ``config`` once with canaries into ``out`` and score them; returns the record."""
+def audit_run(
+    config: ExperimentConfig,
+    settings: AuditSettings,
+    out: Path,
+    *,
+    quiet: bool = True,
+    audit_delta: float | None = None,
+) -> dict[str, Any]:
+    """Run ``config`` once with canaries into ``out`` and score them; returns the record.
+
+    ``audit_delta``: the delta of the lower bounds (default ``config.privacy.delta``;
+    a sweep bounds its non-private run at the DP runs' delta).
+    """
     if config.secagg.enabled:
         raise ConfigError("privfed audit runs without secure aggregation (the final model is what it audits)")
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xA0D17]))
@@ -158,7 +176,7 @@ def audit_run(config: ExperimentConfig, settings: AuditSettings, out: Path, *, q
         )
     holder: dict[str, CanaryTransport] = {}
     privacy_on = config.privacy.mode in ("user", "both")
-    norm = settings.canary_norm or config.privacy.user.clip_norm
+    norm: float | None = settings.canary_norm or (config.privacy.user.clip_norm if privacy_on else None)
 
     def hook(inner: Transport) -> Transport:
         canaries = dict(zip(slots, inserted, strict=True))
@@ -186,9 +204,10 @@ def audit_run(config: ExperimentConfig, settings: AuditSettings, out: Path, *, q
     scores = canary_cosines(candidates, delta)
     null_scores = canary_cosines(extra, delta)
     rounds = np.diff(np.stack([*transport.broadcasts, final]).astype(np.float64), axis=0)
+    norm = transport.norm or 0.0
     white = whitebox_scores(directions, rounds, config, summary, RunDirectory(out).read_metrics(), norm)
     white_in, white_null = white[: settings.num_canaries], white[settings.num_canaries :]
-    delta_run = config.privacy.delta
+    delta_run = config.privacy.delta if audit_delta is None else audit_delta
     conf = settings.confidence
     one_run, k = best_one_run_bound(white_in, included, delta=delta_run, confidence=conf, positive_only=True)
     one_run_final, _ = best_one_run_bound(scores, included, delta=delta_run, confidence=conf, positive_only=True)
@@ -264,7 +283,7 @@ def whitebox_scores(
     of the exact log-likelihood ratios (the Neyman-Pearson test for one
     canary, ignoring the other clients' tiny projections on a random
     direction). Without DP (or with a non-linear server optimizer or adaptive
-    noise split) the score is the plain sum of projections.
+    noise split) the score is the sum over rounds of the cosines.
     """
     deltas32 = np.ascontiguousarray(round_deltas.T, dtype=np.float32)
     proj = np.concatenate(  # [canaries, rounds], in chunks to bound memory
@@ -273,7 +292,9 @@ def whitebox_scores(
     sigma = summary.get("user_noise_multiplier")
     adaptive = config.privacy.user.adaptive_clipping
     if not sigma or adaptive or config.server.strategy != "fedavg" or config.privacy.mode not in ("user", "both"):
-        return np.asarray(proj.sum(axis=1), dtype=np.float64)
+        # Per-round cosines: rounds with a large common update do not drown the others.
+        norms = np.maximum(np.linalg.norm(round_deltas, axis=1), 1e-30)
+        return np.asarray((proj / norms).sum(axis=1), dtype=np.float64)
     expected = float(config.server.clients_per_round)
     q = expected / config.partition.num_clients
     eta = config.server.learning_rate
@@ -377,7 +398,8 @@ def run_audit(
 
             shutil.rmtree(run_dir)  # an unfinished audit run: its canary state is gone, start it again
         target = None if math.isinf(eps) else eps
-        record = {"run": label, "target_epsilon": target, **audit_run(cfg, settings, run_dir, quiet=quiet)}
+        result = audit_run(cfg, settings, run_dir, quiet=quiet, audit_delta=config.privacy.delta)
+        record = {"run": label, "target_epsilon": target, **result}
         records.append(record)
         tmp = results_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(records, indent=1))

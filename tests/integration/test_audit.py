@@ -157,3 +157,24 @@ def test_whitebox_one_run_audit_of_the_gaussian_mechanism_is_valid_and_strong() 
     assert eps_hat <= eps  # a violation would mean broken accounting or a broken bound
     # The one-run ceiling for a Gaussian mechanism with 1000 ideal canaries is about 0.3-0.4 eps.
     assert eps_hat >= 0.25 * eps
+
+
+class _TwoClients:
+    def exchange(self, *, broadcast: bytes, cohort: list[int], on_client_done: object = None) -> RoundExchange:
+        ups = [
+            ClientUpdate(
+                round=1, client_id=c, num_examples=5, train_loss=0.1, delta=np.full(4, c, np.float32)
+            ).to_bytes()
+            for c in cohort
+        ]
+        return RoundExchange(uploads=tuple(ups), bytes_down=0, bytes_up=0)
+
+
+def test_automatic_canary_norm_is_the_median_real_update_norm() -> None:
+    transport = CanaryTransport(_TwoClients(), {9: np.array([1, 0, 0, 0], np.float32)}, norm=None)
+    broadcast = GlobalModel(round=1, vector=np.zeros(4, np.float32)).to_bytes()
+    exchange = transport.exchange(broadcast=broadcast, cohort=[1, 2, 3, 9])
+    canary = ClientUpdate.from_bytes(exchange.uploads[-1])
+    assert canary.client_id == 9
+    assert transport.norm == pytest.approx(4.0)  # real norms 2, 4, 6
+    assert np.allclose(canary.delta, [4.0, 0, 0, 0])
