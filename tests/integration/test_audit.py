@@ -167,7 +167,7 @@ class _TwoClients:
             ).to_bytes()
             for c in cohort
         ]
-        return RoundExchange(uploads=tuple(u.to_bytes() for u in ups), bytes_down=0, bytes_up=0)
+        return RoundExchange(uploads=tuple(ups), bytes_down=0, bytes_up=0)
 
 
 def test_automatic_canary_norm_is_the_median_real_update_norm() -> None:
