@@ -334,7 +334,7 @@ def write_tables(records: Sequence[Mapping[str, Any]], out: Path) -> None:
 
 
 def plot_defence_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """One panel per knob (batch size, noise, SecAgg cohort, bits): text token F1 and image PSNR/10."""
+    """One panel per knob (batch size, noise, SecAgg cohort, bits): text token F1 and image PSNR/50 dB."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,7 +344,7 @@ def plot_defence_curves(records: Sequence[Mapping[str, Any]], path: Path) -> Non
         ("batch_size", "batch size"),
         ("noise_multiplier", "DP noise multiplier"),
         ("secagg_clients", "clients in the SecAgg sum"),
-        ("quant_bits", "quantization bits (0 = float)"),
+        ("quant_bits", "upload bits (32 = float)"),
     )
     baseline = {k: Counter(r[k] for r in records).most_common(1)[0][0] for k, _ in knobs} if records else {}
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
@@ -357,8 +357,9 @@ def plot_defence_curves(records: Sequence[Mapping[str, Any]], path: Path) -> Non
                 name = r["target"] + (f" r={r['rank']}" if r["rank"] else "")
                 y = r["token_f1"]
             else:
-                name, y = f"image {r['target']} (PSNR/40 dB)", r["psnr_db"] / 40.0
-            series.setdefault(name, []).append((float(r[knob]), float(y)))
+                name, y = f"image {r['target']} (PSNR/50 dB)", r["psnr_db"] / 50.0
+            x = 32.0 if knob == "quant_bits" and r[knob] == 0 else float(r[knob])
+            series.setdefault(name, []).append((x, float(y)))
         for name, pts in sorted(series.items()):
             pts.sort()
             xs = [p[0] for p in pts]
@@ -370,7 +371,7 @@ def plot_defence_curves(records: Sequence[Mapping[str, Any]], path: Path) -> Non
             ax.set_xscale("log", base=2)
         if knob == "noise_multiplier":
             ax.set_xscale("symlog", linthresh=0.1)
-    axes[0].set_ylabel("token F1 (text) / PSNR÷40 (image)")
+    axes[0].set_ylabel("token F1 (text) / PSNR÷50 (image)")
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         h, lab = ax.get_legend_handles_labels()
