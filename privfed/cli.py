@@ -104,7 +104,7 @@ def _cmd_attack_exposure(args: argparse.Namespace) -> int:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{args.config}: {exc}") from None
     table = raw.pop("exposure", {})
-    known = {"template", "space", "repeats", "candidates"}
+    known = {"template", "space", "repeats", "candidates", "max_base_examples"}
     if set(table) - known:
         raise ConfigError(f"exposure: unknown keys {sorted(set(table) - known)}; allowed: {sorted(known)}")
     if "repeats" in table:

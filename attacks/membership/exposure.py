@@ -82,8 +82,11 @@ class SecretSharerSettings:
     space: int = 1_000_000
     repeats: tuple[int, ...] = (1, 1, 4, 4, 16, 16)
     candidates: int = 2000
+    max_base_examples: int = 0  # > 0: a seeded random subset of the corpus (secrets are always kept)
 
     def __post_init__(self) -> None:
+        if self.max_base_examples < 0:
+            raise ConfigError("exposure max_base_examples must be >= 0 (0 = the whole corpus)")
         if not self.repeats or min(self.repeats) < 1:
             raise ConfigError("exposure repeats must be a non-empty list of counts >= 1")
         if not 10 <= self.candidates < self.space:
@@ -98,18 +101,22 @@ def _canaried(base_name: str, settings: SecretSharerSettings, seed: int) -> tupl
     values = [int(v) for v in rng.choice(settings.space, size=len(settings.repeats), replace=False)]
     group = str(base.groups[0])  # every copy goes to the client that holds this group
     label = int(base.labels[0])
+    keep = np.arange(len(base.labels))
+    if 0 < settings.max_base_examples < len(keep):
+        keep = np.sort(rng.choice(len(keep), size=settings.max_base_examples, replace=False))
+        keep = np.union1d(keep, np.flatnonzero(base.groups == group)[:1])  # the secrets' group stays present
     texts = [settings.template.format(v) for v, r in zip(values, settings.repeats, strict=True) for _ in range(r)]
-    digest = hashlib.sha256(("\n".join(texts) + base_name).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(("\n".join(texts) + base_name + str(keep.size)).encode()).hexdigest()[:10]
     name = f"{base_name}+secrets-{digest}"
     dataset = Dataset(
         name=name,
         modality="text",
-        labels=np.concatenate([base.labels, np.full(len(texts), label, dtype=np.int64)]),
+        labels=np.concatenate([base.labels[keep], np.full(len(texts), label, dtype=np.int64)]),
         label_names=base.label_names,
         source=base.source + " + inserted random secrets",
         license=base.license,
-        groups=np.concatenate([base.groups, np.array([group] * len(texts))]),
-        texts=tuple(base.texts) + tuple(texts),
+        groups=np.concatenate([base.groups[keep], np.array([group] * len(texts))]),
+        texts=tuple(base.texts[i] for i in keep) + tuple(texts),
     )
     with contextlib.suppress(PrivfedError):  # registered earlier in this process, same content
         register_dataset(DatasetSpec(name, "text", "language_modeling", lambda: dataset, "canaried corpus"))
