@@ -402,7 +402,9 @@ def run_audit(
         record = {"run": label, "target_epsilon": target, **result}
         records.append(record)
         tmp = results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(records, indent=1))
+        seen = {r["run"] for r in records}
+        kept = [r for label, r in done.items() if label not in seen]  # finished runs not reached yet
+        tmp.write_text(json.dumps(records + kept, indent=1))
         os.replace(tmp, results_path)
         if not quiet:
             print(json.dumps(record))
