@@ -408,6 +408,9 @@ def run_audit(
         os.replace(tmp, results_path)
         if not quiet:
             print(json.dumps(record))
+    tmp = results_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    os.replace(tmp, results_path)
     plot_audit(records, out / "audit.png")
     return records
 
