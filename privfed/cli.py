@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from privfed.errors import PrivfedError
 
@@ -91,27 +92,40 @@ def _cmd_attack_inversion(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_attack_exposure(args: argparse.Namespace) -> int:
+def _split_config(path: str, table: str) -> tuple[dict[str, Any], Any]:
+    """An experiment config file with one extra top-level ``[table]``: (that table, the validated config)."""
     import tomllib
 
-    from attacks.membership import SecretSharerSettings, run_exposure
     from privfed.config import config_from_dict
     from privfed.errors import ConfigError
 
-    _quiet_libraries()
     try:
-        raw = tomllib.loads(Path(args.config).read_text())
+        raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{args.config}: {exc}") from None
-    table = raw.pop("exposure", {})
+        raise ConfigError(f"{path}: {exc}") from None
+    extra = raw.pop(table, {})
+    if not isinstance(extra, dict):
+        raise ConfigError(f"{path}: [{table}] must be a table")
+    return extra, config_from_dict(raw)
+
+
+def _cmd_attack_exposure(args: argparse.Namespace) -> int:
+    from attacks.membership import SecretSharerSettings, run_exposure
+    from privfed.errors import ConfigError
+
+    _quiet_libraries()
+    table, config = _split_config(args.config, "exposure")
     known = {"template", "space", "repeats", "candidates", "max_base_examples"}
     if set(table) - known:
         raise ConfigError(f"exposure: unknown keys {sorted(set(table) - known)}; allowed: {sorted(known)}")
-    if "repeats" in table:
-        table["repeats"] = tuple(table["repeats"])
-    settings = SecretSharerSettings(**table)
+    try:
+        if "repeats" in table:
+            table["repeats"] = tuple(int(r) for r in table["repeats"])
+        settings = SecretSharerSettings(**table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"exposure: {exc}") from None
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-exposure"
-    record = run_exposure(config_from_dict(raw), settings, out, quiet=args.quiet)
+    record = run_exposure(config, settings, out, quiet=args.quiet)
     print(f"exposure results: {out / 'exposure_results.json'} (max {record['max_exposure']:.2f} bits)")
     for secret in record["secrets"]:
         print(
@@ -122,19 +136,15 @@ def _cmd_attack_exposure(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    import tomllib
-
     from attacks.audit.federated import AuditSettings, run_audit
-    from privfed.config import config_from_dict
     from privfed.errors import ConfigError
 
     _quiet_libraries()
+    table, config = _split_config(args.config, "audit")
     try:
-        raw = tomllib.loads(Path(args.config).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{args.config}: {exc}") from None
-    settings = AuditSettings.from_mapping(raw.pop("audit", {}))
-    config = config_from_dict(raw)
+        settings = AuditSettings.from_mapping(table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"audit: {exc}") from None
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-audit"
     records = run_audit(config, settings, out, quiet=args.quiet)
     keys = ["run", "epsilon", "epsilon_lower_bound_one_run", "epsilon_lower_bound_one_shot", "auc"]

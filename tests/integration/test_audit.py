@@ -178,3 +178,14 @@ def test_automatic_canary_norm_is_the_median_real_update_norm() -> None:
     assert canary.client_id == 9
     assert transport.norm == pytest.approx(4.0)  # real norms 2, 4, 6
     assert np.allclose(canary.delta, [4.0, 0, 0, 0])
+
+
+def test_cli_rejects_bad_audit_and_exposure_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(dump_config(audit_config()) + "\n[audit]\nnum_canaries = 'many'\n")
+    assert main(["audit", str(path), "--out", str(tmp_path / "a")]) == 2
+    path.write_text(dump_config(audit_config()) + "\n[exposure]\nrepeats = [0]\n")
+    assert main(["attack", "exposure", str(path), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "audit:" in err and "exposure" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
