@@ -579,14 +579,18 @@ def match_reconstructions(originals: npt.ArrayLike, reconstructions: npt.ArrayLi
 
     A batch's reconstructions come back in an unidentifiable order; this is
     the assignment minimising the total per-image MSE (Hungarian algorithm,
-    :func:`scipy.optimize.linear_sum_assignment`).
+    :func:`scipy.optimize.linear_sum_assignment`). There may be more
+    reconstructions than originals (an attack on a SecAgg sum reconstructs
+    the whole cohort); each original then gets its own best candidate.
     """
     from scipy.optimize import linear_sum_assignment
 
     a = np.asarray(originals, dtype=np.float64)
     r = np.asarray(reconstructions, dtype=np.float64)
-    if a.shape != r.shape or a.ndim < 2:
-        raise ValueError(f"need two batches of the same shape; got {a.shape} and {r.shape}")
+    if a.shape[1:] != r.shape[1:] or a.ndim < 2 or r.shape[0] < a.shape[0]:
+        raise ValueError(
+            f"need at least as many reconstructions as originals, same image shape; got {a.shape}, {r.shape}"
+        )
     a2, r2 = a.reshape(a.shape[0], -1), r.reshape(r.shape[0], -1)
     cost = ((a2[:, None, :] - r2[None, :, :]) ** 2).mean(axis=-1)
     rows, cols = linear_sum_assignment(cost)

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attacks.inversion.image import dlg, image_observation, inverting_gradients, plot_reconstructions, recover_labels
+from attacks.inversion.image import (
+    dlg,
+    image_observation,
+    inverting_gradients,
+    match_reconstructions,
+    plot_reconstructions,
+    recover_labels,
+)
 from attacks.inversion.vision import build_vision_model
 from attacks.metrics import psnr, ssim
 from attacks.threat import ThreatModel
@@ -27,17 +34,6 @@ if TYPE_CHECKING:
     from attacks.inversion.sweep import InversionSweep
 
 __all__ = ["image_records"]
-
-
-def _best_matches(originals: np.ndarray[Any, Any], candidates: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """For each original, the candidate with the smallest MSE (candidates may outnumber originals)."""
-    from scipy.optimize import linear_sum_assignment
-
-    cost = ((originals[:, None] - np.clip(candidates, 0, 1)[None]) ** 2).reshape(len(originals), len(candidates), -1)
-    rows, cols = linear_sum_assignment(cost.mean(axis=2))
-    out = np.empty_like(originals)
-    out[rows] = np.clip(candidates[cols], 0, 1)
-    return out
 
 
 def image_records(
@@ -101,7 +97,8 @@ def image_records(
                     rng_seed=sweep.seed + trial,
                 )
             originals = np.asarray(batches[0][0], dtype=np.float64)
-            matched = _best_matches(originals, np.asarray(result.images, dtype=np.float64))
+            candidates = np.clip(np.asarray(result.images, dtype=np.float64), 0.0, 1.0)
+            matched = candidates[match_reconstructions(originals, candidates)]
             true_all = np.concatenate([b[1] for b in batches])
             label_hits = sum(min(int(np.sum(labels == k)), int(np.sum(true_all == k))) for k in np.unique(true_all))
             noise_image = _rng(sweep.seed, "chance-image", trial).uniform(size=originals.shape)
