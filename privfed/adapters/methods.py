@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["adapter_method_names", "build_peft_config", "register_adapter_method", "wrap_model"]
 
+# A builder returns a ``peft.PeftConfig``, or ``None`` for no adapter at all
+# (full fine-tuning: every parameter of the model is trainable and travels).
 _Builder = Callable[["AdapterConfig", "ModelSpec"], Any]
 _AfterWrap = Callable[[Any], None]
 _METHODS: Registry[tuple[_Builder, _AfterWrap | None]] = Registry(
@@ -91,7 +93,14 @@ def _freeze_lora_a(model: Any) -> None:
         raise ModelError("ffa_lora found no LoRA A matrices to freeze")
 
 
+def _full(cfg: AdapterConfig, spec: ModelSpec) -> None:
+    # Full fine-tuning, the baseline PEFT is compared against (e.g. for how much
+    # membership leaks, issue 7): no peft wrapper, all base weights train.
+    return None
+
+
 register_adapter_method("lora", _lora)
+register_adapter_method("full", _full)
 register_adapter_method("ffa_lora", _lora, after_wrap=_freeze_lora_a)
 register_adapter_method("ia3", _ia3)
 register_adapter_method("prompt_tuning", _prompt_tuning)
@@ -107,7 +116,9 @@ def wrap_model(model: Any, cfg: AdapterConfig, spec: ModelSpec) -> Any:
     """Freeze ``model`` and attach the adapter; returns the ``peft.PeftModel``.
 
     For classifiers, peft also trains a copy of the classification head
-    (``modules_to_save``), which travels in the same flat vector.
+    (``modules_to_save``), which travels in the same flat vector. A method
+    whose builder returns ``None`` (``full``) returns ``model`` itself with
+    every parameter trainable.
 
     Raises:
         ModelError: if peft rejects the combination (e.g. unknown target modules).
@@ -115,8 +126,14 @@ def wrap_model(model: Any, cfg: AdapterConfig, spec: ModelSpec) -> Any:
     from peft import get_peft_model
 
     _, after_wrap = _METHODS.get(cfg.method)
+    peft_config = build_peft_config(cfg, spec)
+    if peft_config is None:
+        model.requires_grad_(True)
+        if after_wrap is not None:
+            after_wrap(model)
+        return model
     try:
-        wrapped = get_peft_model(model, build_peft_config(cfg, spec))
+        wrapped = get_peft_model(model, peft_config)
     except ValueError as exc:
         raise ModelError(f"adapter {cfg.method!r} cannot be attached to model {spec.name!r}: {exc}") from None
     if after_wrap is not None:

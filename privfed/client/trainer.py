@@ -127,9 +127,9 @@ class ClientTrainer:
         if self.dp.grad_sample_mode == "ghost":
             self._dp_module.enable_hooks()
             losses = self.task.per_example_loss(self._dp_module, batch)
-            check_per_sample_gradients(self.model, losses.mean(), attribute="_norm_sample")
+            check_per_sample_gradients(self.model, losses.mean(), attribute="_norm_sample", batch_size=len(indices))
         else:
-            check_per_sample_gradients(self.model, self.task.loss(self._dp_module, batch))
+            check_per_sample_gradients(self.model, self.task.loss(self._dp_module, batch), batch_size=len(indices))
 
     def steps_for(self, num_examples: int) -> int:
         """Local steps a client with ``num_examples`` examples takes per round."""

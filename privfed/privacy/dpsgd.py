@@ -97,17 +97,37 @@ def poisson_batch(n: int, *, rate: float, rng: np.random.Generator) -> np.ndarra
     return np.flatnonzero(rng.random(n) < rate).astype(np.int64)
 
 
-def check_per_sample_gradients(model: Any, loss: torch.Tensor, *, attribute: str = "grad_sample") -> None:
+def check_per_sample_gradients(
+    model: Any, loss: torch.Tensor, *, attribute: str = "grad_sample", batch_size: int | None = None
+) -> None:
     """Backpropagate ``loss`` (computed through the GradSampleModule on a small batch) and
     require a per-sample gradient (``grad_sample``; ghost clipping: per-sample norm,
     ``_norm_sample``) on every trainable parameter of ``model``.
 
     Opacus issue #820: some adapter layers get no hooks, and DP training then
     runs with normal-looking loss and epsilon while those parameters are
-    never clipped or noised. A missing per-sample gradient is a ``ConfigError``.
+    never clipped or noised. A missing per-sample gradient is a ``ConfigError``,
+    and so (given ``batch_size``) is one whose leading dimension is not the
+    batch: a layer fed a buffer shared by the batch (BERT's position
+    embeddings under full fine-tuning) gets one gradient for all examples.
+    Opacus failing inside the probe's backward is a ``ConfigError`` too.
     """
-    loss.backward()  # type: ignore[no-untyped-call]
+    try:
+        loss.backward()  # type: ignore[no-untyped-call]
+    except RuntimeError as exc:
+        raise ConfigError(
+            "privacy.mode needs per-sample gradients, and Opacus failed to compute them for this model and "
+            f"adapter (e.g. a layer that reads a buffer shared by the batch, such as position embeddings): {exc}"
+        ) from None
     missing = [name for name, p in model.named_parameters() if p.requires_grad and getattr(p, attribute, None) is None]
+    shared = [
+        name
+        for name, p in model.named_parameters()
+        if batch_size is not None
+        and p.requires_grad
+        and getattr(p, attribute, None) is not None
+        and int(getattr(p, attribute).shape[0]) != batch_size
+    ]
     for p in model.parameters():
         p.grad = None
         for attr in ("grad_sample", "_norm_sample"):
@@ -117,4 +137,10 @@ def check_per_sample_gradients(model: Any, loss: torch.Tensor, *, attribute: str
         raise ConfigError(
             f"privacy.mode needs per-sample gradients, and Opacus cannot compute them for {len(missing)} adapter "
             f"parameter(s) (e.g. {missing[0]}); use adapter.method = 'lora' or 'prompt_tuning'"
+        )
+    if shared:
+        raise ConfigError(
+            f"privacy.mode needs per-sample gradients, and {len(shared)} trainable parameter(s) (e.g. {shared[0]}) "
+            "get one gradient for the whole batch (their layer reads a buffer shared by all examples), so "
+            "DP-SGD could not clip examples separately; use a PEFT adapter.method such as 'lora'"
         )

@@ -205,3 +205,42 @@ def test_ffa_lora_trains_only_b_and_keeps_a_at_its_seeded_init(run_dir: Path) ->
     records = metrics(run_dir)
     assert len(records) == 2 and all(r["update_norm"] > 0 for r in records)
     assert first.layout.dim < build_experiment(tiny_config()).layout.dim
+
+
+def test_full_fine_tuning_trains_every_parameter(run_dir: Path) -> None:
+    config = tiny_config(**{"adapter.method": "full", "server.rounds": 2})
+    exp = build_experiment(config)
+    total = sum(p.numel() for p in exp.model.parameters())
+    assert exp.layout.dim == total == exp.base_params  # no adapter: the whole model travels
+    assert exp.layout.dim > 10 * build_experiment(tiny_config()).layout.dim
+    summary = run_experiment(config, run_dir, quiet=True)
+    assert summary["adapter_method"] == "full" and summary["completed"]
+    records = metrics(run_dir)
+    assert all(r["update_norm"] > 0 for r in records)
+    # The embeddings (frozen under every PEFT method) moved.
+    final = RunDirectory(run_dir).load_checkpoint()
+    assert final is not None
+    name = next(n for n in exp.layout.names if "word_embeddings" in n)
+    slot = exp.layout.slots[exp.layout.names.index(name)]
+    window = slice(slot.offset, slot.offset + slot.size)
+    moved = final.arrays["global"][window] - exp.initial_vector[window]
+    assert float(abs(moved).max()) > 0
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_full_fine_tuning_under_sample_level_dp_is_refused_before_anything_is_written(run_dir: Path, mode: str) -> None:
+    # BERT's position embeddings read a buffer shared by the batch: Opacus gives them one
+    # gradient for all examples, which DP-SGD cannot clip per example (a late crash before).
+    config = tiny_config(
+        **{
+            "adapter.method": "full",
+            "server.rounds": 1,
+            "privacy.mode": "sample",
+            "privacy.delta": 1e-3,
+            "privacy.sample.noise_multiplier": 1.0,
+            "privacy.sample.grad_sample_mode": mode,
+        }
+    )
+    with pytest.raises(ConfigError, match=r"position.embeddings"):
+        run_experiment(config, run_dir, quiet=True)
+    assert not run_dir.exists()

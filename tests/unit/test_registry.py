@@ -27,7 +27,7 @@ def test_every_extension_point_lists_its_builtins() -> None:
     assert set(model_names()) >= {"minilm", "smollm2", "tiny-bert", "tiny-llama"}
     assert set(dataset_names()) >= {"bbc_news", "tweets", "drug_reviews", "fortunes", "digits", "mnist"}
     assert set(partitioner_names()) == {"iid", "dirichlet", "shards", "natural"}
-    assert set(adapter_method_names()) == {"lora", "ffa_lora", "ia3", "prompt_tuning"}
+    assert set(adapter_method_names()) == {"lora", "ffa_lora", "full", "ia3", "prompt_tuning"}
     assert set(strategy_names()) == {"fedavg", "fedadam"}
     assert set(accountant_names()) == {"rdp", "prv"}
 
