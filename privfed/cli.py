@@ -135,6 +135,23 @@ def _cmd_attack_exposure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attack_membership(args: argparse.Namespace) -> int:
+    from attacks.membership import MembershipSettings, run_membership
+
+    _quiet_libraries()
+    table, config = _split_config(args.config, "membership")
+    settings = MembershipSettings.from_mapping(table)
+    variants = settings.resolved_variants(config)  # validates every override before any training
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-membership"
+    print(f"membership directory: {out} ({len(variants)} variant(s) x {settings.num_models} federations)")
+    records = run_membership(config, settings, out, quiet=args.quiet)
+    print("variant | eval accuracy | " + " | ".join(f"{a} AUC, TPR@0.1%" for a in ("loss", "lira_online", "rmia")))
+    for r in records:
+        cells = [f"{r[f'{a}_auc']:.3f}, {r[f'{a}_tpr_at_0.1pct_fpr']:.4f}" for a in ("loss", "lira_online", "rmia")]
+        print(f"{r['variant']} | {r['eval_accuracy_mean']:.3f} | " + " | ".join(cells))
+    return 0
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from attacks.audit.federated import AuditSettings, run_audit
     from privfed.errors import ConfigError
@@ -212,6 +229,13 @@ def _parser() -> argparse.ArgumentParser:
     expo.add_argument("--out", help="results directory (default: runs/<config name>-exposure); must be new")
     expo.add_argument("--quiet", action="store_true", help="no progress bars")
     expo.set_defaults(func=_cmd_attack_exposure)
+    member = attack_sub.add_parser(
+        "membership", help="record-level MIA (LOSS, reference, LiRA, RMIA) with shadow federations"
+    )
+    member.add_argument("config", help="experiment config with an optional [membership] table")
+    member.add_argument("--out", help="results directory (default: runs/<config name>-membership); reruns reuse")
+    member.add_argument("--quiet", action="store_true", help="no progress bars")
+    member.set_defaults(func=_cmd_attack_membership)
     audit = sub.add_parser("audit", help="canary audit: accountant epsilon next to empirical lower bounds")
     audit.add_argument("config", help="experiment config with privacy.mode set and an optional [audit] table")
     audit.add_argument("--out", help="audit directory (default: runs/<config name>-audit); reruns reuse finished runs")

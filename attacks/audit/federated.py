@@ -309,18 +309,6 @@ def whitebox_scores(
     return total
 
 
-def _per_example_losses(exp: Experiment, vector: npt.NDArray[np.float32], data: ExampleSet) -> npt.NDArray[np.float64]:
-    import torch
-
-    exp.layout.load_into(exp.model, vector)
-    exp.model.eval()
-    out = []
-    with torch.no_grad():
-        for batch in data.sequential_batches(128):
-            out.append(exp.task.per_example_loss(exp.model, batch).double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
 def record_level_mia(
     exp: Experiment, final: npt.NDArray[np.float32], transport: CanaryTransport, *, max_examples: int, seed: int
 ) -> dict[str, Any]:
@@ -332,7 +320,10 @@ def record_level_mia(
     initial adapter (for LoRA: the frozen base model plus the untrained head;
     Carlini et al. 2021 / Watson et al. 2022 difficulty calibration).
     """
-    from attacks.membership import loss_score, reference_score
+    from attacks.membership import loss_score, per_example_log_likelihoods, reference_score
+
+    def losses(vector: npt.NDArray[np.float32], data: ExampleSet) -> npt.NDArray[np.float64]:
+        return -per_example_log_likelihoods(exp, vector, data)
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x31A]))
     participants = sorted(transport.real_participants)
@@ -347,10 +338,10 @@ def record_level_mia(
     subsets = [exp.client_data[c].subset(np.asarray(idx, dtype=np.int64)) for c, idx in members_by_client.items()]
     held = exp.eval_data.subset(np.sort(rng.choice(len(exp.eval_data), min(max_examples, len(exp.eval_data)), False)))
     initial = exp.initial_vector
-    member_final = np.concatenate([_per_example_losses(exp, final, s) for s in subsets])
-    member_init = np.concatenate([_per_example_losses(exp, initial, s) for s in subsets])
-    held_final = _per_example_losses(exp, final, held)
-    held_init = _per_example_losses(exp, initial, held)
+    member_final = np.concatenate([losses(final, s) for s in subsets])
+    member_init = np.concatenate([losses(initial, s) for s in subsets])
+    held_final = losses(final, held)
+    held_init = losses(initial, held)
     labels = np.concatenate([np.ones(len(member_final), bool), np.zeros(len(held_final), bool)])
     losses_final = np.concatenate([member_final, held_final])
     losses_init = np.concatenate([member_init, held_init])

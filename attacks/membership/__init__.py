@@ -11,18 +11,34 @@ from attacks.membership.scores import (
     reference_score,
     rmia_scores,
 )
+from attacks.membership.shadow import (
+    MembershipSettings,
+    Variant,
+    balanced_keep,
+    keep_half,
+    per_example_log_likelihoods,
+    run_membership,
+    score_targets,
+)
 
 __all__ = [
+    "MembershipSettings",
     "SecretSharerSettings",
+    "Variant",
+    "balanced_keep",
     "client_scores",
     "exposure",
+    "keep_half",
     "lira_offline",
     "lira_online",
     "log_perplexities",
     "logit_confidence",
     "logit_confidence_from_logits",
     "loss_score",
+    "per_example_log_likelihoods",
     "reference_score",
     "rmia_scores",
     "run_exposure",
+    "run_membership",
+    "score_targets",
 ]

@@ -566,6 +566,7 @@ def run_experiment(
     quiet: bool = False,
     stop_after_round: int | None = None,
     transport_hook: Callable[[Transport], Transport] | None = None,
+    experiment_hook: Callable[[Experiment], Experiment] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` into a new run directory ``out_dir``; returns the summary.
 
@@ -575,10 +576,17 @@ def run_experiment(
         transport_hook: wraps the simulation transport, e.g. to add the canary
             clients of a privacy audit (``attacks.audit``); secure aggregation
             rounds bypass it.
+        experiment_hook: edits the built experiment before any round, e.g. to
+            keep a random half of every client's examples (shadow federations
+            of a membership attack, ``attacks.membership.shadow``). The run
+            directory does not record it, so ``--resume`` of such a run is the
+            caller's job (the shadow driver reruns unfinished runs instead).
     """
     run_dir = RunDirectory(out_dir)
     run_dir.check_new()  # before the expensive build
     exp = build_experiment(config)
+    if experiment_hook is not None:
+        exp = experiment_hook(exp)
     dp = _prepare_privacy(exp)
     run_dir.create(config)
     return _execute(

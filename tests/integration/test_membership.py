@@ -1,0 +1,101 @@
+"""privfed attack membership on tiny federations: keep_half, reuse, rerun of unfinished runs, results, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attacks.membership import MembershipSettings, balanced_keep, keep_half, run_membership
+from attacks.membership.shadow import ATTACKS
+from privfed import ConfigError, dump_config
+from privfed.cli import main
+from privfed.experiments import build_experiment
+from tests.conftest import tiny_config
+
+
+def member_config(**overrides: object) -> object:
+    base = {
+        "data.max_train_examples": 48,
+        "data.max_eval_examples": 40,
+        "partition.method": "iid",
+        "partition.num_clients": 2,
+        "server.clients_per_round": 2,
+        "server.rounds": 2,
+        "client.local_steps": 0,
+        "client.local_epochs": 3,
+        "client.learning_rate": 0.01,
+    }
+    base.update(overrides)
+    return tiny_config(**base)
+
+
+def test_keep_half_gives_each_client_its_kept_examples_only() -> None:
+    exp = build_experiment(member_config())
+    n = sum(len(d) for d in exp.client_data)
+    keep = balanced_keep(4, n, np.random.default_rng(1))[0]
+    half = keep_half(exp, keep)
+    pool = np.concatenate(exp.client_indices)
+    assert np.array_equal(np.sort(np.concatenate(half.client_indices)), np.sort(pool[keep]))
+    for c, data in enumerate(half.client_data):
+        assert len(data) == len(half.client_indices[c])
+    assert half.eval_data is exp.eval_data and half.model is exp.model
+    with pytest.raises(ValueError, match="pool"):
+        keep_half(exp, keep[:-1])
+    nobody = np.zeros(n, bool)
+    nobody[: len(exp.client_indices[0])] = True  # client 1 keeps nothing
+    with pytest.raises(ConfigError, match="client 1 keeps none"):
+        keep_half(exp, nobody)
+
+
+def test_run_membership_scores_every_target_and_reuses_finished_federations(tmp_path: Path) -> None:
+    settings = MembershipSettings.from_mapping(
+        {
+            "num_models": 4,
+            "population": 30,
+            "variants": [
+                {"name": "lora", "set": {"adapter.method": "lora"}},
+                {"name": "full", "set": {"adapter.method": "full", "client.learning_rate": 0.002}},
+            ],
+        }
+    )
+    out = tmp_path / "m"
+    records = run_membership(member_config(), settings, out)
+    assert [r["variant"] for r in records] == ["lora", "full"]
+    for r in records:
+        n = r["pool_examples"]
+        assert r["num_members"] == r["num_nonmembers"] == 2 * n  # 4 targets x n, half IN
+        for attack in ATTACKS:
+            assert 0.0 <= r[f"{attack}_auc"] <= 1.0 and 0.0 <= r[f"{attack}_tpr_at_0.1pct_fpr"] <= 1.0
+        assert 0.0 <= r["eval_accuracy_mean"] <= 1.0
+    assert records[1]["trainable_params"] > 10 * records[0]["trainable_params"]
+    # Full fine-tuning with three epochs over 24 examples overfits: members are easier.
+    assert records[1]["generalization_gap"] > 0 and records[1]["loss_auc"] > 0.6
+    assert json.loads((out / "membership_results.json").read_text()) == records
+    table = (out / "membership_results.md").read_text()
+    assert "| lora |" in table and "| full |" in table
+    assert (out / "membership.png").stat().st_size > 0 and (out / "full" / "roc.png").stat().st_size > 0
+
+    # Finished federations are reused; one without its scores is rerun from scratch.
+    stats = out / "lora" / "model-0" / "stats.npz"
+    before = stats.stat().st_mtime_ns
+    (out / "full" / "model-3" / "stats.npz").unlink()
+    again = run_membership(member_config(), settings, out)
+    assert stats.stat().st_mtime_ns == before
+    assert (out / "full" / "model-3" / "stats.npz").exists()
+    assert again == records  # the rerun federation is trained from the same seeds: same scores
+
+
+def test_cli_validates_the_membership_table_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = dump_config(member_config())
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text + '\n[membership]\nnum_models = 3\n')
+    assert main(["attack", "membership", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "num_models" in capsys.readouterr().err
+    override = tmp_path / "override.toml"
+    override.write_text(text + '\n[membership]\n[[membership.variants]]\nname = "x"\nset = { "client.nope" = 1 }\n')
+    assert main(["attack", "membership", str(override), "--out", str(tmp_path / "o")]) == 2
+    assert "client.nope" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
