@@ -91,7 +91,7 @@ def test_run_membership_scores_every_target_and_reuses_finished_federations(tmp_
 def test_cli_validates_the_membership_table_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = dump_config(member_config())
     bad = tmp_path / "bad.toml"
-    bad.write_text(text + '\n[membership]\nnum_models = 3\n')
+    bad.write_text(text + "\n[membership]\nnum_models = 3\n")
     assert main(["attack", "membership", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "num_models" in capsys.readouterr().err
     override = tmp_path / "override.toml"
