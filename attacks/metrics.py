@@ -19,6 +19,7 @@ import numpy.typing as npt
 __all__ = [
     "MembershipMetrics",
     "TokenRecovery",
+    "check_scores",
     "membership_metrics",
     "plot_roc",
     "psnr",
@@ -33,15 +34,24 @@ __all__ = [
 _F64 = npt.NDArray[np.float64]
 
 
-def _check_scores(scores: npt.ArrayLike, is_member: npt.ArrayLike) -> tuple[_F64, npt.NDArray[np.bool_]]:
+def check_scores(
+    scores: npt.ArrayLike, labels: npt.ArrayLike, *, what: str = "membership", need_both: bool = True
+) -> tuple[_F64, npt.NDArray[np.bool_]]:
+    """Validate a (scores, binary labels) pair: equal lengths, finite scores, labels bool or 0/1.
+
+    ``need_both``: require at least one positive and one negative label (an ROC needs both).
+    ``what`` names the pair in error messages. Returns float64 scores and bool labels, flattened.
+    """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    m = np.asarray(is_member).reshape(-1)
-    if s.shape != m.shape:
-        raise ValueError(f"scores ({s.size}) and membership labels ({m.size}) differ in length")
+    raw = np.asarray(labels).reshape(-1)
+    if s.shape != raw.shape:
+        raise ValueError(f"{what} scores ({s.size}) and labels ({raw.size}) differ in length")
     if not np.all(np.isfinite(s)):
-        raise ValueError("membership scores must be finite")
-    m = m.astype(bool)
-    if m.all() or not m.any():
+        raise ValueError(f"{what} scores must be finite")
+    if not np.all((raw == 0) | (raw == 1)):
+        raise ValueError(f"{what} labels must be boolean or 0/1")
+    m = raw.astype(bool)
+    if need_both and (m.all() or not m.any()):
         raise ValueError("need at least one member and one non-member")
     return s, m
 
@@ -50,7 +60,7 @@ def roc_curve(scores: npt.ArrayLike, is_member: npt.ArrayLike) -> tuple[_F64, _F
     """(fpr, tpr) of the threshold test "score >= t means member" (scikit-learn)."""
     from sklearn.metrics import roc_curve as sk_roc_curve
 
-    s, m = _check_scores(scores, is_member)
+    s, m = check_scores(scores, is_member)
     fpr, tpr, _ = sk_roc_curve(m, s, drop_intermediate=False)
     return np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
 
@@ -94,7 +104,7 @@ def membership_metrics(scores: npt.ArrayLike, is_member: npt.ArrayLike) -> Membe
     """AUC, TPR at 0.1% and 1% FPR, and the best balanced accuracy over thresholds."""
     from sklearn.metrics import roc_auc_score
 
-    s, m = _check_scores(scores, is_member)
+    s, m = check_scores(scores, is_member)
     fpr, tpr = roc_curve(s, m)
     return MembershipMetrics(
         auc=float(roc_auc_score(m, s)),

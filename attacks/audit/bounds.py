@@ -27,6 +27,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special, stats
 
+from attacks.metrics import check_scores
+
 __all__ = [
     "OneShotEstimate",
     "best_one_run_bound",
@@ -257,15 +259,7 @@ def one_run_guesses(scores: npt.ArrayLike, included: npt.ArrayLike, *, k_pos: in
     Ties are broken by canary index (stable sort), which is independent of the inclusion bits when those are
     drawn at random as the audit requires.
     """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    inc_raw = np.asarray(included).reshape(-1)
-    if s.shape != inc_raw.shape:
-        raise ValueError(f"scores ({s.size}) and inclusion bits ({inc_raw.size}) differ in length")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("canary scores must be finite")
-    if not np.all((inc_raw == 0) | (inc_raw == 1)):
-        raise ValueError("inclusion bits must be boolean or 0/1")
-    inc = inc_raw.astype(bool)
+    s, inc = check_scores(scores, included, what="canary", need_both=False)
     kp = _check_int("k_pos", k_pos)
     kn = _check_int("k_neg", k_neg)
     if kp + kn > s.size:

@@ -99,3 +99,26 @@ def test_cli_validates_the_membership_table_before_training(tmp_path: Path, caps
     assert main(["attack", "membership", str(override), "--out", str(tmp_path / "o")]) == 2
     assert "client.nope" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_causal_lm_variant_scores_sequences_by_mean_token_log_likelihood(tmp_path: Path) -> None:
+    from attacks.membership.shadow import run_variant
+
+    config = member_config(
+        **{
+            "model.name": "tiny-llama",
+            "data.name": "fortunes",
+            "client.learning_rate": 0.02,
+            "client.local_epochs": 1,
+            "server.rounds": 1,
+        }
+    )
+    settings = MembershipSettings(num_models=4, population=20)
+    record, scores, members = run_variant("lm", config, settings, tmp_path / "lm")
+    assert record["adapter_method"] == "lora" and members.sum() == (~members).sum() == 2 * record["pool_examples"]
+    with np.load(tmp_path / "lm" / "model-0" / "stats.npz") as saved:
+        pool = saved["pool"]
+    # LOSS scores of target 0 are its own mean token log-likelihoods (negative: losses are > 0).
+    np.testing.assert_array_equal(scores["loss"][: pool.size], pool)
+    assert np.all(pool < 0)
+    assert all(np.isfinite(v).all() for v in scores.values())
