@@ -110,14 +110,13 @@ def _split_config(path: str, table: str) -> tuple[dict[str, Any], Any]:
 
 
 def _cmd_attack_exposure(args: argparse.Namespace) -> int:
+    from attacks._tables import table_values
     from attacks.membership import SecretSharerSettings, run_exposure
     from privfed.errors import ConfigError
 
     _quiet_libraries()
-    table, config = _split_config(args.config, "exposure")
-    known = {"template", "space", "repeats", "candidates", "max_base_examples"}
-    if set(table) - known:
-        raise ConfigError(f"exposure: unknown keys {sorted(set(table) - known)}; allowed: {sorted(known)}")
+    raw, config = _split_config(args.config, "exposure")
+    table = table_values(SecretSharerSettings, raw, "exposure")
     try:
         if "repeats" in table:
             table["repeats"] = tuple(int(r) for r in table["repeats"])

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from attacks._tables import table_values
 from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_directions, one_shot_epsilon
 from attacks.metrics import membership_metrics, plot_roc
 from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
@@ -80,11 +81,7 @@ class AuditSettings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> AuditSettings:
         """Validate a TOML table (``"inf"`` allowed in ``epsilons``)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"audit: unknown keys {unknown}; allowed: {sorted(known)}")
-        values = dict(raw)
+        values = table_values(cls, raw, "audit")
         if "epsilons" in values:
             try:
                 values["epsilons"] = tuple(float(e) for e in values["epsilons"])

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from attacks._tables import table_values
 from attacks.inversion.text import Target, text_span_attack
 from attacks.inversion.victim import TextBatch, TextVictim
 from attacks.metrics import rouge_scores, token_recovery
@@ -105,11 +106,8 @@ def _check(cond: bool, message: str) -> None:
 
 
 def _section(cls: Any, raw: Mapping[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    _check(not unknown, f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
     values: dict[str, Any] = {}
-    for name, value in raw.items():
+    for name, value in table_values(cls, raw, where).items():
         default = getattr(cls(), name)
         if isinstance(default, tuple):
             _check(isinstance(value, list) and len(value) > 0, f"{where}.{name} must be a non-empty list")

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from attacks._tables import table_values
 from attacks.membership.scores import (
     lira_offline,
     lira_online,
@@ -113,11 +114,7 @@ class MembershipSettings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> MembershipSettings:
         """Validate a TOML table."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"membership: unknown keys {unknown}; allowed: {sorted(known)}")
-        values = dict(raw)
+        values = table_values(cls, raw, "membership")
         variants = []
         for item in values.pop("variants", []):
             if not isinstance(item, Mapping) or set(item) - {"name", "set"} or "name" not in item:
@@ -260,10 +257,11 @@ def _train_model(
     """Train (or reuse) one federation on its half; its (pool, population) log-likelihoods and accuracy."""
     stats_path = out / "stats.npz"
     run = RunDirectory(out)
-    if stats_path.exists() and (out / RunDirectory.SUMMARY).exists() and run.read_summary().get("completed"):
+    finished = run.read_summary() if (out / RunDirectory.SUMMARY).exists() else {}
+    if stats_path.exists() and finished.get("completed"):
         with np.load(stats_path) as saved:
             if np.array_equal(saved["keep"], keep):
-                return saved["pool"], saved["population"], float(run.read_summary()["final_eval_accuracy"])
+                return saved["pool"], saved["population"], float(finished["final_eval_accuracy"])
     if out.exists():
         print(f"privfed attack membership: rerunning unfinished {out}", file=sys.stderr)
         shutil.rmtree(out)

@@ -128,14 +128,12 @@ def wrap_model(model: Any, cfg: AdapterConfig, spec: ModelSpec) -> Any:
     _, after_wrap = _METHODS.get(cfg.method)
     peft_config = build_peft_config(cfg, spec)
     if peft_config is None:
-        model.requires_grad_(True)
-        if after_wrap is not None:
-            after_wrap(model)
-        return model
-    try:
-        wrapped = get_peft_model(model, peft_config)
-    except ValueError as exc:
-        raise ModelError(f"adapter {cfg.method!r} cannot be attached to model {spec.name!r}: {exc}") from None
+        wrapped = model.requires_grad_(True)
+    else:
+        try:
+            wrapped = get_peft_model(model, peft_config)
+        except ValueError as exc:
+            raise ModelError(f"adapter {cfg.method!r} cannot be attached to model {spec.name!r}: {exc}") from None
     if after_wrap is not None:
         after_wrap(wrapped)
     return wrapped
