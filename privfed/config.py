@@ -47,6 +47,7 @@ __all__ = [
     "dump_config",
     "load_config",
     "replace_path",
+    "replace_paths",
 ]
 
 
@@ -474,14 +475,24 @@ def dump_config(config: ExperimentConfig) -> str:
 
 def replace_path(config: ExperimentConfig, dotted: str, value: Any) -> ExperimentConfig:
     """A copy of ``config`` with one dotted field (``"server.rounds"``) replaced and re-validated."""
+    return replace_paths(config, {dotted: value})
+
+
+def replace_paths(config: ExperimentConfig, changes: Mapping[str, Any]) -> ExperimentConfig:
+    """A copy of ``config`` with several dotted fields replaced, validated once all are in.
+
+    Together, e.g. ``privacy.mode = "sample"`` with the
+    ``privacy.sample.target_epsilon`` it needs.
+    """
     raw = config_to_dict(config)
-    node = raw
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        if part not in node or not isinstance(node[part], dict):
-            raise ConfigError(f"unknown config section {dotted!r}")
-        node = node[part]
-    if leaf not in node:
-        raise ConfigError(f"unknown config key {dotted!r}")
-    node[leaf] = value
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"unknown config section {dotted!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"unknown config key {dotted!r}")
+        node[leaf] = value
     return config_from_dict(raw)

@@ -12,6 +12,7 @@ from attacks.membership.scores import (
     rmia_scores,
 )
 from attacks.membership.shadow import (
+    LocalModelTransport,
     MembershipSettings,
     Variant,
     balanced_keep,
@@ -22,6 +23,7 @@ from attacks.membership.shadow import (
 )
 
 __all__ = [
+    "LocalModelTransport",
     "MembershipSettings",
     "SecretSharerSettings",
     "Variant",

@@ -21,6 +21,24 @@ federations in place of single models:
 - Statistic: the logit-scaled confidence ``log p / (1 - p)`` of the true
   label for classifiers, the mean token log-likelihood for causal LMs.
 
+Two threat models are scored on the same federations (Carlini et al.'s
+protocol is unchanged; only the model queried differs):
+
+- ``final_model``: black-box queries to the released global adapter. This is
+  also all a server running secure aggregation learns about a record (the
+  sum of the cohort's updates, i.e. the next global adapter).
+- ``client_update``: white-box access to one client's upload, as an
+  honest-but-curious server without secure aggregation holds it: each
+  example is scored under the local model of the client that holds it,
+  ``broadcast + delta`` of that client's last upload, and calibrated against
+  the same client's local models in the shadow federations.
+
+Client-level membership (``unit = "client"``: was this client in the
+federation?) draws the balanced keep matrix over clients instead of
+examples; an OUT client never answers the server (it is not part of that
+federation), and a client's score is the mean of its examples' record scores
+(:func:`attacks.membership.scores.client_scores`).
+
 Each variant (e.g. LoRA, FFA-LoRA, full fine-tuning) is a copy of the config
 with dotted overrides; finished federations are reused, unfinished ones are
 rerun from scratch (the half-data hook is not recorded in the run directory,
@@ -34,15 +52,16 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from attacks._tables import table_values
 from attacks.membership.scores import (
+    client_scores,
     lira_offline,
     lira_online,
     logit_confidence,
@@ -51,14 +70,17 @@ from attacks.membership.scores import (
     rmia_scores,
 )
 from attacks.metrics import membership_metrics, plot_roc
-from privfed import ConfigError, ExperimentConfig, RunDirectory, run_experiment
+from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
 from privfed.client import ExampleSet
-from privfed.config import replace_path
+from privfed.config import replace_paths
 from privfed.experiments import Experiment, build_experiment
 from privfed.rng import generator
+from privfed.transport import RoundExchange, Transport
 
 __all__ = [
     "ATTACKS",
+    "VIEWS",
+    "LocalModelTransport",
     "MembershipSettings",
     "Variant",
     "balanced_keep",
@@ -71,6 +93,8 @@ __all__ = [
 
 _F64 = npt.NDArray[np.float64]
 ATTACKS = ("loss", "reference", "lira_offline", "lira_online", "rmia")
+VIEWS = ("final_model", "client_update")
+Unit = Literal["record", "client"]
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -90,6 +114,8 @@ class MembershipSettings:
         num_models: federations per variant (even, >= 4); each example is IN half of them.
         population: held-out examples used as RMIA's population ``z``.
         rmia_gamma: RMIA's likelihood-ratio threshold (the paper's gamma).
+        unit: ``record`` (was this example trained on?) or ``client`` (was
+            this client in the federation? the keep matrix is over clients).
         variants: the configurations compared; empty = the config as it is,
             named by its adapter method. In TOML: ``[[membership.variants]]``
             with ``name`` and a ``set`` table of dotted keys.
@@ -98,6 +124,7 @@ class MembershipSettings:
     num_models: int = 8
     population: int = 500
     rmia_gamma: float = 2.0
+    unit: Unit = "record"
     variants: tuple[Variant, ...] = ()
 
     def __post_init__(self) -> None:
@@ -107,6 +134,8 @@ class MembershipSettings:
             raise ConfigError("membership.population must be >= 10")
         if not (np.isfinite(self.rmia_gamma) and self.rmia_gamma > 0):
             raise ConfigError("membership.rmia_gamma must be a finite number > 0")
+        if self.unit not in ("record", "client"):
+            raise ConfigError(f"membership.unit must be 'record' or 'client', got {self.unit!r}")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names) or any(not _NAME.match(n) for n in names):
             raise ConfigError(f"membership.variants need unique names of letters, digits, '_', '.', '-' (got {names})")
@@ -130,13 +159,18 @@ class MembershipSettings:
 
     def resolved_variants(self, config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
         """``(name, config)`` per variant, overrides applied and validated."""
-        if not self.variants:
-            return [(config.adapter.method, config)]
+        variants = self.variants or (Variant(config.adapter.method),)
         out = []
-        for variant in self.variants:
-            cfg = config
-            for dotted, value in variant.overrides.items():
-                cfg = replace_path(cfg, dotted, value)
+        for variant in variants:
+            try:
+                cfg = replace_paths(config, variant.overrides)
+            except ConfigError as exc:
+                raise ConfigError(f"membership variant {variant.name!r}: {exc}") from None
+            if self.unit == "client" and cfg.secagg.enabled:
+                raise ConfigError(
+                    f"membership.unit = 'client' leaves clients out in the plain transport; variant {variant.name!r} "
+                    "enables secure aggregation"
+                )
             out.append((variant.name, cfg))
         return out
 
@@ -246,34 +280,186 @@ def _pool_log_likelihoods(probe: Experiment, vector: npt.NDArray[np.float32]) ->
     return np.concatenate([per_example_log_likelihoods(probe, vector, data) for data in probe.client_data])
 
 
+class LocalModelTransport:
+    """Wraps the plain transport as an honest-but-curious server sees it.
+
+    Remembers every client's latest local model (the broadcast it trained
+    from plus its uploaded delta): the ``client_update`` view. Clients in
+    ``absent`` are not part of this federation: they are left out of every
+    cohort and never train (client-level membership).
+    """
+
+    def __init__(self, inner: Transport, absent: frozenset[int] = frozenset()) -> None:
+        self.inner = inner
+        self.absent = absent
+        self.local_models: dict[int, npt.NDArray[np.float32]] = {}
+
+    def exchange(
+        self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
+    ) -> RoundExchange:
+        present = [c for c in cohort if c not in self.absent]
+        result = self.inner.exchange(broadcast=broadcast, cohort=present, on_client_done=on_client_done)
+        start = GlobalModel.from_bytes(broadcast).vector
+        for raw in result.uploads:
+            update = ClientUpdate.from_bytes(raw)
+            self.local_models[update.client_id] = start + update.delta
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class FederationStats:
+    """Log-likelihoods one federation gives (``NaN`` where a client never uploaded).
+
+    Attributes:
+        pool / population: ``[n]`` / ``[m]`` under the final global adapter.
+        client_pool: ``[n]``, each pool example under the latest local model
+            of the client holding it; ``None`` when not observed (secure
+            aggregation hides it, or client-level membership).
+        client_population: ``[clients, m]``, the population under each client's local model.
+        accuracy: the federation's final held-out accuracy.
+    """
+
+    pool: _F64
+    population: _F64
+    client_pool: _F64 | None
+    client_population: _F64 | None
+    accuracy: float
+
+
+def _client_view(
+    probe: Experiment, local_models: Mapping[int, npt.NDArray[np.float32]], population: ExampleSet
+) -> tuple[_F64, _F64]:
+    pools, pops = [], []
+    for c, data in enumerate(probe.client_data):
+        local = local_models.get(c)
+        if local is None:  # never selected in this federation
+            pools.append(np.full(len(data), np.nan))
+            pops.append(np.full(len(population), np.nan))
+            continue
+        vector = probe.layout.check_vector(local)
+        pools.append(per_example_log_likelihoods(probe, vector, data))
+        pops.append(per_example_log_likelihoods(probe, vector, population))
+    return np.concatenate(pools), np.stack(pops)
+
+
 def _train_model(
     probe: Experiment,
     keep: npt.NDArray[np.bool_],
     out: Path,
     population: ExampleSet,
     *,
+    unit: Unit,
     quiet: bool,
-) -> tuple[_F64, _F64, float]:
-    """Train (or reuse) one federation on its half; its (pool, population) log-likelihoods and accuracy."""
+) -> FederationStats:
+    """Train (or reuse) one federation on its half of the pool (``unit = record``) or of the clients."""
     stats_path = out / "stats.npz"
     run = RunDirectory(out)
     finished = run.read_summary() if (out / RunDirectory.SUMMARY).exists() else {}
+    client_view = unit == "record" and not probe.config.secagg.enabled
     if stats_path.exists() and finished.get("completed"):
         with np.load(stats_path) as saved:
             if np.array_equal(saved["keep"], keep):
-                return saved["pool"], saved["population"], float(finished["final_eval_accuracy"])
+                has_view = client_view and "client_pool" in saved.files
+                if client_view and not has_view:
+                    print(
+                        f"privfed attack membership: reusing {out} without the client_update view "
+                        "(trained before it was recorded; delete the directory to measure it)",
+                        file=sys.stderr,
+                    )
+                return FederationStats(
+                    pool=saved["pool"],
+                    population=saved["population"],
+                    client_pool=saved["client_pool"] if has_view else None,
+                    client_population=saved["client_population"] if has_view else None,
+                    accuracy=float(finished["final_eval_accuracy"]),
+                )
     if out.exists():
         print(f"privfed attack membership: rerunning unfinished {out}", file=sys.stderr)
         shutil.rmtree(out)
-    summary = run_experiment(probe.config, out, quiet=quiet, experiment_hook=lambda exp: keep_half(exp, keep))
+    recorder: list[LocalModelTransport] = []
+
+    def wrap(inner: Transport) -> Transport:
+        absent = frozenset(int(c) for c in np.flatnonzero(~keep)) if unit == "client" else frozenset()
+        recorder.append(LocalModelTransport(inner, absent))
+        return recorder[-1]
+
+    summary = run_experiment(
+        probe.config,
+        out,
+        quiet=quiet,
+        experiment_hook=(lambda exp: keep_half(exp, keep)) if unit == "record" else None,
+        # Secure-aggregation rounds never go through a wrapped transport: the server sees only the sum.
+        transport_hook=None if probe.config.secagg.enabled else wrap,
+    )
     checkpoint = run.load_checkpoint()
     if checkpoint is None or not summary.get("completed"):
         raise ConfigError(f"federation {out} did not finish ({summary.get('stopped', 'no checkpoint')})")
     final = probe.layout.check_vector(checkpoint.arrays["global"])
     pool = _pool_log_likelihoods(probe, final)
     pop = per_example_log_likelihoods(probe, final, population)
-    np.savez(stats_path, pool=pool, population=pop, keep=keep)
-    return pool, pop, float(summary["final_eval_accuracy"])
+    arrays = {"pool": pool, "population": pop, "keep": keep}
+    client_pool = client_pop = None
+    if client_view:
+        client_pool, client_pop = _client_view(probe, recorder[0].local_models, population)
+        arrays |= {"client_pool": client_pool, "client_population": client_pop}
+    np.savez(stats_path, **arrays)  # type: ignore[arg-type]
+    return FederationStats(pool, pop, client_pool, client_pop, float(summary["final_eval_accuracy"]))
+
+
+def _client_update_scores(
+    stats: Sequence[FederationStats],
+    base_pool: _F64,
+    keep: npt.NDArray[np.bool_],
+    client_of: npt.NDArray[np.int64],
+    *,
+    task: str,
+    rmia_gamma: float,
+) -> tuple[dict[str, _F64], npt.NDArray[np.bool_], int] | None:
+    """The ``client_update`` view: each client's examples scored against that client's local models.
+
+    Clients that did not upload in every federation are left out. Returns
+    ``(scores, members, clients scored)``, or ``None`` if nothing was observed.
+    """
+    if any(s.client_pool is None or s.client_population is None for s in stats):
+        return None
+    pool = np.stack([s.client_pool for s in stats if s.client_pool is not None])
+    pops = np.stack([s.client_population for s in stats if s.client_population is not None])
+    parts: dict[str, list[_F64]] = {a: [] for a in ATTACKS}
+    member_parts, scored = [], 0
+    for c in range(pops.shape[1]):
+        rows = np.flatnonzero(client_of == c)
+        if rows.size == 0 or not (np.isfinite(pool[:, rows]).all() and np.isfinite(pops[:, c]).all()):
+            continue
+        scores, members = score_targets(
+            pool[:, rows], pops[:, c], base_pool[rows], keep[:, rows], task=task, rmia_gamma=rmia_gamma
+        )
+        for a in ATTACKS:
+            parts[a].append(scores[a])
+        member_parts.append(members)
+        scored += 1
+    if not scored:
+        return None
+    return {a: np.concatenate(v) for a, v in parts.items()}, np.concatenate(member_parts), scored
+
+
+def _per_client(scores: Mapping[str, _F64], num_models: int, client_of: npt.NDArray[np.int64]) -> dict[str, _F64]:
+    """Record scores ``[M * n]`` (target-major) -> client scores ``[M * clients]``.
+
+    A client's score is the mean of its examples' scores.
+    """
+    out = {}
+    for attack, values in scores.items():
+        rows = values.reshape(num_models, -1)
+        out[attack] = np.concatenate([client_scores(row, client_of)[1] for row in rows])
+    return out
+
+
+def _metrics(prefix: str, scores: Mapping[str, _F64], members: npt.NDArray[np.bool_]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for attack, values in scores.items():
+        for key, value in membership_metrics(values, members).to_dict().items():
+            record[f"{prefix}{attack}_{key}"] = value
+    return record
 
 
 def run_variant(
@@ -281,65 +467,94 @@ def run_variant(
 ) -> tuple[dict[str, Any], dict[str, _F64], npt.NDArray[np.bool_]]:
     """Train the ``num_models`` federations of one variant into ``out`` and score them.
 
-    Returns the record (metrics per attack, utility), the scores and the membership labels.
+    Returns the record (metrics per attack and view, utility), the scores of
+    the ``final_model`` view and its membership labels (per record, or per
+    client with ``settings.unit == "client"``). Metrics of the
+    ``client_update`` view are the record's ``client_update_<attack>_...`` keys.
     """
     out.mkdir(parents=True, exist_ok=True)
     probe = build_experiment(config)
-    n = sum(len(d) for d in probe.client_data)
-    keep = balanced_keep(settings.num_models, n, generator(config.seed, "membership", "keep"))
+    sizes = [len(d) for d in probe.client_data]
+    n = sum(sizes)
+    client_of = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+    units = n if settings.unit == "record" else len(sizes)
+    path = ("keep",) if settings.unit == "record" else ("keep", "client")
+    keep = balanced_keep(settings.num_models, units, generator(config.seed, "membership", *path))
+    if settings.unit == "client" and not keep.any(axis=1).all():
+        raise ConfigError(f"with {len(sizes)} clients some federation holds no client; use more clients")
+    example_keep = keep if settings.unit == "record" else keep[:, client_of]
     population = _population(probe, settings.population, config.seed)
     base_pool = _pool_log_likelihoods(probe, probe.initial_vector)
-    pools, pops, accuracies = [], [], []
+    stats = []
     for m in range(settings.num_models):
         if not quiet:
             print(f"[{name}] federation {m + 1}/{settings.num_models}", file=sys.stderr)
-        pool, pop, accuracy = _train_model(probe, keep[m], out / f"model-{m}", population, quiet=quiet)
-        pools.append(pool)
-        pops.append(pop)
-        accuracies.append(accuracy)
-    pool_matrix, pop_matrix = np.stack(pools), np.stack(pops)
+        stats.append(_train_model(probe, keep[m], out / f"model-{m}", population, unit=settings.unit, quiet=quiet))
+    pool_matrix = np.stack([s.pool for s in stats])
+    pop_matrix = np.stack([s.population for s in stats])
+    task = probe.task.name
     scores, members = score_targets(
-        pool_matrix, pop_matrix, base_pool, keep, task=probe.task.name, rmia_gamma=settings.rmia_gamma
+        pool_matrix, pop_matrix, base_pool, example_keep, task=task, rmia_gamma=settings.rmia_gamma
     )
+    if settings.unit == "client":
+        scores, members = _per_client(scores, settings.num_models, client_of), keep.reshape(-1).copy()
+    accuracies = [s.accuracy for s in stats]
     record: dict[str, Any] = {
         "variant": name,
+        "unit": settings.unit,
         "adapter_method": config.adapter.method,
+        "privacy_mode": config.privacy.mode,
         "trainable_params": probe.layout.dim,
         "num_models": settings.num_models,
+        "num_clients": len(sizes),
         "pool_examples": n,
         "num_members": int(members.sum()),
         "num_nonmembers": int((~members).sum()),
         "eval_accuracy_mean": float(np.mean(accuracies)),
         "eval_accuracy_std": float(np.std(accuracies)),
         # Held-out loss minus training loss, averaged over the federations: the overfitting MIA feeds on.
-        "generalization_gap": float(np.mean(pool_matrix[keep]) - np.mean(pop_matrix)),
+        "generalization_gap": float(np.mean(pool_matrix[example_keep]) - np.mean(pop_matrix)),
     }
-    for attack, values in scores.items():
-        for key, value in membership_metrics(values, members).to_dict().items():
-            record[f"{attack}_{key}"] = value
-    plot_roc(
-        {a: (scores[a], members) for a in ATTACKS},
-        out / "roc.png",
-        title=f"{name}: {settings.num_models} federations, each target in turn",
-    )
-    np.savez(out / "scores.npz", members=members, **scores)  # type: ignore[arg-type]
+    record.update(_metrics("", scores, members))
+    title = f"{name}: {settings.num_models} federations, each target in turn"
+    plot_roc({a: (scores[a], members) for a in ATTACKS}, out / "roc.png", title=title)
+    arrays = {"members": members, **scores}
+    client = _client_update_scores(stats, base_pool, keep, client_of, task=task, rmia_gamma=settings.rmia_gamma)
+    if client is not None:
+        client_scores_, client_members, scored = client
+        record["client_update_clients"] = scored
+        record.update(_metrics("client_update_", client_scores_, client_members))
+        plot_roc(
+            {a: (client_scores_[a], client_members) for a in ATTACKS},
+            out / "roc_client_update.png",
+            title=f"{name}: one client's update (white-box)",
+        )
+        arrays |= {f"client_update_{a}": v for a, v in client_scores_.items()}
+        arrays["client_update_members"] = client_members
+    np.savez(out / "scores.npz", **arrays)  # type: ignore[arg-type]
     return record, scores, members
 
 
 def _markdown(records: Sequence[Mapping[str, Any]]) -> str:
-    head = "| variant | trainable params | eval accuracy | " + " | ".join(
+    head = "| variant | unit | view | trainable params | eval accuracy | " + " | ".join(
         f"{a} AUC / TPR@0.1% / TPR@1%" for a in ATTACKS
     )
-    lines = [head + " |", "|" + "---|" * (3 + len(ATTACKS))]
+    lines = [head + " |", "|" + "---|" * (5 + len(ATTACKS))]
     for r in records:
-        cells = [
-            r["variant"],
-            f"{r['trainable_params']:,}",
-            f"{100 * r['eval_accuracy_mean']:.1f}% ± {100 * r['eval_accuracy_std']:.1f}",
-        ]
-        for a in ATTACKS:
-            cells.append(f"{r[f'{a}_auc']:.3f} / {r[f'{a}_tpr_at_0.1pct_fpr']:.4f} / {r[f'{a}_tpr_at_1pct_fpr']:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        for view, prefix in (("final_model", ""), ("client_update", "client_update_")):
+            if f"{prefix}loss_auc" not in r:
+                continue
+            cells = [
+                r["variant"],
+                r.get("unit", "record"),
+                view,
+                f"{r['trainable_params']:,}",
+                f"{100 * r['eval_accuracy_mean']:.1f}% ± {100 * r['eval_accuracy_std']:.1f}",
+            ]
+            for a in ATTACKS:
+                auc, low, one = (r[f"{prefix}{a}_{m}"] for m in ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr"))
+                cells.append(f"{auc:.3f} / {low:.4f} / {one:.3f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -348,7 +563,8 @@ def run_membership(
 ) -> list[dict[str, Any]]:
     """Run every variant into ``out/<variant>/``; writes ``membership_results.json``/``.md`` and ``membership.png``.
 
-    ``membership.png``: the log-log ROC of online LiRA, the strongest attack here, per variant.
+    ``membership.png``: the log-log ROC of online LiRA per variant, for the
+    final model and (dashed in the legend's order) one client's update.
     """
     out.mkdir(parents=True, exist_ok=True)
     records, curves = [], {}
@@ -356,6 +572,12 @@ def run_membership(
         record, scores, members = run_variant(name, cfg, settings, out / name, quiet=quiet)
         records.append(record)
         curves[f"{name} (acc {100 * record['eval_accuracy_mean']:.1f}%)"] = (scores["lira_online"], members)
+        with np.load(out / name / "scores.npz") as saved:
+            if "client_update_lira_online" in saved.files:
+                curves[f"{name}, one client's update"] = (
+                    saved["client_update_lira_online"],
+                    saved["client_update_members"],
+                )
         (out / "membership_results.json").write_text(json.dumps(records, indent=2) + "\n")
     (out / "membership_results.md").write_text(_markdown(records))
     plot_roc(curves, out / "membership.png", title="online LiRA, shadow federations")

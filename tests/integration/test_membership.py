@@ -122,3 +122,103 @@ def test_causal_lm_variant_scores_sequences_by_mean_token_log_likelihood(tmp_pat
     np.testing.assert_array_equal(scores["loss"][: pool.size], pool)
     assert np.all(pool < 0)
     assert all(np.isfinite(v).all() for v in scores.values())
+
+
+def test_local_model_transport_records_each_clients_model_and_leaves_out_absent_clients(tmp_path: Path) -> None:
+    """One round, every client: the FedAvg of the recorded local models is the new global adapter."""
+    from attacks.membership import LocalModelTransport
+    from privfed import RunDirectory, run_experiment
+    from privfed.transport import Transport
+
+    config = member_config(**{"partition.num_clients": 3, "server.clients_per_round": 3, "server.rounds": 1})
+    exp = build_experiment(config)
+    seen: list[LocalModelTransport] = []
+
+    def wrap(inner: Transport) -> Transport:
+        seen.append(LocalModelTransport(inner, frozenset({1})))
+        return seen[-1]
+
+    run_experiment(config, tmp_path / "r", quiet=True, transport_hook=wrap)
+    locals_ = seen[0].local_models
+    assert sorted(locals_) == [0, 2]  # client 1 is not in this federation
+    final = RunDirectory(tmp_path / "r").load_checkpoint().arrays["global"]  # type: ignore[union-attr]
+    weights = np.array([len(exp.client_data[c]) for c in (0, 2)], dtype=np.float64)
+    expected = (weights[0] * locals_[0] + weights[1] * locals_[2]) / weights.sum()
+    np.testing.assert_allclose(final, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(locals_[0], locals_[2])
+    metrics = RunDirectory(tmp_path / "r").read_metrics()
+    assert [m["num_clients"] for m in metrics] == [2]
+
+
+def test_client_update_view_scores_each_example_under_its_own_clients_model(tmp_path: Path) -> None:
+    from attacks.membership.shadow import run_variant
+
+    config = member_config()
+    settings = MembershipSettings(num_models=4, population=20)
+    record, _, _ = run_variant("lora", config, settings, tmp_path / "v")
+    exp = build_experiment(config)
+    sizes = [len(d) for d in exp.client_data]
+    assert record["client_update_clients"] == len(sizes)
+    assert record["client_update_loss_num_members"] == record["num_members"]
+    for attack in ATTACKS:
+        assert 0.0 <= record[f"client_update_{attack}_auc"] <= 1.0
+    with np.load(tmp_path / "v" / "model-0" / "stats.npz") as saved:
+        client_pool, final_pool = saved["client_pool"], saved["pool"]
+        assert saved["client_population"].shape == (len(sizes), 20)
+    # Client 0's local model is not the global one: its examples score differently.
+    assert client_pool.shape == final_pool.shape and not np.allclose(client_pool, final_pool)
+    with np.load(tmp_path / "v" / "scores.npz") as scores:
+        # Client 0's block comes first, target 0 first inside it: LOSS = its log-likelihoods.
+        np.testing.assert_array_equal(scores["client_update_loss"][: sizes[0]], client_pool[: sizes[0]])
+    assert (tmp_path / "v" / "roc_client_update.png").stat().st_size > 0
+
+    # A federation recorded before the client view existed is reused, and the view is left out.
+    for m in range(4):
+        path = tmp_path / "v" / f"model-{m}" / "stats.npz"
+        with np.load(path) as saved:
+            old = {k: saved[k] for k in ("pool", "population", "keep")}
+        np.savez(path, **old)
+    again, _, _ = run_variant("lora", config, settings, tmp_path / "v")
+    assert not any(k.startswith("client_update_") for k in again)
+    assert {k: v for k, v in record.items() if not k.startswith("client_update_")} == again
+
+
+def test_client_level_membership_leaves_out_clients_and_scores_clients(tmp_path: Path) -> None:
+    from attacks.membership.shadow import run_variant
+    from privfed import RunDirectory
+
+    config = member_config(**{"partition.num_clients": 6, "server.clients_per_round": 6})
+    settings = MembershipSettings(num_models=4, population=20, unit="client")
+    record, scores, members = run_variant("clients", config, settings, tmp_path / "c")
+    assert record["unit"] == "client" and record["num_clients"] == 6
+    assert members.shape == (4 * 6,) and members.sum() == 12  # each client IN exactly 2 of 4 federations
+    assert all(v.shape == (24,) for v in scores.values())
+    assert not any(k.startswith("client_update_") for k in record)  # trivial at client level
+    keep = members.reshape(4, 6)
+    for m in range(4):
+        metrics = RunDirectory(tmp_path / "c" / f"model-{m}").read_metrics()
+        assert all(row["num_clients"] == int(keep[m].sum()) for row in metrics)
+    # Target 0's LOSS score of client c is the mean log-likelihood of c's examples under federation 0.
+    exp = build_experiment(config)
+    sizes = [len(d) for d in exp.client_data]
+    with np.load(tmp_path / "c" / "model-0" / "stats.npz") as saved:
+        pool = saved["pool"]
+        assert "client_pool" not in saved.files
+    means = [block.mean() for block in np.split(pool, np.cumsum(sizes)[:-1])]
+    np.testing.assert_allclose(scores["loss"][:6], means)
+
+
+def test_client_level_membership_refuses_secure_aggregation() -> None:
+    settings = MembershipSettings(num_models=4, unit="client", variants=())
+    config = member_config(
+        **{
+            "secagg.enabled": True,
+            "server.weighting": "uniform",
+            "partition.num_clients": 4,
+            "server.clients_per_round": 4,
+        }
+    )
+    with pytest.raises(ConfigError, match="secure aggregation"):
+        settings.resolved_variants(config)
+    with pytest.raises(ConfigError, match="unit"):
+        MembershipSettings(unit="sample")  # type: ignore[arg-type]

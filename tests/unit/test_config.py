@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from privfed.cli import main
-from privfed.config import ExperimentConfig, config_from_dict, dump_config, load_config, replace_path
+from privfed.config import ExperimentConfig, config_from_dict, dump_config, load_config, replace_path, replace_paths
 from privfed.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +73,18 @@ def test_replace_path_revalidates() -> None:
         replace_path(config, "server.rounds", -7)
     with pytest.raises(ConfigError, match="unknown config key"):
         replace_path(config, "server.nope", 1)
+
+
+def test_replace_paths_validates_once_all_changes_are_in() -> None:
+    config = config_from_dict({})
+    # Switching privacy on needs its budget in the same step: one at a time the first change fails.
+    with pytest.raises(ConfigError, match="target_epsilon"):
+        replace_path(config, "privacy.mode", "sample")
+    both = replace_paths(config, {"privacy.mode": "sample", "privacy.sample.target_epsilon": 4.0})
+    assert both.privacy.mode == "sample" and both.privacy.sample.target_epsilon == 4.0
+    assert config.privacy.mode == "none"  # the input is left alone
+    with pytest.raises(ConfigError, match=r"privacy\.nope"):
+        replace_paths(config, {"privacy.mode": "sample", "privacy.nope": 1})
 
 
 def test_cli_prints_one_line_and_exits_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
