@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -42,7 +41,7 @@ from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_dire
 from attacks.metrics import membership_metrics, plot_roc
 from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
 from privfed.client import ExampleSet
-from privfed.experiments import Experiment, sweep_config
+from privfed.experiments import Experiment, atomic_write_text, sweep_config
 from privfed.transport import RoundExchange, Transport
 
 __all__ = ["AuditSettings", "CanaryTransport", "audit_run", "plot_audit", "run_audit"]
@@ -389,16 +388,12 @@ def run_audit(
         result = audit_run(cfg, settings, run_dir, quiet=quiet, audit_delta=config.privacy.delta)
         record = {"run": label, "target_epsilon": target, **result}
         records.append(record)
-        tmp = results_path.with_suffix(".tmp")
         seen = {r["run"] for r in records}
         kept = [r for label, r in done.items() if label not in seen]  # finished runs not reached yet
-        tmp.write_text(json.dumps(records + kept, indent=1))
-        os.replace(tmp, results_path)
+        atomic_write_text(results_path, json.dumps(records + kept, indent=1))
         if not quiet:
             print(json.dumps(record))
-    tmp = results_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=1))
-    os.replace(tmp, results_path)
+    atomic_write_text(results_path, json.dumps(records, indent=1))  # drops records of epsilons no longer asked for
     plot_audit(records, out / "audit.png")
     return records
 

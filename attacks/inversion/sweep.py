@@ -26,7 +26,6 @@ import dataclasses
 import io
 import itertools
 import json
-import os
 import time
 import tomllib
 from collections import Counter
@@ -41,6 +40,7 @@ from attacks.inversion.text import Target, text_span_attack
 from attacks.inversion.victim import TextBatch, TextVictim
 from attacks.metrics import rouge_scores, token_recovery
 from privfed import ConfigError, load_dataset
+from privfed.experiments import atomic_write_text
 
 __all__ = [
     "ImageSweep",
@@ -284,12 +284,6 @@ def text_records(sweep: InversionSweep, done: Mapping[tuple[Any, ...], dict[str,
                 yield record
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 COLUMNS = (
     "modality",
     "target",
@@ -325,10 +319,10 @@ def write_tables(records: Sequence[Mapping[str, Any]], out: Path) -> None:
     writer.writerow(COLUMNS)
     for r in records:
         writer.writerow([_fmt(r.get(c)) for c in COLUMNS])
-    _atomic_write(out / "inversion_results.csv", buffer.getvalue())
+    atomic_write_text(out / "inversion_results.csv", buffer.getvalue())
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in records]
-    _atomic_write(out / "inversion_results.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "inversion_results.md", "\n".join(lines) + "\n")
 
 
 def plot_defence_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -414,7 +408,7 @@ def run_inversion_sweep(
     for source in sources:
         for record in source:
             records.append(record)
-            _atomic_write(results_path, json.dumps(records, indent=1))
+            atomic_write_text(results_path, json.dumps(records, indent=1))
             if progress is not None:
                 metric = (
                     f"token_f1={record['token_f1']:.3f}"

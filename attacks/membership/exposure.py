@@ -37,6 +37,7 @@ from privfed import (
 )
 from privfed.config import replace_path
 from privfed.data import DatasetSpec
+from privfed.experiments import atomic_write_text
 
 __all__ = ["SecretSharerSettings", "exposure", "log_perplexities", "run_exposure"]
 
@@ -174,5 +175,5 @@ def run_exposure(
         "final_eval_perplexity": summary.get("final_eval_perplexity"),
         "secrets": results,
     }
-    (out / "exposure_results.json").write_text(json.dumps(record, indent=1))
+    atomic_write_text(out / "exposure_results.json", json.dumps(record, indent=1))
     return record

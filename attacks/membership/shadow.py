@@ -73,7 +73,7 @@ from attacks.metrics import membership_metrics, plot_roc
 from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
 from privfed.client import ExampleSet
 from privfed.config import replace_paths
-from privfed.experiments import Experiment, build_experiment
+from privfed.experiments import Experiment, atomic_write_text, build_experiment
 from privfed.rng import generator
 from privfed.transport import RoundExchange, Transport
 
@@ -578,7 +578,7 @@ def run_membership(
                     saved["client_update_lira_online"],
                     saved["client_update_members"],
                 )
-        (out / "membership_results.json").write_text(json.dumps(records, indent=2) + "\n")
-    (out / "membership_results.md").write_text(_markdown(records))
+        atomic_write_text(out / "membership_results.json", json.dumps(records, indent=2) + "\n")
+    atomic_write_text(out / "membership_results.md", _markdown(records))
     plot_roc(curves, out / "membership.png", title="online LiRA, shadow federations")
     return records

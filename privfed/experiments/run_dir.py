@@ -31,7 +31,7 @@ import numpy.typing as npt
 from privfed.config import ExperimentConfig, dump_config, load_config
 from privfed.errors import CheckpointError
 
-__all__ = ["Checkpoint", "RunDirectory", "json_safe"]
+__all__ = ["Checkpoint", "RunDirectory", "atomic_write_text", "json_safe"]
 
 
 def json_safe(value: Any) -> Any:
@@ -45,6 +45,11 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         return json_safe(value.item())
     return value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: readers see the old file or the new one, never half of it."""
+    _atomic_write(path, text.encode())
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

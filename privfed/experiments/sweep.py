@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from privfed.config import ExperimentConfig, replace_path
+from privfed.config import ExperimentConfig, replace_path, replace_paths
 from privfed.errors import ConfigError, PrivacyBudgetExceeded
-from privfed.experiments.run_dir import RunDirectory
+from privfed.experiments.run_dir import RunDirectory, atomic_write_text
 from privfed.experiments.runner import resume_experiment, run_experiment
 
 __all__ = ["parse_epsilons", "plot_privacy_utility", "run_sweep", "sweep_config"]
@@ -63,8 +63,9 @@ def sweep_config(config: ExperimentConfig, epsilon: float) -> ExperimentConfig:
             continue
         if level == "user" and not config.privacy.user_level:
             continue
-        config = replace_path(config, f"privacy.{level}.target_epsilon", float(epsilon))
-        config = replace_path(config, f"privacy.{level}.noise_multiplier", 0.0)
+        config = replace_paths(
+            config, {f"privacy.{level}.target_epsilon": float(epsilon), f"privacy.{level}.noise_multiplier": 0.0}
+        )
     return config
 
 
@@ -108,10 +109,10 @@ def _write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
-    (out / "sweep.csv").write_text(buffer.getvalue())
+    atomic_write_text(out / "sweep.csv", buffer.getvalue())
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(row.get(k)) for k in COLUMNS) + " |" for row in rows]
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "sweep.md", "\n".join(lines) + "\n")
 
 
 def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> None:
