@@ -541,7 +541,7 @@ def _markdown(records: Sequence[Mapping[str, Any]]) -> str:
     )
     lines = [head + " |", "|" + "---|" * (5 + len(ATTACKS))]
     for r in records:
-        for view, prefix in (("final_model", ""), ("client_update", "client_update_")):
+        for view, prefix in zip(VIEWS, ("", "client_update_"), strict=True):
             if f"{prefix}loss_auc" not in r:
                 continue
             cells = [

@@ -75,7 +75,7 @@ def test_run_membership_scores_every_target_and_reuses_finished_federations(tmp_
     assert records[1]["generalization_gap"] > 0 and records[1]["loss_auc"] > 0.6
     assert json.loads((out / "membership_results.json").read_text()) == records
     table = (out / "membership_results.md").read_text()
-    assert "| lora |" in table and "| full |" in table
+    assert "| lora | record | final_model |" in table and "| full | record | client_update |" in table
     assert (out / "membership.png").stat().st_size > 0 and (out / "full" / "roc.png").stat().st_size > 0
 
     # Finished federations are reused; one without its scores is rerun from scratch.
