@@ -73,6 +73,7 @@ from attacks.metrics import membership_metrics, plot_roc
 from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
 from privfed.client import ExampleSet
 from privfed.config import replace_paths
+from privfed.errors import PrivfedError
 from privfed.experiments import Experiment, atomic_write_text, build_experiment
 from privfed.rng import generator
 from privfed.transport import RoundExchange, Transport
@@ -342,6 +343,15 @@ def _client_view(
     return np.concatenate(pools), np.stack(pops)
 
 
+def _same_training(run: RunDirectory, config: ExperimentConfig) -> bool:
+    """Whether the finished run in ``run`` was trained from ``config`` (its ``name``, a label, may differ)."""
+    try:
+        saved = run.load_config()
+    except (PrivfedError, OSError):  # no or unreadable config: not a run to reuse
+        return False
+    return dataclasses.replace(saved, name=config.name) == config
+
+
 def _train_model(
     probe: Experiment,
     keep: npt.NDArray[np.bool_],
@@ -356,7 +366,7 @@ def _train_model(
     run = RunDirectory(out)
     finished = run.read_summary() if (out / RunDirectory.SUMMARY).exists() else {}
     client_view = unit == "record" and not probe.config.secagg.enabled
-    if stats_path.exists() and finished.get("completed"):
+    if stats_path.exists() and finished.get("completed") and _same_training(run, probe.config):
         with np.load(stats_path) as saved:
             if np.array_equal(saved["keep"], keep):
                 has_view = client_view and "client_pool" in saved.files
@@ -516,7 +526,7 @@ def run_variant(
         "generalization_gap": float(np.mean(pool_matrix[example_keep]) - np.mean(pop_matrix)),
     }
     record.update(_metrics("", scores, members))
-    title = f"{name}: {settings.num_models} federations, each target in turn"
+    title = f"{name}, {settings.unit}-level: {settings.num_models} federations, each target in turn"
     plot_roc({a: (scores[a], members) for a in ATTACKS}, out / "roc.png", title=title)
     arrays = {"members": members, **scores}
     client = _client_update_scores(stats, base_pool, keep, client_of, task=task, rmia_gamma=settings.rmia_gamma)

@@ -172,6 +172,16 @@ def test_client_update_view_scores_each_example_under_its_own_clients_model(tmp_
         np.testing.assert_array_equal(scores["client_update_loss"][: sizes[0]], client_pool[: sizes[0]])
     assert (tmp_path / "v" / "roc_client_update.png").stat().st_size > 0
 
+    # A finished federation is reused only for the config it was trained from (its name is a label).
+    from attacks.membership.shadow import _same_training
+    from privfed import RunDirectory
+    from privfed.config import replace_path
+
+    run = RunDirectory(tmp_path / "v" / "model-0")
+    assert _same_training(run, config) and _same_training(run, replace_path(config, "name", "other"))
+    assert not _same_training(run, replace_path(config, "client.learning_rate", 0.02))
+    assert not _same_training(RunDirectory(tmp_path / "nothing"), config)
+
     # A federation recorded before the client view existed is reused, and the view is left out.
     for m in range(4):
         path = tmp_path / "v" / f"model-{m}" / "stats.npz"
