@@ -368,7 +368,7 @@ def _train_model(
     client_view = unit == "record" and not probe.config.secagg.enabled
     if stats_path.exists() and finished.get("completed") and _same_training(run, probe.config):
         with np.load(stats_path) as saved:
-            if np.array_equal(saved["keep"], keep):
+            if np.array_equal(saved["keep"], keep) and saved["population"].shape == (len(population),):
                 has_view = client_view and "client_pool" in saved.files
                 if client_view and not has_view:
                     print(

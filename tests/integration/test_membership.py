@@ -192,6 +192,12 @@ def test_client_update_view_scores_each_example_under_its_own_clients_model(tmp_
     assert not any(k.startswith("client_update_") for k in again)
     assert {k: v for k, v in record.items() if not k.startswith("client_update_")} == again
 
+    # A different population size cannot reuse the stored statistics: the federations are trained again.
+    smaller, _, _ = run_variant("lora", config, MembershipSettings(num_models=4, population=10), tmp_path / "v")
+    with np.load(tmp_path / "v" / "model-0" / "stats.npz") as saved:
+        assert saved["population"].shape == (10,) and "client_pool" in saved.files
+    assert smaller["eval_accuracy_mean"] == record["eval_accuracy_mean"]  # same seeds, same federations
+
 
 def test_client_level_membership_leaves_out_clients_and_scores_clients(tmp_path: Path) -> None:
     from attacks.membership.shadow import run_variant
