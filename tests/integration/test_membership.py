@@ -238,3 +238,26 @@ def test_client_level_membership_refuses_secure_aggregation() -> None:
         settings.resolved_variants(config)
     with pytest.raises(ConfigError, match="unit"):
         MembershipSettings(unit="sample")  # type: ignore[arg-type]
+
+
+def test_a_dp_sgd_variant_trains_every_federation_within_its_budget(tmp_path: Path) -> None:
+    """Overrides switch DP-SGD on together with its budget; each federation is accounted on its half."""
+    from privfed import RunDirectory
+
+    settings = MembershipSettings.from_mapping(
+        {
+            "num_models": 4,
+            "population": 20,
+            "variants": [
+                {"name": "dp", "set": {"privacy.mode": "sample", "privacy.sample.target_epsilon": 4.0}},
+            ],
+        }
+    )
+    config = member_config(**{"server.rounds": 1, "client.local_epochs": 1})
+    records = run_membership(config, settings, tmp_path / "dp")
+    assert records[0]["privacy_mode"] == "sample"
+    for m in range(4):
+        summary = RunDirectory(tmp_path / "dp" / "dp" / f"model-{m}").read_summary()
+        assert 0.0 < summary["epsilon_sample_max"] <= 4.0 + 1e-6
+    for attack in ATTACKS:
+        assert 0.0 <= records[0][f"client_update_{attack}_auc"] <= 1.0
