@@ -24,9 +24,10 @@ federations in place of single models:
 Two threat models are scored on the same federations (Carlini et al.'s
 protocol is unchanged; only the model queried differs):
 
-- ``final_model``: black-box queries to the released global adapter. This is
-  also all a server running secure aggregation learns about a record (the
-  sum of the cohort's updates, i.e. the next global adapter).
+- ``final_model``: black-box queries to the released global adapter. A
+  server running secure aggregation sees the sum of every round's updates;
+  the last of them gives it this model, so the view is a lower bound on
+  what that server can learn about a record.
 - ``client_update``: white-box access to one client's upload, as an
   honest-but-curious server without secure aggregation holds it: each
   example is scored under the local model of the client that holds it,
@@ -48,10 +49,12 @@ so ``privfed run --resume`` cannot continue them).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 import shutil
 import sys
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -73,8 +76,8 @@ from attacks.metrics import membership_metrics, plot_roc
 from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
 from privfed.client import ExampleSet
 from privfed.config import replace_paths
-from privfed.errors import PrivfedError
-from privfed.experiments import Experiment, atomic_write_text, build_experiment
+from privfed.errors import PrivfedError, ProtocolError
+from privfed.experiments import Experiment, atomic_write_bytes, atomic_write_text, build_experiment
 from privfed.rng import generator
 from privfed.transport import RoundExchange, Transport
 
@@ -167,6 +170,13 @@ class MembershipSettings:
                 cfg = replace_paths(config, variant.overrides)
             except ConfigError as exc:
                 raise ConfigError(f"membership variant {variant.name!r}: {exc}") from None
+            if self.unit == "client" and cfg.privacy.user_level:
+                # DP-FedAvg divides by the expected cohort of all N clients and adapts its clip
+                # to the fraction unclipped: with half of them absent it is another mechanism.
+                raise ConfigError(
+                    f"membership.unit = 'client' with user-level DP (variant {variant.name!r}) would halve "
+                    "every DP-FedAvg step (absent clients still count in the expected cohort); not supported"
+                )
             if self.unit == "client" and cfg.secagg.enabled:
                 raise ConfigError(
                     f"membership.unit = 'client' leaves clients out in the plain transport; variant {variant.name!r} "
@@ -300,10 +310,24 @@ class LocalModelTransport:
     ) -> RoundExchange:
         present = [c for c in cohort if c not in self.absent]
         result = self.inner.exchange(broadcast=broadcast, cohort=present, on_client_done=on_client_done)
-        start = GlobalModel.from_bytes(broadcast).vector
+        message = GlobalModel.from_bytes(broadcast)
+        expected = set(present)
         for raw in result.uploads:
-            update = ClientUpdate.from_bytes(raw)
-            self.local_models[update.client_id] = start + update.delta
+            # What the server accepts: well-formed, this round, an expected client's first
+            # reply, finite, the adapter's size; anything else it rejects, and so does this view.
+            try:
+                update = ClientUpdate.from_bytes(raw)
+            except ProtocolError:
+                continue
+            if (
+                update.round != message.round
+                or update.client_id not in expected
+                or update.delta.shape != message.vector.shape
+                or not np.isfinite(update.delta).all()
+            ):
+                continue
+            expected.discard(update.client_id)
+            self.local_models[update.client_id] = message.vector + update.delta
         return result
 
 
@@ -366,25 +390,12 @@ def _train_model(
     run = RunDirectory(out)
     finished = run.read_summary() if (out / RunDirectory.SUMMARY).exists() else {}
     client_view = unit == "record" and not probe.config.secagg.enabled
-    if stats_path.exists() and finished.get("completed") and _same_training(run, probe.config):
-        with np.load(stats_path) as saved:
-            if np.array_equal(saved["keep"], keep) and saved["population"].shape == (len(population),):
-                has_view = client_view and "client_pool" in saved.files
-                if client_view and not has_view:
-                    print(
-                        f"privfed attack membership: reusing {out} without the client_update view "
-                        "(trained before it was recorded; delete the directory to measure it)",
-                        file=sys.stderr,
-                    )
-                return FederationStats(
-                    pool=saved["pool"],
-                    population=saved["population"],
-                    client_pool=saved["client_pool"] if has_view else None,
-                    client_population=saved["client_population"] if has_view else None,
-                    accuracy=float(finished["final_eval_accuracy"]),
-                )
+    if finished.get("completed") and _same_training(run, probe.config):
+        reused = _load_stats(stats_path, keep, len(population), client_view=client_view)
+        if reused is not None:
+            return dataclasses.replace(reused, accuracy=float(finished["final_eval_accuracy"]))
     if out.exists():
-        print(f"privfed attack membership: rerunning unfinished {out}", file=sys.stderr)
+        print(f"privfed attack membership: rerunning {out} (unfinished or other settings)", file=sys.stderr)
         shutil.rmtree(out)
     recorder: list[LocalModelTransport] = []
 
@@ -408,12 +419,46 @@ def _train_model(
     pool = _pool_log_likelihoods(probe, final)
     pop = per_example_log_likelihoods(probe, final, population)
     arrays = {"pool": pool, "population": pop, "keep": keep}
+    if recorder:  # which clients the server heard from (absent ones never train)
+        arrays["uploaded"] = np.isin(np.arange(len(probe.client_data)), list(recorder[0].local_models))
     client_pool = client_pop = None
     if client_view:
         client_pool, client_pop = _client_view(probe, recorder[0].local_models, population)
         arrays |= {"client_pool": client_pool, "client_population": client_pop}
-    np.savez(stats_path, **arrays)  # type: ignore[arg-type]
+    _save_npz(stats_path, arrays)
     return FederationStats(pool, pop, client_pool, client_pop, float(summary["final_eval_accuracy"]))
+
+
+def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    atomic_write_bytes(path, buffer.getvalue())  # a killed run never leaves half a file that looks finished
+
+
+def _load_stats(
+    path: Path, keep: npt.NDArray[np.bool_], population_size: int, *, client_view: bool
+) -> FederationStats | None:
+    """The stored statistics of a finished federation, or ``None`` if missing, unreadable or for other settings."""
+    try:
+        with np.load(path) as saved:
+            if not (np.array_equal(saved["keep"], keep) and saved["population"].shape == (population_size,)):
+                return None
+            has_view = client_view and "client_pool" in saved.files
+            if client_view and not has_view:
+                print(
+                    f"privfed attack membership: reusing {path.parent} without the client_update view "
+                    "(trained before it was recorded; delete the directory to measure it)",
+                    file=sys.stderr,
+                )
+            return FederationStats(
+                pool=saved["pool"],
+                population=saved["population"],
+                client_pool=saved["client_pool"] if has_view else None,
+                client_population=saved["client_population"] if has_view else None,
+                accuracy=float("nan"),
+            )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def _client_update_scores(
@@ -529,7 +574,7 @@ def run_variant(
     title = f"{name}, {settings.unit}-level: {settings.num_models} federations, each target in turn"
     plot_roc({a: (scores[a], members) for a in ATTACKS}, out / "roc.png", title=title)
     arrays = {"members": members, **scores}
-    client = _client_update_scores(stats, base_pool, keep, client_of, task=task, rmia_gamma=settings.rmia_gamma)
+    client = _client_update_scores(stats, base_pool, example_keep, client_of, task=task, rmia_gamma=settings.rmia_gamma)
     if client is not None:
         client_scores_, client_members, scored = client
         record["client_update_clients"] = scored
@@ -541,7 +586,7 @@ def run_variant(
         )
         arrays |= {f"client_update_{a}": v for a, v in client_scores_.items()}
         arrays["client_update_members"] = client_members
-    np.savez(out / "scores.npz", **arrays)  # type: ignore[arg-type]
+    _save_npz(out / "scores.npz", arrays)
     return record, scores, members
 
 
@@ -574,7 +619,7 @@ def run_membership(
     """Run every variant into ``out/<variant>/``; writes ``membership_results.json``/``.md`` and ``membership.png``.
 
     ``membership.png``: the log-log ROC of online LiRA per variant, for the
-    final model and (dashed in the legend's order) one client's update.
+    final model and, where recorded, one client's update.
     """
     out.mkdir(parents=True, exist_ok=True)
     records, curves = [], {}

@@ -1,6 +1,6 @@
 """Experiments: run directories, the round loop, resume."""
 
-from privfed.experiments.run_dir import Checkpoint, RunDirectory, atomic_write_text
+from privfed.experiments.run_dir import Checkpoint, RunDirectory, atomic_write_bytes, atomic_write_text
 from privfed.experiments.runner import Experiment, build_experiment, resume_experiment, run_experiment
 from privfed.experiments.sweep import sweep_config
 
@@ -8,6 +8,7 @@ __all__ = [
     "Checkpoint",
     "Experiment",
     "RunDirectory",
+    "atomic_write_bytes",
     "atomic_write_text",
     "build_experiment",
     "resume_experiment",

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from privfed.config import ExperimentConfig, dump_config, load_config
 from privfed.errors import CheckpointError
 
-__all__ = ["Checkpoint", "RunDirectory", "atomic_write_text", "json_safe"]
+__all__ = ["Checkpoint", "RunDirectory", "atomic_write_bytes", "atomic_write_text", "json_safe"]
 
 
 def json_safe(value: Any) -> Any:
@@ -48,17 +48,30 @@ def json_safe(value: Any) -> Any:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: readers see the old file or the new one, never half of it."""
-    _atomic_write(path, text.encode())
+    """Write ``text`` to ``path`` atomically: readers see the old file or the new one, never half of it.
+
+    For result files: the mode follows the umask, as with ``open``.
+    """
+    atomic_write_bytes(path, text.encode())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """:func:`atomic_write_text` for bytes (e.g. an ``np.savez`` buffer)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    _atomic_write(path, data, mode=0o666 & ~mask)
+
+
+def _atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    # Run files (checkpoint, config, metrics) keep mkstemp's owner-only mode.
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -13,6 +13,7 @@ from attacks.membership.shadow import ATTACKS
 from privfed import ConfigError, dump_config
 from privfed.cli import main
 from privfed.experiments import build_experiment
+from privfed.rng import generator
 from tests.conftest import tiny_config
 
 
@@ -167,9 +168,17 @@ def test_client_update_view_scores_each_example_under_its_own_clients_model(tmp_
         assert saved["client_population"].shape == (len(sizes), 20)
     # Client 0's local model is not the global one: its examples score differently.
     assert client_pool.shape == final_pool.shape and not np.allclose(client_pool, final_pool)
+    keep = balanced_keep(4, sum(sizes), generator(config.seed, "membership", "keep"))
+    with np.load(tmp_path / "v" / "model-1" / "stats.npz") as saved:
+        client_pool_1 = saved["client_pool"]
     with np.load(tmp_path / "v" / "scores.npz") as scores:
-        # Client 0's block comes first, target 0 first inside it: LOSS = its log-likelihoods.
-        np.testing.assert_array_equal(scores["client_update_loss"][: sizes[0]], client_pool[: sizes[0]])
+        # Client-major blocks, target-major inside: client 0 under targets 0, 1, ..., then client 1.
+        loss = scores["client_update_loss"]
+        np.testing.assert_array_equal(loss[: sizes[0]], client_pool[: sizes[0]])
+        np.testing.assert_array_equal(loss[sizes[0] : 2 * sizes[0]], client_pool_1[: sizes[0]])
+        bounds = np.cumsum([0, *sizes])
+        labels = np.concatenate([keep[:, bounds[c] : bounds[c + 1]].reshape(-1) for c in range(len(sizes))])
+        np.testing.assert_array_equal(scores["client_update_members"], labels)
     assert (tmp_path / "v" / "roc_client_update.png").stat().st_size > 0
 
     # A finished federation is reused only for the config it was trained from (its name is a label).
@@ -192,6 +201,10 @@ def test_client_update_view_scores_each_example_under_its_own_clients_model(tmp_
     assert not any(k.startswith("client_update_") for k in again)
     assert {k: v for k, v in record.items() if not k.startswith("client_update_")} == again
 
+    # A half-written statistics file is not a finished federation: it is trained again.
+    (tmp_path / "v" / "model-2" / "stats.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert run_variant("lora", config, settings, tmp_path / "v")[0] == again
+
     # A different population size cannot reuse the stored statistics: the federations are trained again.
     smaller, _, _ = run_variant("lora", config, MembershipSettings(num_models=4, population=10), tmp_path / "v")
     with np.load(tmp_path / "v" / "model-0" / "stats.npz") as saved:
@@ -211,9 +224,12 @@ def test_client_level_membership_leaves_out_clients_and_scores_clients(tmp_path:
     assert all(v.shape == (24,) for v in scores.values())
     assert not any(k.startswith("client_update_") for k in record)  # trivial at client level
     keep = members.reshape(4, 6)
+    np.testing.assert_array_equal(keep, balanced_keep(4, 6, generator(config.seed, "membership", "keep", "client")))
     for m in range(4):
         metrics = RunDirectory(tmp_path / "c" / f"model-{m}").read_metrics()
         assert all(row["num_clients"] == int(keep[m].sum()) for row in metrics)
+        with np.load(tmp_path / "c" / f"model-{m}" / "stats.npz") as saved:
+            np.testing.assert_array_equal(saved["uploaded"], keep[m])  # exactly the IN clients trained
     # Target 0's LOSS score of client c is the mean log-likelihood of c's examples under federation 0.
     exp = build_experiment(config)
     sizes = [len(d) for d in exp.client_data]

@@ -128,3 +128,48 @@ def test_settings_validate_at_the_boundary() -> None:
         )
     [(name, _)] = MembershipSettings().resolved_variants(tiny_config())
     assert name == "lora"
+
+
+def test_local_model_transport_keeps_only_what_the_server_would_accept() -> None:
+    """Malformed, wrong-round, unexpected, replayed, non-finite or wrong-size uploads never enter the view."""
+    from collections.abc import Callable, Sequence
+
+    from attacks.membership import LocalModelTransport
+    from privfed import ClientUpdate, GlobalModel
+    from privfed.transport import RoundExchange
+
+    start = np.arange(4, dtype=np.float32)
+
+    def update(client: int, delta: list[float], round: int = 2) -> bytes:
+        return ClientUpdate(round, client, 1, 0.0, np.asarray(delta, dtype=np.float32)).to_bytes()
+
+    replies = (
+        update(0, [1, 1, 1, 1]),
+        update(0, [9, 9, 9, 9]),  # a replay: the server keeps the first
+        update(1, [1, 2, 3, 4], round=1),  # stale round
+        update(5, [1, 1, 1, 1]),  # not in the cohort
+        update(2, [float("nan"), 0, 0, 0]),
+        update(3, [1, 1]),  # wrong size
+        b"\x00garbage",
+    )
+    cohorts: list[list[int]] = []
+
+    class Inner:
+        def exchange(
+            self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
+        ) -> RoundExchange:
+            cohorts.append(list(cohort))
+            return RoundExchange(uploads=replies, bytes_down=0, bytes_up=0)
+
+    transport = LocalModelTransport(Inner(), frozenset({4}))
+    transport.exchange(broadcast=GlobalModel(round=2, vector=start).to_bytes(), cohort=[0, 1, 2, 3, 4])
+    assert cohorts == [[0, 1, 2, 3]]  # the absent client is never asked
+    assert sorted(transport.local_models) == [0]
+    np.testing.assert_array_equal(transport.local_models[0], start + 1)
+
+
+def test_client_level_membership_refuses_user_level_dp() -> None:
+    config = tiny_config(**{"privacy.mode": "user", "privacy.user.noise_multiplier": 1.0, "privacy.delta": 1e-3})
+    with pytest.raises(ConfigError, match="user-level DP"):
+        MembershipSettings(unit="client").resolved_variants(config)
+    assert MembershipSettings().resolved_variants(config)[0][1] == config  # record level is fine
