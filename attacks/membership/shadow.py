@@ -73,12 +73,13 @@ from attacks.membership.scores import (
     rmia_scores,
 )
 from attacks.metrics import membership_metrics, plot_roc
-from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
+from privfed import ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
 from privfed.client import ExampleSet
 from privfed.config import replace_paths
 from privfed.errors import PrivfedError, ProtocolError
 from privfed.experiments import Experiment, atomic_write_bytes, atomic_write_text, build_experiment
 from privfed.rng import generator
+from privfed.server import validate_update
 from privfed.transport import RoundExchange, Transport
 
 __all__ = [
@@ -313,18 +314,9 @@ class LocalModelTransport:
         message = GlobalModel.from_bytes(broadcast)
         expected = set(present)
         for raw in result.uploads:
-            # What the server accepts: well-formed, this round, an expected client's first
-            # reply, finite, the adapter's size; anything else it rejects, and so does this view.
-            try:
-                update = ClientUpdate.from_bytes(raw)
+            try:  # what the server rejects never enters this view either
+                update = validate_update(raw, round=message.round, expected=expected, dim=message.vector.size)
             except ProtocolError:
-                continue
-            if (
-                update.round != message.round
-                or update.client_id not in expected
-                or update.delta.shape != message.vector.shape
-                or not np.isfinite(update.delta).all()
-            ):
                 continue
             expected.discard(update.client_id)
             self.local_models[update.client_id] = message.vector + update.delta

@@ -22,7 +22,7 @@ from privfed.server.strategies import Strategy
 from privfed.transport.base import SecureExchange, SecureTransport, Transport
 from privfed.transport.messages import ClientUpdate, GlobalModel
 
-__all__ = ["FederatedServer", "RoundResult", "sample_cohort"]
+__all__ = ["FederatedServer", "RoundResult", "sample_cohort", "validate_update"]
 
 
 def sample_cohort(
@@ -39,6 +39,25 @@ def sample_cohort(
     if poisson:
         return np.flatnonzero(rng.random(num_clients) < clients_per_round / num_clients).astype(np.int64)
     return np.sort(rng.choice(num_clients, size=clients_per_round, replace=False)).astype(np.int64)
+
+
+def validate_update(raw: bytes, *, round: int, expected: set[int], dim: int) -> ClientUpdate:
+    """A client's upload as the server accepts it, else ``ProtocolError``.
+
+    Well-formed, for ``round``, from a client in ``expected`` (callers drop a
+    client from it once its first reply is in: later ones are replays), of
+    ``dim`` finite values.
+    """
+    update = ClientUpdate.from_bytes(raw)
+    if update.round != round:
+        raise ProtocolError(f"update for round {update.round} received in round {round}")
+    if update.client_id not in expected:
+        raise ProtocolError(f"update from client {update.client_id}, which is not (or no longer) expected")
+    if update.delta.shape != (dim,):
+        raise ProtocolError(f"update has {update.delta.shape[0]} values; the adapter has {dim}")
+    if not np.isfinite(update.delta).all():
+        raise ProtocolError(f"update from client {update.client_id} has non-finite values")
+    return update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,16 +133,7 @@ class FederatedServer:
             self._upload_dim = layout.dim + extra
 
     def _validate(self, raw: bytes, *, round: int, expected: set[int]) -> ClientUpdate:
-        update = ClientUpdate.from_bytes(raw)
-        if update.round != round:
-            raise ProtocolError(f"update for round {update.round} received in round {round}")
-        if update.client_id not in expected:
-            raise ProtocolError(f"update from client {update.client_id}, which is not (or no longer) expected")
-        if update.delta.shape != (self.layout.dim,):
-            raise ProtocolError(f"update has {update.delta.shape[0]} values; the adapter has {self.layout.dim}")
-        if not np.isfinite(update.delta).all():
-            raise ProtocolError(f"update from client {update.client_id} has non-finite values")
-        return update
+        return validate_update(raw, round=round, expected=expected, dim=self.layout.dim)
 
     def _apply(self, aggregate: npt.NDArray[np.float32]) -> float:
         """Server optimizer step with the round's aggregate; returns the L2 norm of the change."""
