@@ -383,9 +383,10 @@ def _train_model(
     finished = run.read_summary() if (out / RunDirectory.SUMMARY).exists() else {}
     client_view = unit == "record" and not probe.config.secagg.enabled
     if finished.get("completed") and _same_training(run, probe.config):
-        reused = _load_stats(stats_path, keep, len(population), client_view=client_view)
+        accuracy = float(finished["final_eval_accuracy"])
+        reused = _load_stats(stats_path, keep, len(population), client_view=client_view, accuracy=accuracy)
         if reused is not None:
-            return dataclasses.replace(reused, accuracy=float(finished["final_eval_accuracy"]))
+            return reused
     if out.exists():
         print(f"privfed attack membership: rerunning {out} (unfinished or other settings)", file=sys.stderr)
         shutil.rmtree(out)
@@ -428,7 +429,7 @@ def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
 
 
 def _load_stats(
-    path: Path, keep: npt.NDArray[np.bool_], population_size: int, *, client_view: bool
+    path: Path, keep: npt.NDArray[np.bool_], population_size: int, *, client_view: bool, accuracy: float
 ) -> FederationStats | None:
     """The stored statistics of a finished federation, or ``None`` if missing, unreadable or for other settings."""
     try:
@@ -447,7 +448,7 @@ def _load_stats(
                 population=saved["population"],
                 client_pool=saved["client_pool"] if has_view else None,
                 client_population=saved["client_population"] if has_view else None,
-                accuracy=float("nan"),
+                accuracy=accuracy,
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
