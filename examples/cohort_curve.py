@@ -32,14 +32,26 @@ def run_point(config: ExperimentConfig, path: Path) -> dict[str, Any]:
     return run_experiment(config, path, quiet=True)
 
 
+def cohort_run_config(config: ExperimentConfig, cohort: int, *, private: bool) -> ExperimentConfig:
+    """``config`` with ``cohort`` clients per round, DP at its target epsilon or off."""
+    base = replace_path(config, "server.clients_per_round", cohort)
+    return sweep_config(base, config.privacy.user.target_epsilon if private else math.inf)
+
+
+def cohort_run_dir(out: Path, config: ExperimentConfig, cohort: int, *, private: bool) -> Path:
+    """Where the cohort curve keeps that run."""
+    return out / (f"E{cohort}-eps{config.privacy.user.target_epsilon:g}" if private else f"E{cohort}-nodp")
+
+
 def cohort_curve(config: ExperimentConfig, cohorts: list[int], out: Path) -> list[dict[str, Any]]:
     """One non-private and one DP run per cohort size; returns the table rows."""
     target = config.privacy.user.target_epsilon
     rows = []
     for cohort in cohorts:
-        base = replace_path(config, "server.clients_per_round", cohort)
-        plain = run_point(sweep_config(base, math.inf), out / f"E{cohort}-nodp")
-        private = run_point(sweep_config(base, target), out / f"E{cohort}-eps{target:g}")
+        plain, private = (
+            run_point(cohort_run_config(config, cohort, private=p), cohort_run_dir(out, config, cohort, private=p))
+            for p in (False, True)
+        )
         rows.append(
             {
                 "clients_per_round": cohort,
@@ -96,6 +108,7 @@ def main() -> None:
     if args.dry_run:
         for dotted, value in (
             ("model.name", "tiny-bert"),
+            ("model.device", "cpu"),
             ("data.max_train_examples", 300),
             ("data.max_eval_examples", 60),
             ("server.clients_per_round", 3),

@@ -99,6 +99,9 @@ class ModelConfig:
 
     name: str = _f("minilm", choices=_choices_from(_model_names))
     max_length: int = _f(128, ge=8, le=4096)
+    # Where the model trains and evaluates. "cuda" needs a visible GPU (checked when a run
+    # starts); numbers from a GPU are not bit-identical to the CPU's for the same seed.
+    device: str = _f("cpu", choices=lambda: ("cpu", "cuda"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +149,10 @@ class ClientConfig:
     optimizer: str = _f("adamw", choices=lambda: ("adamw", "sgd"))
     weight_decay: float = _f(0.0, ge=0.0)
     max_grad_norm: float = _f(0.0, ge=0.0)  # 0 = no clipping of the batch gradient
+    # > 0: each client's (expected) batch is this fraction of its examples instead of
+    # batch_size, so under record-level DP every client has the same Poisson rate and
+    # spends the same epsilon, and clients with more data average over larger batches.
+    sampling_rate: float = _f(0.0, ge=0.0, le=1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,21 @@ class Batch:
             labels=torch.from_numpy(labels.astype(np.int64)),
         )
 
+    def to(self, device: torch.device) -> Batch:
+        """This batch on ``device`` (itself if it is there already)."""
+        if self.input_ids.device == device:
+            return self
+        return Batch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            labels=self.labels.to(device),
+        )
+
+
+def _on_model_device(model: Any, batch: Batch) -> Batch:
+    """``batch`` moved to the device of ``model``'s parameters (batches are built on the CPU)."""
+    return batch.to(next(model.parameters()).device)
+
 
 @dataclasses.dataclass
 class EvalCounts:
@@ -85,6 +100,7 @@ class ClassificationTask:
     name = "classification"
 
     def _logits(self, model: Any, batch: Batch) -> torch.Tensor:
+        batch = _on_model_device(model, batch)
         logits: torch.Tensor = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return logits
 
@@ -92,9 +108,11 @@ class ClassificationTask:
         return self.per_example_loss(model, batch).mean()
 
     def per_example_loss(self, model: Any, batch: Batch) -> torch.Tensor:
+        batch = _on_model_device(model, batch)
         return F.cross_entropy(self._logits(model, batch), batch.labels, reduction="none")
 
     def evaluate(self, model: Any, batch: Batch) -> EvalCounts:
+        batch = _on_model_device(model, batch)
         logits = self._logits(model, batch)
         loss = F.cross_entropy(logits, batch.labels, reduction="sum")
         correct = int((logits.argmax(dim=-1) == batch.labels).sum())
@@ -107,6 +125,7 @@ class CausalLMTask:
     name = "causal_lm"
 
     def _shifted(self, model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = _on_model_device(model, batch)
         logits: torch.Tensor = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         # Prompt-tuning prepends virtual tokens: score only the real positions.
         logits = logits[:, -batch.input_ids.shape[1] :, :]

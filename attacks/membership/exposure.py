@@ -63,10 +63,12 @@ def log_perplexities(
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     out: list[float] = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True)
+            enc = {k: v.to(device) for k, v in enc.items()}
             logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1]
             target = enc["input_ids"][:, 1:]
             mask = enc["attention_mask"][:, 1:].bool()

@@ -149,4 +149,4 @@ class AdapterLayout:
                 target = params[name]
                 if tuple(target.shape) != value.shape:
                     raise ModelError(f"parameter {name!r} has shape {tuple(target.shape)}, layout says {value.shape}")
-                target.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(target.dtype))
+                target.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(device=target.device, dtype=target.dtype))

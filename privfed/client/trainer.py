@@ -28,14 +28,29 @@ from privfed.tasks import Task
 if TYPE_CHECKING:
     from privfed.config import ClientConfig
 
-__all__ = ["ClientTrainer", "LocalResult", "SampleDP", "local_steps"]
+__all__ = ["ClientTrainer", "LocalResult", "SampleDP", "batch_size_for", "local_steps", "sampling_rate_for"]
+
+
+def batch_size_for(config: ClientConfig, num_examples: int) -> int:
+    """(Expected) batch size of a client holding ``num_examples`` examples:
+    ``sampling_rate * num_examples`` when a sampling rate is set, else ``batch_size``."""
+    if config.sampling_rate > 0:
+        return max(1, round(config.sampling_rate * num_examples))
+    return config.batch_size
+
+
+def sampling_rate_for(config: ClientConfig, num_examples: int) -> float:
+    """DP-SGD's Poisson sampling rate for a client holding ``num_examples`` examples."""
+    if config.sampling_rate > 0:
+        return config.sampling_rate
+    return min(1.0, config.batch_size / num_examples)
 
 
 def local_steps(config: ClientConfig, num_examples: int) -> int:
     """Optimizer steps per round for a client holding ``num_examples`` examples."""
     if config.local_steps > 0:
         return config.local_steps
-    return config.local_epochs * math.ceil(num_examples / config.batch_size)
+    return config.local_epochs * math.ceil(num_examples / batch_size_for(config, num_examples))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -102,7 +117,10 @@ class ClientTrainer:
         optimizer = self._optimizer()
         losses: list[float] = []
         batches = data.shuffled_batches(
-            batch_size=cfg.batch_size, rng=generator(seed, "batches"), epochs=cfg.local_epochs, steps=cfg.local_steps
+            batch_size=batch_size_for(cfg, len(data)),
+            rng=generator(seed, "batches"),
+            epochs=cfg.local_epochs,
+            steps=cfg.local_steps,
         )
         with torch_rng(seed):
             for indices in batches:
@@ -142,7 +160,7 @@ class ClientTrainer:
         self.layout.load_into(self.model, global_vector)
         self.model.train()
         n = len(data)
-        rate = min(1.0, cfg.batch_size / n)
+        rate = sampling_rate_for(cfg, n)
         ghost = self.dp.grad_sample_mode == "ghost"
         optimizer = (NoisedGhostDPOptimizer if ghost else NoisedDPOptimizer)(
             self._optimizer(),

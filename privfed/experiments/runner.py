@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from privfed.adapters.layout import AdapterLayout
 from privfed.adapters.methods import wrap_model
 from privfed.client.data import ExampleSet
-from privfed.client.trainer import ClientTrainer, SampleDP, local_steps
+from privfed.client.trainer import ClientTrainer, SampleDP, local_steps, sampling_rate_for
 from privfed.config import ExperimentConfig
 from privfed.data.partition import PartitionInputs, partition, stratified_split
 from privfed.data.records import Dataset
@@ -88,6 +89,13 @@ def _check_compatible(config: ExperimentConfig) -> None:
         )
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``model.device``; ``ConfigError`` for a GPU that is not there."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device = 'cuda', but torch sees no GPU here (torch.cuda.is_available() is False)")
+    return torch.device(name)
+
+
 def _subsample(indices: IndexArray, limit: int, rng: np.random.Generator) -> IndexArray:
     if limit <= 0 or limit >= len(indices):
         return indices
@@ -136,6 +144,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     base_params = sum(int(param.numel()) for param in loaded.model.parameters())
     with torch_rng(derive_seed(seed, "adapter-init")):
         model = wrap_model(loaded.model, config.adapter, spec)
+    model.to(resolve_device(config.model.device))
     layout = AdapterLayout.from_model(model)
 
     tokens = tokenize_texts(loaded.tokenizer, dataset.texts, max_length=config.model.max_length)
@@ -334,7 +343,7 @@ def resolve_privacy(exp: Experiment) -> PrivacyPlan:
                 f"privacy.delta must be < 1/(smallest client's examples) = {1 / min(sizes):g} for record-level DP; "
                 f"got {p.delta:g}"
             )
-        shapes = {(min(1.0, config.client.batch_size / n), local_steps(config.client, n)) for n in sizes}
+        shapes = {(sampling_rate_for(config.client, n), local_steps(config.client, n)) for n in sizes}
         if p.sample.noise_multiplier > 0:
             sample_sigma = p.sample.noise_multiplier
         else:
@@ -381,7 +390,7 @@ def _planned_events(
             events.append(
                 SampledGaussianEvent(
                     noise_multiplier=plan.sample_noise_multiplier,
-                    sample_rate=min(1.0, exp.config.client.batch_size / n),
+                    sample_rate=sampling_rate_for(exp.config.client, n),
                     steps=trainer.steps_for(n),
                     scope="sample",
                     subject=int(client),

@@ -21,7 +21,7 @@ from privfed.errors import ConfigError, PrivacyBudgetExceeded
 from privfed.experiments.run_dir import RunDirectory, atomic_write_text
 from privfed.experiments.runner import resume_experiment, run_experiment
 
-__all__ = ["parse_epsilons", "plot_privacy_utility", "run_sweep", "sweep_config"]
+__all__ = ["parse_epsilons", "plot_privacy_utility", "point_dir", "run_sweep", "run_sweep_point", "sweep_config"]
 
 COLUMNS = (
     "target_epsilon",
@@ -73,22 +73,31 @@ def _label(epsilon: float) -> str:
     return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
+def point_dir(out: Path, epsilon: float) -> Path:
+    """The run directory of ``epsilon``'s point in a sweep written to ``out``."""
+    return out / f"eps-{_label(epsilon)}"
+
+
+def run_sweep_point(config: ExperimentConfig, out: Path, epsilon: float, *, quiet: bool) -> dict[str, Any]:
+    """Run (or reuse a finished, or resume an interrupted) sweep point; its summary."""
+    run = RunDirectory(point_dir(out, epsilon))
+    cfg = sweep_config(config, epsilon)
+    try:
+        if (run.path / RunDirectory.SUMMARY).exists() and run.read_summary().get("completed"):
+            return dict(run.read_summary())
+        if (run.path / RunDirectory.CONFIG).exists():
+            return resume_experiment(run.path, quiet=quiet)
+        return run_experiment(cfg, run.path, quiet=quiet)
+    except PrivacyBudgetExceeded:
+        return dict(run.read_summary())
+
+
 def run_sweep(config: ExperimentConfig, out: Path, epsilons: Sequence[float], *, quiet: bool) -> list[dict[str, Any]]:
     """Run (or reuse, or resume) one experiment per epsilon; write the table and the plot."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for epsilon in epsilons:
-        run = RunDirectory(out / f"eps-{_label(epsilon)}")
-        cfg = sweep_config(config, epsilon)
-        try:
-            if (run.path / RunDirectory.SUMMARY).exists() and run.read_summary().get("completed"):
-                summary = run.read_summary()
-            elif (run.path / RunDirectory.CONFIG).exists():
-                summary = resume_experiment(run.path, quiet=quiet)
-            else:
-                summary = run_experiment(cfg, run.path, quiet=quiet)
-        except PrivacyBudgetExceeded:
-            summary = run.read_summary()
+        summary = run_sweep_point(config, out, epsilon, quiet=quiet)
         row = {key: summary.get(key) for key in COLUMNS if key != "target_epsilon"}
         row["target_epsilon"] = epsilon
         rows.append(row)

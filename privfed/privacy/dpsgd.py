@@ -38,7 +38,8 @@ def _add_injected_noise(optimizer: Any, noise: NoiseSource) -> None:
     for p in optimizer.params:
         _check_processed_flag(p.summed_grad)
         draw = noise.normal(std=optimizer.noise_multiplier * optimizer.max_grad_norm, shape=tuple(p.summed_grad.shape))
-        p.grad = (p.summed_grad + torch.from_numpy(draw).to(p.summed_grad.dtype)).view_as(p)
+        noise_t = torch.from_numpy(draw).to(device=p.summed_grad.device, dtype=p.summed_grad.dtype)
+        p.grad = (p.summed_grad + noise_t).view_as(p)
         _mark_as_processed(p.summed_grad)
 
 
@@ -88,7 +89,7 @@ def noise_only_step(optimizer: DPOptimizer, params: list[torch.nn.Parameter]) ->
         if isinstance(optimizer, DPOptimizerFastGradientClipping):
             p.grad = torch.zeros_like(p)
         else:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)  # type: ignore[attr-defined]
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
     optimizer.step()
 
 

@@ -1,0 +1,207 @@
+"""Run many privfed experiments side by side on one (GPU) machine, within a deadline.
+
+    python scripts/device_grid.py --out DIR [--procs 8] [--stop-starting SECONDS] [--hard-stop SECONDS]
+    python scripts/device_grid.py --list
+    python scripts/device_grid.py --out /tmp/grid --dry-run --procs 2   # tiny model on the CPU
+
+Developer tooling for a lent GPU session (README, "GPU figures"): each job is
+one run directory -- a point of a privacy sweep (``DIR/<variant>/eps-<e>``,
+the layout ``privfed sweep`` reuses) or of the cohort curve
+(``DIR/cohorts/E<n>-...``, the layout ``examples/cohort_curve.py`` reuses) --
+trained in its own process, ``--procs`` at a time, in the priority order of
+``JOBS``. No job starts after ``--stop-starting`` seconds; jobs still running
+at ``--hard-stop`` are killed (their metrics so far stay in their run
+directory). Afterwards, every complete sweep and the cohort curve are
+assembled into their tables and plots by the same code the CLI uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples"))
+
+# (variant name, base config, overrides applied together) -> swept over EPSILONS.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "local-adamw": ("configs/dp_tweets_gpu.toml", {}),
+    "fedadam": ("configs/dp_tweets_gpu_fedadam.toml", {}),
+    "local-adamw-lr5e-3": ("configs/dp_tweets_gpu.toml", {"client.learning_rate": 0.005}),
+    "local-adamw-q0.2": ("configs/dp_tweets_gpu.toml", {"client.sampling_rate": 0.2}),
+    "fedadam-lr5e-3": ("configs/dp_tweets_gpu_fedadam.toml", {"server.learning_rate": 0.005}),
+    "local-adamw-40rounds": ("configs/dp_tweets_gpu.toml", {"server.rounds": 40, "eval.every": 10}),
+}
+COHORT_CONFIG = "configs/cohort_tweets_gpu.toml"
+COHORTS = (10, 50, 200, 1000)
+
+# Priority order: the long cohort runs first (many small steps, they take longest), then
+# the two main sweeps, the smaller cohorts, and the variants at eps = 8 before their twins.
+JOBS: list[tuple[str, Any, Any]] = [
+    ("cohort", 1000, True),
+    ("cohort", 1000, False),
+    ("sweep", "local-adamw", 8.0),
+    ("sweep", "local-adamw", math.inf),
+    ("sweep", "local-adamw", 1.0),
+    ("sweep", "fedadam", 8.0),
+    ("sweep", "fedadam", math.inf),
+    ("sweep", "fedadam", 1.0),
+    ("cohort", 200, True),
+    ("cohort", 200, False),
+    ("cohort", 50, True),
+    ("cohort", 50, False),
+    ("cohort", 10, True),
+    ("cohort", 10, False),
+    ("sweep", "local-adamw-lr5e-3", 8.0),
+    ("sweep", "local-adamw-q0.2", 8.0),
+    ("sweep", "fedadam-lr5e-3", 8.0),
+    ("sweep", "local-adamw-40rounds", 8.0),
+    ("sweep", "local-adamw-lr5e-3", math.inf),
+    ("sweep", "local-adamw-q0.2", math.inf),
+    ("sweep", "fedadam-lr5e-3", math.inf),
+    ("sweep", "local-adamw-40rounds", math.inf),
+]
+
+
+# --dry-run: the same jobs on the tiny model, on the CPU, in seconds (to check this script).
+DRY_RUN = {
+    "model.name": "tiny-bert",
+    "model.device": "cpu",
+    "data.max_train_examples": 4000,
+    "data.max_eval_examples": 100,
+    "partition.min_examples_per_client": 2,
+    "server.rounds": 2,
+    "eval.every": 1,
+}
+
+
+def _load(path: str, overrides: dict[str, Any]) -> Any:
+    from privfed import load_config
+    from privfed.config import replace_paths
+
+    config = load_config(ROOT / path)
+    if os.environ.get("PRIVFED_GRID_DRY_RUN"):
+        overrides = {**overrides, **DRY_RUN}
+    return replace_paths(config, overrides) if overrides else config
+
+
+def _variant_config(name: str) -> Any:
+    path, overrides = VARIANTS[name]
+    return _load(path, overrides)
+
+
+def _cohort_config() -> Any:
+    return _load(COHORT_CONFIG, {})
+
+
+def run_job(index: int, out: Path) -> None:
+    """Train job ``index`` (in this process)."""
+    from cohort_curve import cohort_run_config, cohort_run_dir, run_point
+
+    from privfed.experiments.sweep import run_sweep_point
+
+    kind, a, b = JOBS[index]
+    if kind == "sweep":
+        run_sweep_point(_variant_config(a), out / a, b, quiet=True)
+    else:
+        base = _cohort_config()
+        run_point(cohort_run_config(base, a, private=b), cohort_run_dir(out / "cohorts", base, a, private=b))
+
+
+def assemble(out: Path) -> dict[str, Any]:
+    """Tables and plots for every complete sweep and the finished cohort points."""
+    from cohort_curve import cohort_curve, cohort_run_dir
+
+    from privfed import RunDirectory
+    from privfed.experiments.sweep import point_dir, run_sweep
+
+    def done(path: Path) -> bool:
+        return (path / RunDirectory.SUMMARY).exists() and bool(RunDirectory(path).read_summary().get("completed"))
+
+    report: dict[str, Any] = {}
+    for name in VARIANTS:
+        eps = [e for kind, v, e in JOBS if kind == "sweep" and v == name]
+        finished = [e for e in eps if done(point_dir(out / name, e))]
+        if finished:
+            rows = run_sweep(_variant_config(name), out / name, sorted(finished), quiet=True)
+            report[name] = rows
+    base = _cohort_config()
+    cohorts = [
+        c for c in COHORTS if all(done(cohort_run_dir(out / "cohorts", base, c, private=p)) for p in (True, False))
+    ]
+    if cohorts:
+        report["cohorts"] = cohort_curve(base, cohorts, out / "cohorts")
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--procs", type=int, default=8)
+    parser.add_argument("--stop-starting", type=float, default=300.0)
+    parser.add_argument("--hard-stop", type=float, default=420.0)
+    parser.add_argument("--job", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--list", action="store_true", help="print the jobs and exit")
+    parser.add_argument("--assemble-only", action="store_true", help="only write tables and plots")
+    parser.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, to check the script")
+    args = parser.parse_args()
+    if args.dry_run:
+        os.environ["PRIVFED_GRID_DRY_RUN"] = "1"  # inherited by the job processes
+    if args.list:
+        for i, job in enumerate(JOBS):
+            print(i, *job)
+        return
+    if args.out is None:
+        parser.error("--out is required")
+    if args.job is not None:
+        run_job(args.job, args.out)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    pending = list(range(len(JOBS)))
+    running: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+    log: list[dict[str, Any]] = []
+    if not args.assemble_only:
+        while pending or running:
+            now = time.monotonic() - start
+            for index, (proc, began) in list(running.items()):
+                if proc.poll() is not None:
+                    log.append({"job": JOBS[index], "rc": proc.returncode, "seconds": round(now - began, 1)})
+                    print(json.dumps(log[-1], default=str), flush=True)
+                    del running[index]
+                elif now > args.hard_stop:
+                    proc.kill()
+                    proc.wait()
+                    log.append({"job": JOBS[index], "rc": "killed", "seconds": round(now - began, 1)})
+                    print(json.dumps(log[-1], default=str), flush=True)
+                    del running[index]
+            if now > args.stop_starting:
+                for index in pending:
+                    log.append({"job": JOBS[index], "rc": "not started"})
+                pending = []
+            while pending and len(running) < args.procs:
+                index = pending.pop(0)
+                with (args.out / f"job{index:02d}.log").open("wb") as handle:
+                    proc = subprocess.Popen(
+                        [sys.executable, __file__, "--out", str(args.out), "--job", str(index)],
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                        env={**os.environ, "OMP_NUM_THREADS": "2"},
+                    )
+                running[index] = (proc, now)
+            time.sleep(1.0)
+    report = assemble(args.out)
+    (args.out / "grid.json").write_text(json.dumps({"jobs": log, "results": report}, indent=1, default=str))
+    print(json.dumps({k: v for k, v in report.items()}, default=str)[:4000])
+
+
+if __name__ == "__main__":
+    main()
