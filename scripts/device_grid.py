@@ -39,6 +39,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "local-adamw-q0.2": ("configs/dp_tweets_gpu.toml", {"client.sampling_rate": 0.2}),
     "fedadam-lr5e-3": ("configs/dp_tweets_gpu_fedadam.toml", {"server.learning_rate": 0.005}),
     "local-adamw-40rounds": ("configs/dp_tweets_gpu.toml", {"server.rounds": 40, "eval.every": 10}),
+    # Second batch (after the first showed FedAdam ahead): larger Poisson rate at about the same
+    # compute (sigma/q falls from 10.0 to 5.4 at eps = 8), and a lower server learning rate.
+    "fedadam-q0.3": (
+        "configs/dp_tweets_gpu_fedadam.toml",
+        {"client.sampling_rate": 0.3, "server.rounds": 50, "eval.every": 10},
+    ),
+    "fedadam-lr1e-3": ("configs/dp_tweets_gpu_fedadam.toml", {"server.learning_rate": 0.001}),
 }
 COHORT_CONFIG = "configs/cohort_tweets_gpu.toml"
 COHORTS = (10, 50, 200, 1000)
@@ -69,6 +76,15 @@ JOBS: list[tuple[str, Any, Any]] = [
     ("sweep", "fedadam-lr5e-3", math.inf),
     ("sweep", "local-adamw-40rounds", math.inf),
 ]
+SECOND: list[tuple[str, Any, Any]] = [
+    ("sweep", "fedadam-q0.3", 8.0),
+    ("sweep", "fedadam-q0.3", math.inf),
+    ("sweep", "fedadam-q0.3", 1.0),
+    ("sweep", "fedadam-lr1e-3", 8.0),
+    ("sweep", "fedadam-lr1e-3", math.inf),
+]
+if os.environ.get("PRIVFED_GRID_SECOND"):
+    JOBS = SECOND
 
 
 # --dry-run: the same jobs on the tiny model, on the CPU, in seconds (to check this script).
@@ -152,7 +168,11 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the jobs and exit")
     parser.add_argument("--assemble-only", action="store_true", help="only write tables and plots")
     parser.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, to check the script")
+    parser.add_argument("--second", action="store_true", help="the second batch of jobs (SECOND)")
     args = parser.parse_args()
+    if args.second and not os.environ.get("PRIVFED_GRID_SECOND"):
+        os.environ["PRIVFED_GRID_SECOND"] = "1"  # inherited by the job processes
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     if args.dry_run:
         os.environ["PRIVFED_GRID_DRY_RUN"] = "1"  # inherited by the job processes
     if args.list:

@@ -30,10 +30,11 @@ def test_federated_lora_example_dry_run(config: str, tmp_path: Path) -> None:
     assert (out / "adapter" / "adapter_config.json").exists()
 
 
-def test_cohort_curve_example_dry_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", ["configs/cohort_tweets.toml", "configs/cohort_tweets_gpu.toml"])
+def test_cohort_curve_example_dry_run(config: str, tmp_path: Path) -> None:
     out = tmp_path / "cohorts"
     proc = subprocess.run(
-        [sys.executable, "examples/cohort_curve.py", "configs/cohort_tweets.toml", "--dry-run", "--out", str(out)],
+        [sys.executable, "examples/cohort_curve.py", config, "--dry-run", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dp_accounting
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
@@ -75,3 +77,36 @@ def test_calibration_meets_the_target_within_5_percent(target: float, accountant
     assert achieved <= target
     assert achieved >= 0.95 * target
     assert google_epsilon(sigma, 0.02, 300, 1e-5, "rdp" if accountant == "rdp" else "pld") <= target * 1.02
+
+
+@settings(max_examples=40)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.3, 8.0),
+            st.floats(1e-4, 1.0),
+            st.integers(0, 2000),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.sampled_from([1e-3, 1e-5, 1e-7]),
+)
+def test_cached_rdp_equals_opacus_rdp_accountant(history: list[tuple[float, float, int]], delta: float) -> None:
+    """privfed's RDP path caches each (sigma, q)'s per-step RDP; the epsilon must be Opacus'
+    RDPAccountant's for the same history (a slow reference, recomputed from scratch)."""
+    import warnings
+
+    from opacus.accountants import RDPAccountant
+
+    events = [
+        SampledGaussianEvent(noise_multiplier=s, sample_rate=q, steps=t, scope="sample", subject=0, round=i)
+        for i, (s, q, t) in enumerate(history)
+    ]
+    reference = RDPAccountant()
+    reference.history = [(s, q, t) for s, q, t in history if t > 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = reference.get_epsilon(delta=delta) if reference.history else 0.0
+        got = compute_epsilon(events, delta=delta, accountant="rdp")
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)

@@ -19,7 +19,17 @@ def test_defaults_are_valid_and_round_trip(tmp_path: Path) -> None:
     assert load_config(path) == config
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "smollm2_fortunes.toml", "tiny.toml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "demo.toml",
+        "smollm2_fortunes.toml",
+        "tiny.toml",
+        "dp_tweets_gpu.toml",
+        "dp_tweets_gpu_fedadam.toml",
+        "cohort_tweets_gpu.toml",
+    ],
+)
 def test_shipped_configs_load_and_round_trip(name: str, tmp_path: Path) -> None:
     config = load_config(REPO / "configs" / name)
     path = tmp_path / "again.toml"
@@ -39,6 +49,8 @@ def test_shipped_configs_load_and_round_trip(name: str, tmp_path: Path) -> None:
         ({"client": {"learning_rate": float("nan")}}, ["client.learning_rate", "finite"]),
         ({"data": {"eval_fraction": 1.0}}, ["data.eval_fraction", "< 1.0", "1.0"]),
         ({"model": {"name": "gpt-5"}}, ["model.name", "'minilm'", "'gpt-5'"]),
+        ({"model": {"device": "tpu"}}, ["model.device", "'cuda'", "'tpu'"]),
+        ({"client": {"sampling_rate": 1.5}}, ["client.sampling_rate", "<= 1.0", "1.5"]),
         ({"adapter": {"method": "dora"}}, ["adapter.method", "'lora'", "'dora'"]),
         ({"adapter": {"target_modules": "query"}}, ["adapter.target_modules", "list"]),
         ({"adapter": {"target_modules": ["query", 3]}}, ["adapter.target_modules[1]", "string"]),
