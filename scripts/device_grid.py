@@ -149,6 +149,8 @@ def assemble(out: Path) -> dict[str, Any]:
         if finished:
             rows = run_sweep(_variant_config(name), out / name, sorted(finished), quiet=True)
             report[name] = rows
+    if report:
+        plot_recipes(report, out / "recipes.png")
     base = _cohort_config()
     cohorts = [
         c for c in COHORTS if all(done(cohort_run_dir(out / "cohorts", base, c, private=p)) for p in (True, False))
@@ -156,6 +158,42 @@ def assemble(out: Path) -> dict[str, Any]:
     if cohorts:
         report["cohorts"] = cohort_curve(base, cohorts, out / "cohorts")
     return report
+
+
+def plot_recipes(report: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Every complete sweep on one privacy-utility plot: DP points, the recipe's no-DP level dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (name, rows) in enumerate(sorted(report.items())):
+        color = f"C{i}"
+        dp = sorted(
+            (r["target_epsilon"], 100 * r["final_eval_accuracy"]) for r in rows if math.isfinite(r["target_epsilon"])
+        )
+        plain = [100 * r["final_eval_accuracy"] for r in rows if not math.isfinite(r["target_epsilon"])]
+        if dp:
+            ax.plot(*zip(*dp, strict=True), "o-", color=color, label=name)
+        if plain:
+            ax.axhline(plain[0], color=color, linestyle="--", linewidth=1)
+    majority = next(iter(report.values()))[0].get("majority_class_rate")
+    if majority:
+        ax.axhline(100 * majority, color="black", linestyle=":", linewidth=1, label="majority class")
+    ax.set_xscale("log")
+    ticks = sorted(
+        {r["target_epsilon"] for rows in report.values() for r in rows if math.isfinite(r["target_epsilon"])}
+    )
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("record-level epsilon per client (delta 1e-5)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title("DP-SGD recipes (dashed: the same recipe without DP)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dp_accounting
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from privfed.privacy import PrivacyLedger, SampledGaussianEvent, calibrate_noise_multiplier, compute_epsilon
 

@@ -83,9 +83,9 @@ def test_dp_sgd_draws_batches_at_the_sampling_rate(monkeypatch: pytest.MonkeyPat
 
 def test_cuda_without_a_gpu_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="model.device = 'cuda'"):
+    with pytest.raises(ConfigError, match=r"model\.device = 'cuda'"):
         resolve_device("cuda")
-    with pytest.raises(ConfigError, match="model.device"):
+    with pytest.raises(ConfigError, match=r"model\.device"):
         build_experiment(tiny_config(**{"model.device": "cuda"}))
     assert resolve_device("cpu") == torch.device("cpu")
 
