@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from privfed import RunDirectory, load_config, run_experiment
+from privfed import RunDirectory, load_config, resume_experiment, run_experiment
 from privfed.config import ExperimentConfig, replace_path
 from privfed.experiments import sweep_config
 
@@ -29,6 +29,8 @@ def run_point(config: ExperimentConfig, path: Path) -> dict[str, Any]:
     run = RunDirectory(path)
     if (path / RunDirectory.SUMMARY).exists() and run.read_summary().get("completed"):
         return dict(run.read_summary())
+    if (path / RunDirectory.CONFIG).exists():  # interrupted: carry on from its checkpoint
+        return resume_experiment(path, quiet=True)
     return run_experiment(config, path, quiet=True)
 
 

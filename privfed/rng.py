@@ -57,12 +57,15 @@ def derive_seed(seed: int, *path: _Key) -> int:
 
 @contextlib.contextmanager
 def torch_rng(seed: int) -> Iterator[None]:
-    """Run a block with torch's CPU generator seeded to ``seed``, restoring it afterwards.
+    """Run a block with torch's generators seeded to ``seed``, restoring them afterwards.
 
-    Dropout inside Hugging Face models draws from torch's global generator and
-    offers no way to pass one in; forking and restoring it keeps library code
-    from leaking state into (or depending on) the caller's global RNG.
+    Dropout inside Hugging Face models draws from torch's global generator (on
+    a GPU, the device's) and offers no way to pass one in; forking and
+    restoring them keeps library code from leaking state into (or depending
+    on) the caller's global RNG. The GPUs' generators are forked only once
+    CUDA is in use, so a CPU run never initialises it.
     """
-    with torch.random.fork_rng(devices=[]):
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []  # type: ignore[no-untyped-call]
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -207,6 +208,7 @@ def main() -> None:
     parser.add_argument("--assemble-only", action="store_true", help="only write tables and plots")
     parser.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, to check the script")
     parser.add_argument("--second", action="store_true", help="the second batch of jobs (SECOND)")
+    parser.add_argument("--only", default="", help="comma-separated job numbers (see --list); default all")
     args = parser.parse_args()
     if args.second and not os.environ.get("PRIVFED_GRID_SECOND"):
         os.environ["PRIVFED_GRID_SECOND"] = "1"  # inherited by the job processes
@@ -222,43 +224,73 @@ def main() -> None:
     if args.job is not None:
         run_job(args.job, args.out)
         return
+    if args.procs < 1 or args.hard_stop < args.stop_starting:
+        parser.error("--procs must be >= 1 and --hard-stop >= --stop-starting")
+    try:
+        chosen = [int(j) for j in args.only.split(",") if j.strip()] or list(range(len(JOBS)))
+    except ValueError:
+        parser.error(f"--only: job numbers separated by commas, got {args.only!r}")
+    if not all(0 <= j < len(JOBS) for j in chosen):
+        parser.error(f"--only: job numbers are 0..{len(JOBS) - 1} (see --list)")
+    pending = list(dict.fromkeys(chosen))  # each job once, in the order given
     args.out.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    pending = list(range(len(JOBS)))
-    running: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
     log: list[dict[str, Any]] = []
     if not args.assemble_only:
+        log = run_jobs(pending, args.out, procs=args.procs, stop_starting=args.stop_starting, hard_stop=args.hard_stop)
+    report = assemble(args.out)
+    grid = args.out / "grid.json"
+    if args.assemble_only and grid.exists():  # keep the job log of the run that trained them
+        log = json.loads(grid.read_text()).get("jobs", [])
+    grid.write_text(json.dumps({"jobs": log, "results": report}, indent=1, default=str))
+    print(json.dumps(report, default=str)[:4000])
+    if any(entry["rc"] != 0 for entry in log):
+        sys.exit(1)
+
+
+def run_jobs(
+    pending: list[int], out: Path, *, procs: int, stop_starting: float, hard_stop: float
+) -> list[dict[str, Any]]:
+    """Run the jobs ``procs`` at a time; a log entry per job (``rc``: exit code, "killed", "not started")."""
+    start = time.monotonic()
+    pending = list(pending)
+    running: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+    log: list[dict[str, Any]] = []
+
+    def finish(index: int, rc: Any, began: float) -> None:
+        log.append({"job": JOBS[index], "rc": rc, "seconds": round(time.monotonic() - start - began, 1)})
+        print(json.dumps(log[-1], default=str), flush=True)
+        del running[index]
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops us: clean up below
+    try:
         while pending or running:
             now = time.monotonic() - start
             for index, (proc, began) in list(running.items()):
                 if proc.poll() is not None:
-                    log.append({"job": JOBS[index], "rc": proc.returncode, "seconds": round(now - began, 1)})
-                    print(json.dumps(log[-1], default=str), flush=True)
-                    del running[index]
-                elif now > args.hard_stop:
+                    finish(index, proc.returncode, began)
+                elif now > hard_stop:
                     proc.kill()
                     proc.wait()
-                    log.append({"job": JOBS[index], "rc": "killed", "seconds": round(now - began, 1)})
-                    print(json.dumps(log[-1], default=str), flush=True)
-                    del running[index]
-            if now > args.stop_starting:
-                for index in pending:
-                    log.append({"job": JOBS[index], "rc": "not started"})
+                    finish(index, "killed", began)
+            if now > stop_starting:
+                log.extend({"job": JOBS[index], "rc": "not started"} for index in pending)
                 pending = []
-            while pending and len(running) < args.procs:
+            while pending and len(running) < procs:
                 index = pending.pop(0)
-                with (args.out / f"job{index:02d}.log").open("wb") as handle:
+                with (out / f"job{index:02d}.log").open("wb") as handle:
                     proc = subprocess.Popen(
-                        [sys.executable, __file__, "--out", str(args.out), "--job", str(index)],
+                        [sys.executable, __file__, "--out", str(out), "--job", str(index)],
                         stdout=handle,
                         stderr=subprocess.STDOUT,
                         env={**os.environ, "OMP_NUM_THREADS": "2"},
                     )
                 running[index] = (proc, now)
             time.sleep(1.0)
-    report = assemble(args.out)
-    (args.out / "grid.json").write_text(json.dumps({"jobs": log, "results": report}, indent=1, default=str))
-    print(json.dumps({k: v for k, v in report.items()}, default=str)[:4000])
+    finally:  # an exception or Ctrl-C here must not leave jobs holding the GPU
+        for proc, _ in running.values():
+            proc.kill()
+            proc.wait()
+    return log
 
 
 if __name__ == "__main__":

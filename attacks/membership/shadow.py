@@ -230,7 +230,7 @@ def per_example_log_likelihoods(
     out = []
     with torch.no_grad():
         for batch in data.sequential_batches(batch_size):
-            out.append(-exp.task.per_example_loss(exp.model, batch).double().numpy())
+            out.append(-exp.task.per_example_loss(exp.model, batch).detach().cpu().double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 

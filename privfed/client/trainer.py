@@ -50,6 +50,10 @@ def local_steps(config: ClientConfig, num_examples: int) -> int:
     """Optimizer steps per round for a client holding ``num_examples`` examples."""
     if config.local_steps > 0:
         return config.local_steps
+    if config.sampling_rate > 0:
+        # Every client the same number of steps per epoch (1/q), as it has the same rate:
+        # the same epsilon for all, whatever rounding does to q * n.
+        return config.local_epochs * math.ceil(1 / config.sampling_rate)
     return config.local_epochs * math.ceil(num_examples / batch_size_for(config, num_examples))
 
 

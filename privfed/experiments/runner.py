@@ -136,6 +136,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     client_indices = [train[part] for part in parts]
 
     spec = get_model_spec(config.model.name)
+    device = resolve_device(config.model.device)  # before the (slow) load
     loaded = load_base_model(
         config.model.name,
         num_labels=dataset.num_classes if spec.task == "classification" else None,
@@ -144,7 +145,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     base_params = sum(int(param.numel()) for param in loaded.model.parameters())
     with torch_rng(derive_seed(seed, "adapter-init")):
         model = wrap_model(loaded.model, config.adapter, spec)
-    model.to(resolve_device(config.model.device))
+    model.to(device)
     layout = AdapterLayout.from_model(model)
 
     tokens = tokenize_texts(loaded.tokenizer, dataset.texts, max_length=config.model.max_length)

@@ -47,3 +47,24 @@ def test_cohort_curve_example_dry_run(config: str, tmp_path: Path) -> None:
     assert all(0 < float(r["epsilon"]) <= 8.0 + 1e-6 for r in rows)
     assert float(rows[0]["noise_multiplier"]) > 0
     assert (out / "cohorts.png").exists() and "smallest cohort" in (out / "cohorts.md").read_text()
+
+
+def test_device_grid_dry_run_trains_and_assembles_a_sweep(tmp_path: Path) -> None:
+    """scripts/device_grid.py (the GPU-session driver) on the tiny model: two sweep points run as
+    separate processes, then the sweep table, its plot and the recipes plot are written."""
+    out = tmp_path / "grid"
+    proc = subprocess.run(
+        [sys.executable, "scripts/device_grid.py", "--out", str(out), "--dry-run", "--procs", "2", "--only", "2,3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader((out / "local-adamw" / "sweep.csv").open()))
+    assert [float(r["target_epsilon"]) for r in rows] == [8.0, float("inf")]
+    assert 0 < float(rows[0]["epsilon_sample_max"]) <= 8.0 + 1e-6 and rows[1]["epsilon_sample_max"] == ""
+    assert (out / "recipes.png").exists() and (out / "local-adamw" / "privacy_utility.png").exists()
+    log = json.loads((out / "grid.json").read_text())
+    assert [entry["rc"] for entry in log["jobs"]] == [0, 0]
+    assert "cohorts" not in log["results"]  # no cohort point was asked for

@@ -29,7 +29,8 @@ def test_sampling_rate_scales_each_clients_batch() -> None:
     rated = ClientConfig(sampling_rate=0.1, local_epochs=2)
     assert [batch_size_for(rated, n) for n in (1000, 35, 3)] == [100, 4, 1]
     assert sampling_rate_for(rated, 1000) == sampling_rate_for(rated, 35) == 0.1
-    assert local_steps(rated, 1000) == 2 * 10
+    # Epochs: 1/q steps each for every client, whatever rounding does to q * n (same epsilon for all).
+    assert local_steps(rated, 1000) == local_steps(rated, 14) == local_steps(rated, 15) == 2 * 10
     assert local_steps(ClientConfig(sampling_rate=0.1, local_steps=7), 1000) == 7
 
 
@@ -79,6 +80,9 @@ def test_dp_sgd_draws_batches_at_the_sampling_rate(monkeypatch: pytest.MonkeyPat
     assert summary["completed"]
     assert seen and {rate for _, rate in seen} == {0.25}
     assert len({n for n, _ in seen}) > 1  # clients of different sizes, one rate
+    # ...and the ledger accounted that rate: one round of 3 steps at q = 0.25, sigma 1.
+    event = SampledGaussianEvent(noise_multiplier=1.0, sample_rate=0.25, steps=3, scope="sample")
+    assert summary["epsilon_sample_max"] == pytest.approx(compute_epsilon([event], delta=1e-3, accountant="rdp"))
 
 
 def test_cuda_without_a_gpu_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
