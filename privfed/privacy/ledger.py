@@ -38,15 +38,22 @@ class PrivacyLedger:
         self.sample_budget = sample_budget
         self.events: list[SampledGaussianEvent] = []
         self._sample_cache: dict[int, float] = {}
+        self._by_subject: dict[int, list[SampledGaussianEvent]] = {}
+        # Epsilon of a composition depends only on its (sigma, q, steps) history: clients that
+        # took part in the same rounds at the same rate share it, so it is computed once.
+        self._history_cache: dict[tuple[tuple[float, float, int], ...], float] = {}
 
     def _user_events(self) -> list[SampledGaussianEvent]:
         return [e for e in self.events if e.scope == "user"]
 
     def _client_events(self, client: int) -> list[SampledGaussianEvent]:
-        return [e for e in self.events if e.scope == "sample" and e.subject == client]
+        return list(self._by_subject.get(client, ()))
 
     def epsilon(self, events: Sequence[SampledGaussianEvent]) -> float:
-        return compute_epsilon(events, delta=self.delta, accountant=self.accountant)
+        key = tuple((e.noise_multiplier, e.sample_rate, e.steps) for e in events if e.steps > 0)
+        if key not in self._history_cache:
+            self._history_cache[key] = compute_epsilon(events, delta=self.delta, accountant=self.accountant)
+        return self._history_cache[key]
 
     def epsilon_user(self) -> float:
         """User-level epsilon spent so far."""
@@ -60,8 +67,7 @@ class PrivacyLedger:
 
     def epsilon_sample_max(self) -> float:
         """The largest record-level epsilon over all clients (0 if none)."""
-        clients = {e.subject for e in self.events if e.scope == "sample" and e.subject is not None}
-        return max((self.epsilon_sample(c) for c in clients), default=0.0)
+        return max((self.epsilon_sample(c) for c in self._by_subject), default=0.0)
 
     def check(self, planned: Iterable[SampledGaussianEvent]) -> None:
         """Raise :class:`PrivacyBudgetExceeded` if recording ``planned`` would exceed a budget."""
@@ -85,13 +91,20 @@ class PrivacyLedger:
 
     def record(self, events: Iterable[SampledGaussianEvent]) -> None:
         for event in events:
-            self.events.append(event)
-            if event.subject is not None:
-                self._sample_cache.pop(event.subject, None)
+            self._append(event)
+
+    def _append(self, event: SampledGaussianEvent) -> None:
+        self.events.append(event)
+        if event.scope == "sample" and event.subject is not None:
+            self._by_subject.setdefault(event.subject, []).append(event)
+            self._sample_cache.pop(event.subject, None)
 
     def to_json(self) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.events]
 
     def load_json(self, raw: Sequence[dict[str, Any]]) -> None:
-        self.events = [SampledGaussianEvent.from_json(r) for r in raw]
+        self.events = []
+        self._by_subject.clear()
         self._sample_cache.clear()
+        for r in raw:
+            self._append(SampledGaussianEvent.from_json(r))

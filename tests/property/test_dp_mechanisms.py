@@ -264,3 +264,49 @@ def test_dp_path_without_noise_or_clipping_equals_plain_training() -> None:
         deltas.append(trainer.train(global_vector=layout.flatten(model), data=data, seed=3).delta)
     assert np.linalg.norm(deltas[0]) > 0
     np.testing.assert_allclose(deltas[1], deltas[0], rtol=1e-4, atol=1e-7)  # float32 rounding of local - global
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["sample", "user"]),
+            st.integers(0, 4),  # subject
+            st.sampled_from([0.8, 1.0, 2.5]),  # sigma
+            st.sampled_from([0.05, 0.1, 1.0]),  # q
+            st.integers(0, 50),  # steps
+        ),
+        max_size=25,
+    )
+)
+def test_ledger_per_client_epsilon_equals_a_fresh_composition(raw: list[tuple[str, int, float, float, int]]) -> None:
+    """The ledger indexes events by client and reuses the epsilon of identical histories; every
+    answer must equal composing that client's events from scratch (the slow reference)."""
+    from privfed.privacy import compute_epsilon
+
+    events = [
+        SampledGaussianEvent(
+            noise_multiplier=sigma,
+            sample_rate=q,
+            steps=steps,
+            scope=scope,  # type: ignore[arg-type]
+            subject=subject if scope == "sample" else None,
+            round=i,
+        )
+        for i, (scope, subject, sigma, q, steps) in enumerate(raw)
+    ]
+    ledger = PrivacyLedger(delta=1e-5, accountant="rdp")
+    for event in events:  # one at a time, asking in between, as rounds do
+        ledger.record([event])
+        ledger.epsilon_sample_max()
+    clone = PrivacyLedger(delta=1e-5, accountant="rdp")
+    clone.load_json(ledger.to_json())
+    expected = {}
+    for client in {e.subject for e in events if e.scope == "sample"}:
+        mine = [e for e in events if e.scope == "sample" and e.subject == client]
+        expected[client] = compute_epsilon(mine, delta=1e-5, accountant="rdp")
+        assert ledger.epsilon_sample(client) == pytest.approx(expected[client], rel=1e-12)
+        assert clone.epsilon_sample(client) == pytest.approx(expected[client], rel=1e-12)
+    assert ledger.epsilon_sample_max() == pytest.approx(max(expected.values(), default=0.0), rel=1e-12)
+    users = [e for e in events if e.scope == "user"]
+    assert ledger.epsilon_user() == pytest.approx(compute_epsilon(users, delta=1e-5, accountant="rdp"), rel=1e-12)
