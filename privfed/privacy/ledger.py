@@ -39,8 +39,8 @@ class PrivacyLedger:
         self.events: list[SampledGaussianEvent] = []
         self._sample_cache: dict[int, float] = {}
         self._by_subject: dict[int, list[SampledGaussianEvent]] = {}
-        # Epsilon of a composition depends only on its (sigma, q, steps) history: clients that
-        # took part in the same rounds at the same rate share it, so it is computed once.
+        # Epsilon of a composition depends only on its total steps per (sigma, q): clients that
+        # took part equally often at the same rate share it, so it is computed once.
         self._history_cache: dict[tuple[tuple[float, float, int], ...], float] = {}
 
     def _user_events(self) -> list[SampledGaussianEvent]:
@@ -50,8 +50,17 @@ class PrivacyLedger:
         return list(self._by_subject.get(client, ()))
 
     def epsilon(self, events: Sequence[SampledGaussianEvent]) -> float:
-        key = tuple((e.noise_multiplier, e.sample_rate, e.steps) for e in events if e.steps > 0)
+        # Composition is commutative: the total steps per (sigma, q) determine epsilon.
+        totals: dict[tuple[float, float], int] = {}
+        for e in events:
+            if e.steps > 0:
+                totals[(e.noise_multiplier, e.sample_rate)] = (
+                    totals.get((e.noise_multiplier, e.sample_rate), 0) + e.steps
+                )
+        key = tuple(sorted((sigma, q, steps) for (sigma, q), steps in totals.items()))
         if key not in self._history_cache:
+            if len(self._history_cache) >= 65536:  # bounded: long runs with many distinct histories
+                self._history_cache.clear()
             self._history_cache[key] = compute_epsilon(events, delta=self.delta, accountant=self.accountant)
         return self._history_cache[key]
 
