@@ -4,7 +4,7 @@
     python scripts/device_grid.py --list
     python scripts/device_grid.py --out /tmp/grid --dry-run --procs 2   # tiny model on the CPU
 
-Developer tooling for a lent GPU session (README, "GPU figures"): each job is
+Developer tooling for a lent GPU session (README, "On a GPU"): each job is
 one run directory -- a point of a privacy sweep (``DIR/<variant>/eps-<e>``,
 the layout ``privfed sweep`` reuses) or of the cohort curve
 (``DIR/cohorts/E<n>-...``, the layout ``examples/cohort_curve.py`` reuses) --
@@ -12,7 +12,11 @@ trained in its own process, ``--procs`` at a time, in the priority order of
 ``JOBS``. No job starts after ``--stop-starting`` seconds; jobs still running
 at ``--hard-stop`` are killed (their metrics so far stay in their run
 directory). Afterwards, every complete sweep and the cohort curve are
-assembled into their tables and plots by the same code the CLI uses.
+assembled into their tables and plots by the same code the CLI uses, and
+``recipes.png`` puts every complete sweep on one privacy-utility plot.
+``--second`` runs the second batch (``SECOND``), chosen after the first;
+``--only 2,3`` a subset. Exits 1 if a job failed, was killed or never started.
+The README's GPU figures: ``TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1`` (TF32 matmuls).
 """
 
 from __future__ import annotations
