@@ -20,18 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from privfed import RunDirectory, load_config, resume_experiment, run_experiment
+from privfed import load_config
 from privfed.config import ExperimentConfig, replace_path
-from privfed.experiments import sweep_config
-
-
-def run_point(config: ExperimentConfig, path: Path) -> dict[str, Any]:
-    run = RunDirectory(path)
-    if (path / RunDirectory.SUMMARY).exists() and run.read_summary().get("completed"):
-        return dict(run.read_summary())
-    if (path / RunDirectory.CONFIG).exists():  # interrupted: carry on from its checkpoint
-        return resume_experiment(path, quiet=True)
-    return run_experiment(config, path, quiet=True)
+from privfed.experiments import run_or_resume, sweep_config
 
 
 def cohort_run_config(config: ExperimentConfig, cohort: int, *, private: bool) -> ExperimentConfig:
@@ -51,7 +42,9 @@ def cohort_curve(config: ExperimentConfig, cohorts: list[int], out: Path) -> lis
     rows = []
     for cohort in cohorts:
         plain, private = (
-            run_point(cohort_run_config(config, cohort, private=p), cohort_run_dir(out, config, cohort, private=p))
+            run_or_resume(
+                cohort_run_config(config, cohort, private=p), cohort_run_dir(out, config, cohort, private=p), quiet=True
+            )
             for p in (False, True)
         )
         rows.append(

@@ -125,16 +125,18 @@ def _cohort_config() -> Any:
 
 def run_job(index: int, out: Path) -> None:
     """Train job ``index`` (in this process)."""
-    from cohort_curve import cohort_run_config, cohort_run_dir, run_point
+    from cohort_curve import cohort_run_config, cohort_run_dir
 
-    from privfed.experiments.sweep import run_sweep_point
+    from privfed.experiments.sweep import run_or_resume, run_sweep_point
 
     kind, a, b = JOBS[index]
     if kind == "sweep":
         run_sweep_point(_variant_config(a), out / a, b, quiet=True)
     else:
         base = _cohort_config()
-        run_point(cohort_run_config(base, a, private=b), cohort_run_dir(out / "cohorts", base, a, private=b))
+        run_or_resume(
+            cohort_run_config(base, a, private=b), cohort_run_dir(out / "cohorts", base, a, private=b), quiet=True
+        )
 
 
 def assemble(out: Path) -> dict[str, Any]:
@@ -145,7 +147,7 @@ def assemble(out: Path) -> dict[str, Any]:
     from privfed.experiments.sweep import point_dir, run_sweep
 
     def done(path: Path) -> bool:
-        return (path / RunDirectory.SUMMARY).exists() and bool(RunDirectory(path).read_summary().get("completed"))
+        return RunDirectory(path).is_completed()
 
     report: dict[str, Any] = {}
     for name in VARIANTS:

@@ -2,7 +2,7 @@
 
 from privfed.experiments.run_dir import Checkpoint, RunDirectory, atomic_write_bytes, atomic_write_text
 from privfed.experiments.runner import Experiment, build_experiment, resume_experiment, run_experiment
-from privfed.experiments.sweep import sweep_config
+from privfed.experiments.sweep import run_or_resume, sweep_config
 
 __all__ = [
     "Checkpoint",
@@ -13,5 +13,6 @@ __all__ = [
     "build_experiment",
     "resume_experiment",
     "run_experiment",
+    "run_or_resume",
     "sweep_config",
 ]

@@ -187,6 +187,10 @@ class RunDirectory:
         data: dict[str, Any] = json.loads((self.path / self.SUMMARY).read_text(encoding="utf-8"))
         return data
 
+    def is_completed(self) -> bool:
+        """Whether a run finished here (its summary says ``completed``)."""
+        return (self.path / self.SUMMARY).exists() and bool(self.read_summary().get("completed"))
+
     @property
     def adapter_dir(self) -> Path:
         return self.path / self.ADAPTER

@@ -21,7 +21,15 @@ from privfed.errors import ConfigError, PrivacyBudgetExceeded
 from privfed.experiments.run_dir import RunDirectory, atomic_write_text
 from privfed.experiments.runner import resume_experiment, run_experiment
 
-__all__ = ["parse_epsilons", "plot_privacy_utility", "point_dir", "run_sweep", "run_sweep_point", "sweep_config"]
+__all__ = [
+    "parse_epsilons",
+    "plot_privacy_utility",
+    "point_dir",
+    "run_or_resume",
+    "run_sweep",
+    "run_sweep_point",
+    "sweep_config",
+]
 
 COLUMNS = (
     "target_epsilon",
@@ -78,18 +86,25 @@ def point_dir(out: Path, epsilon: float) -> Path:
     return out / f"eps-{_label(epsilon)}"
 
 
+def run_or_resume(config: ExperimentConfig, path: Path, *, quiet: bool) -> dict[str, Any]:
+    """The summary of a finished run in ``path``; else resume the interrupted one there,
+    or run ``config`` into it afresh."""
+    run = RunDirectory(path)
+    if run.is_completed():
+        return run.read_summary()
+    if (path / RunDirectory.CONFIG).exists():
+        return resume_experiment(path, quiet=quiet)
+    return run_experiment(config, path, quiet=quiet)
+
+
 def run_sweep_point(config: ExperimentConfig, out: Path, epsilon: float, *, quiet: bool) -> dict[str, Any]:
     """Run (or reuse a finished, or resume an interrupted) sweep point; its summary."""
-    run = RunDirectory(point_dir(out, epsilon))
+    path = point_dir(out, epsilon)
     cfg = sweep_config(config, epsilon)
     try:
-        if (run.path / RunDirectory.SUMMARY).exists() and run.read_summary().get("completed"):
-            return dict(run.read_summary())
-        if (run.path / RunDirectory.CONFIG).exists():
-            return resume_experiment(run.path, quiet=quiet)
-        return run_experiment(cfg, run.path, quiet=quiet)
+        return run_or_resume(cfg, path, quiet=quiet)
     except PrivacyBudgetExceeded:
-        return dict(run.read_summary())
+        return RunDirectory(path).read_summary()
 
 
 def run_sweep(config: ExperimentConfig, out: Path, epsilons: Sequence[float], *, quiet: bool) -> list[dict[str, Any]]:
