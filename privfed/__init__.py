@@ -9,7 +9,7 @@ from __future__ import annotations
 from privfed.adapters import AdapterLayout, ParameterSlot, adapter_method_names, register_adapter_method, wrap_model
 from privfed.compression import FixedPointCodec
 from privfed.config import ExperimentConfig, config_from_dict, config_to_dict, dump_config, load_config
-from privfed.data import Dataset, dataset_names, load_dataset, partition, register_dataset
+from privfed.data import Dataset, DatasetSpec, dataset_names, load_dataset, partition, register_dataset
 from privfed.errors import (
     CheckpointError,
     ConfigError,
@@ -29,7 +29,7 @@ from privfed.privacy import (
     compute_epsilon,
 )
 from privfed.secagg import SecAggAborted, SecAggClient, SecAggServer, run_secagg_round
-from privfed.server import FedAdam, FedAvg, FederatedServer, make_strategy, weighted_mean
+from privfed.server import FedAdam, FedAvg, FederatedServer, Strategy, make_strategy, register_strategy, weighted_mean
 from privfed.transport import ClientUpdate, GlobalModel, SimulationTransport
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "DPFedAvgServer",
     "DataError",
     "Dataset",
+    "DatasetSpec",
     "ExperimentConfig",
     "FedAdam",
     "FedAvg",
@@ -60,6 +61,7 @@ __all__ = [
     "SecAggClient",
     "SecAggServer",
     "SimulationTransport",
+    "Strategy",
     "__version__",
     "adapter_method_names",
     "build_experiment",
@@ -78,6 +80,7 @@ __all__ = [
     "register_adapter_method",
     "register_dataset",
     "register_model",
+    "register_strategy",
     "resume_experiment",
     "run_experiment",
     "run_secagg_round",

@@ -31,10 +31,10 @@ class Registry(Generic[_T]):
         self.field = field
         self._entries: dict[str, _T] = {}
 
-    def register(self, name: str, entry: _T) -> _T:
-        """Add ``entry`` under ``name``; names are unique."""
-        if name in self._entries:
-            raise self.error(f"{self.kind} {name!r} is already registered")
+    def register(self, name: str, entry: _T, *, overwrite: bool = False) -> _T:
+        """Add ``entry`` under ``name``; names are unique unless ``overwrite`` (a notebook re-running its cell)."""
+        if name in self._entries and not overwrite:
+            raise self.error(f"{self.kind} {name!r} is already registered (pass overwrite=True to replace it)")
         self._entries[name] = entry
         return entry
 

@@ -29,13 +29,15 @@ _METHODS: Registry[tuple[_Builder, _AfterWrap | None]] = Registry(
 )
 
 
-def register_adapter_method(name: str, builder: _Builder, *, after_wrap: _AfterWrap | None = None) -> None:
+def register_adapter_method(
+    name: str, builder: _Builder, *, after_wrap: _AfterWrap | None = None, overwrite: bool = False
+) -> None:
     """Register ``builder(adapter_config, model_spec) -> peft.PeftConfig`` under ``name``.
 
     ``after_wrap(peft_model)``, when given, runs once the adapter is attached
     (e.g. to freeze part of it); what stays trainable is what travels.
     """
-    _METHODS.register(name, (builder, after_wrap))
+    _METHODS.register(name, (builder, after_wrap), overwrite=overwrite)
 
 
 def adapter_method_names() -> tuple[str, ...]:

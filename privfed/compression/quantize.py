@@ -46,6 +46,13 @@ class FixedPointCodec:
         clip = np.asarray(self.clip, dtype=np.float64)
         if not np.all(np.isfinite(clip)) or np.any(clip <= 0):
             raise ValueError("clip must be finite and > 0")
+        scale = self.scale
+        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            # e.g. clip = 1e308: the scale underflows to 0 and every decoded sum would be NaN.
+            raise ValueError(
+                f"clip {float(np.max(clip)):g} with {self.num_summands} summands leaves no fixed-point resolution "
+                f"at {self.bits} bits (scale {float(np.min(scale)):g})"
+            )
 
     @property
     def scale(self) -> npt.NDArray[np.float64]:
@@ -75,6 +82,19 @@ class FixedPointCodec:
             rounded &= modulus_mask
             out[start:stop] = rounded
         return out.reshape(np.shape(values))
+
+    def rounding_error_bound(self) -> npt.NDArray[np.float64]:
+        """Per-coordinate bound on ``|decode(encode(x)) - clip(x)|`` for one encoded vector (float64[] or [d]).
+
+        ``floor(y + u) - y`` lies in ``(u - 1, u]``, strictly inside ``(-1, 1)`` for
+        ``u`` in ``[0, 1)``, so one coordinate moves by less than one quantization step
+        ``1 / scale``. The bound carries a 1e-9 relative margin for the float64 arithmetic.
+        An L2 bound over coordinates ``S`` is ``norm(rounding_error_bound()[S])``: use it to
+        clip to ``C - that`` when the *decoded* vector must stay within norm ``C``
+        (the user-level DP sensitivity under secure aggregation).
+        """
+        bound: npt.NDArray[np.float64] = (1.0 + 1e-9) / self.scale
+        return bound
 
     def decode_sum(self, residues: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Read a (sum of) encoded vector(s) back as signed values in input units."""

@@ -142,9 +142,12 @@ _Partitioner = Callable[[PartitionInputs, np.random.Generator], list[IndexArray]
 _PARTITIONERS: Registry[_Partitioner] = Registry("partitioner", error=DataError, field="partition.method")
 
 
-def register_partitioner(name: str, fn: _Partitioner) -> None:
-    """Add a partitioner under ``name`` (used as ``partition.method``)."""
-    _PARTITIONERS.register(name, fn)
+def register_partitioner(name: str, fn: _Partitioner, *, overwrite: bool = False) -> None:
+    """Add a partitioner under ``name`` (used as ``partition.method``).
+
+    ``overwrite=True`` replaces an existing entry (re-running a notebook cell).
+    """
+    _PARTITIONERS.register(name, fn, overwrite=overwrite)
 
 
 def partitioner_names() -> tuple[str, ...]:

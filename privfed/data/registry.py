@@ -38,9 +38,12 @@ class DatasetSpec:
 _DATASETS: Registry[DatasetSpec] = Registry("dataset", error=DataError, field="data.name")
 
 
-def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    """Add a dataset to the registry (names are unique)."""
-    return _DATASETS.register(spec.name, spec)
+def register_dataset(spec: DatasetSpec, *, overwrite: bool = False) -> DatasetSpec:
+    """Add a dataset to the registry (names are unique).
+
+    ``overwrite=True`` replaces an existing entry (re-running a notebook cell).
+    """
+    return _DATASETS.register(spec.name, spec, overwrite=overwrite)
 
 
 def dataset_names() -> tuple[str, ...]:

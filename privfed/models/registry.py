@@ -70,9 +70,12 @@ class ModelSpec:
 _MODELS: Registry[ModelSpec] = Registry("model", error=ModelError, field="model.name")
 
 
-def register_model(spec: ModelSpec) -> ModelSpec:
-    """Add a model to the registry (names are unique)."""
-    return _MODELS.register(spec.name, spec)
+def register_model(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
+    """Add a model to the registry (names are unique).
+
+    ``overwrite=True`` replaces an existing entry (re-running a notebook cell).
+    """
+    return _MODELS.register(spec.name, spec, overwrite=overwrite)
 
 
 def model_names() -> tuple[str, ...]:

@@ -22,9 +22,12 @@ _EpsilonFn = Callable[[Sequence[SampledGaussianEvent], float], float]
 _ACCOUNTANTS: Registry[_EpsilonFn] = Registry("accountant", error=ConfigError, field="privacy.accountant")
 
 
-def register_accountant(name: str, fn: _EpsilonFn) -> None:
-    """Register ``fn(events, delta) -> epsilon`` under ``name`` (``privacy.accountant``)."""
-    _ACCOUNTANTS.register(name, fn)
+def register_accountant(name: str, fn: _EpsilonFn, *, overwrite: bool = False) -> None:
+    """Register ``fn(events, delta) -> epsilon`` under ``name`` (``privacy.accountant``).
+
+    ``overwrite=True`` replaces an existing entry (re-running a notebook cell).
+    """
+    _ACCOUNTANTS.register(name, fn, overwrite=overwrite)
 
 
 def accountant_names() -> tuple[str, ...]:

@@ -8,10 +8,15 @@ the sensitivity of the mean to one client is C / expected.
 Andrew et al. 2021 ("Differentially Private Learning with Adaptive
 Clipping", NeurIPS): C follows a geometric update towards the
 ``target_quantile`` of client update norms, estimated from a noised count of
-unclipped clients (std ``count_stddev``). The two Gaussian queries together
-have noise multiplier z when the delta query uses
+unclipped clients (std ``count_stddev``). Each client contributes its
+indicator *centred*, ``b_i = 1[norm_i <= C] - 1/2`` (their Algorithm 1 and
+tensorflow_privacy's ``QuantileEstimatorQuery``), so that one client moves the
+count by at most 1/2 and the count query has noise multiplier
+``2 count_stddev``. The two Gaussian queries together then have noise
+multiplier z when the delta query uses
 ``z_delta = (z^-2 - (2 count_stddev)^-2)^-1/2`` (their Theorem 1); the
-accountant is charged for z.
+accountant is charged for z. (A raw 0/1 bit has sensitivity 1, and the same
+split would spend ``(z_delta^-2 + count_stddev^-2)^-1/2 < z``.)
 """
 
 from __future__ import annotations
@@ -24,7 +29,23 @@ import numpy.typing as npt
 
 from privfed.privacy.noise import NoiseSource
 
-__all__ = ["AdaptiveClipping", "DPFedAvgResult", "DPFedAvgServer", "clip_to_norm", "delta_noise_multiplier"]
+__all__ = [
+    "COUNT_SENSITIVITY",
+    "AdaptiveClipping",
+    "DPFedAvgResult",
+    "DPFedAvgServer",
+    "centred_unclipped_bit",
+    "clip_to_norm",
+    "delta_noise_multiplier",
+]
+
+#: How far one client moves the (centred) unclipped count: |b_i| = 1/2.
+COUNT_SENSITIVITY = 0.5
+
+
+def centred_unclipped_bit(*, norm: float, clip_norm: float) -> float:
+    """A client's contribution to the unclipped count: ``+1/2`` if ``norm <= clip_norm``, else ``-1/2``."""
+    return COUNT_SENSITIVITY if norm <= clip_norm else -COUNT_SENSITIVITY
 
 
 def clip_to_norm(delta: npt.NDArray[np.floating], *, max_norm: float) -> tuple[npt.NDArray[np.float32], float]:
@@ -95,25 +116,41 @@ class DPFedAvgServer:
         )
 
     def from_sums(
-        self, *, clipped_sum: npt.NDArray[np.floating], unclipped_count: float, noise: NoiseSource
+        self,
+        *,
+        clipped_sum: npt.NDArray[np.floating],
+        centred_count: float,
+        noise: NoiseSource,
+        count_scale: float = 1.0,
     ) -> DPFedAvgResult:
-        """Noise the sum of clipped deltas (and the unclipped count) and update C."""
+        """Noise the sum of clipped deltas (and the centred unclipped count) and update C.
+
+        Args:
+            clipped_sum: float[d], sum of the clients' deltas, each of L2 norm <= C.
+            centred_count: sum of the clients' :func:`centred_unclipped_bit` (each +-1/2);
+                ignored without adaptive clipping. Its sensitivity must be at most 1/2.
+            noise: the round's noise source.
+            count_scale: post-processing factor applied to the *noised* count, for clients
+                that sent their bit as ``+-h`` with ``h < 1/2`` (``0.5 / h``; see
+                :meth:`privfed.server.FederatedServer.upload_clip_norm`).
+        """
         c = self.clip_norm
         total = clipped_sum.astype(np.float64) + noise.normal(std=self.delta_multiplier * c, shape=clipped_sum.shape)
         mean = (total / self.expected_clients).astype(np.float32)
         fraction = None
         if self.adaptive is not None:
-            noised = unclipped_count + float(noise.normal(std=self.adaptive.count_stddev, shape=(1,))[0])
-            fraction = noised / self.expected_clients
+            noised = (centred_count + float(noise.normal(std=self.adaptive.count_stddev, shape=(1,))[0])) * count_scale
+            # Undo the centring: sum(b_i) / m + 1/2 estimates the unclipped fraction (Andrew et al., Alg. 1).
+            fraction = noised / self.expected_clients + COUNT_SENSITIVITY
             self.clip_norm = c * math.exp(-self.adaptive.learning_rate * (fraction - self.adaptive.target_quantile))
         return DPFedAvgResult(mean_delta=mean, clip_norm=c, next_clip_norm=self.clip_norm, unclipped_fraction=fraction)
 
     def aggregate(self, deltas: npt.NDArray[np.floating], *, noise: NoiseSource) -> DPFedAvgResult:
         """Clip each row of ``deltas`` (float[n, d]) to C, then :meth:`from_sums`."""
         clipped_sum = np.zeros(deltas.shape[1], dtype=np.float64)
-        unclipped = 0
+        centred = 0.0
         for row in deltas:
             clipped, norm = clip_to_norm(row, max_norm=self.clip_norm)
             clipped_sum += clipped
-            unclipped += int(norm <= self.clip_norm)
-        return self.from_sums(clipped_sum=clipped_sum, unclipped_count=unclipped, noise=noise)
+            centred += centred_unclipped_bit(norm=norm, clip_norm=self.clip_norm)
+        return self.from_sums(clipped_sum=clipped_sum, centred_count=centred, noise=noise)

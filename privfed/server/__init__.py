@@ -1,7 +1,21 @@
 """Server side: strategies and round orchestration."""
 
-from privfed.server.server import FederatedServer, RoundResult, sample_cohort, validate_update
-from privfed.server.strategies import FedAdam, FedAvg, Strategy, make_strategy, strategy_names, weighted_mean
+from privfed.server.server import (
+    FederatedServer,
+    RoundResult,
+    check_strategy_composes,
+    sample_cohort,
+    validate_update,
+)
+from privfed.server.strategies import (
+    FedAdam,
+    FedAvg,
+    Strategy,
+    make_strategy,
+    register_strategy,
+    strategy_names,
+    weighted_mean,
+)
 
 __all__ = [
     "FedAdam",
@@ -9,7 +23,9 @@ __all__ = [
     "FederatedServer",
     "RoundResult",
     "Strategy",
+    "check_strategy_composes",
     "make_strategy",
+    "register_strategy",
     "sample_cohort",
     "strategy_names",
     "validate_update",

@@ -11,7 +11,7 @@ import numpy.typing as npt
 from privfed.adapters.layout import AdapterLayout
 from privfed.compression.quantize import FixedPointCodec
 from privfed.config import SecAggConfig
-from privfed.errors import ProtocolError
+from privfed.errors import ConfigError, ProtocolError
 from privfed.privacy.dpfedavg import DPFedAvgServer
 from privfed.privacy.noise import NoiseSource, make_noise
 from privfed.rng import generator
@@ -22,7 +22,7 @@ from privfed.server.strategies import Strategy
 from privfed.transport.base import SecureExchange, SecureTransport, Transport
 from privfed.transport.messages import ClientUpdate, GlobalModel
 
-__all__ = ["FederatedServer", "RoundResult", "sample_cohort", "validate_update"]
+__all__ = ["FederatedServer", "RoundResult", "check_strategy_composes", "sample_cohort", "validate_update"]
 
 
 def sample_cohort(
@@ -77,6 +77,9 @@ class RoundResult:
         cohort: the clients selected this round.
         clip_norm / unclipped_fraction: user-level DP clip bound used, and the noised
             fraction of unclipped clients (adaptive clipping), else ``None``.
+        aggregate_rejected: why the round's aggregate was not applied (it, or the model
+            the strategy made from it, was not finite), else ``None``. The global
+            adapter is then left as it was.
     """
 
     round: int
@@ -91,6 +94,28 @@ class RoundResult:
     cohort: tuple[int, ...] = ()
     clip_norm: float | None = None
     unclipped_fraction: float | None = None
+    aggregate_rejected: str | None = None
+
+
+def check_strategy_composes(strategy: Strategy, *, user_dp: bool, secure: bool) -> None:
+    """``ConfigError`` unless ``strategy`` can run when DP-FedAvg or secure summation makes its aggregate.
+
+    Under user-level DP the aggregate is DP-FedAvg's noised mean of clipped deltas,
+    and under secure aggregation the server holds only the sum of the updates: in
+    both, ``strategy.aggregate`` (which needs every individual update) cannot run, and
+    only ``strategy.apply`` does. That is faithful only for a strategy whose
+    ``aggregate`` *is* the (weighted) mean, which it declares with a class attribute
+    ``aggregates_mean = True`` (FedAvg, FedAdam). A robust aggregator (trimmed mean,
+    median, Krum) would be silently replaced by the mean, so it is refused.
+    """
+    if not (user_dp or secure) or getattr(strategy, "aggregates_mean", False) is True:
+        return
+    mode = " and ".join(m for m, on in (("user-level DP", user_dp), ("secure aggregation", secure)) if on)
+    raise ConfigError(
+        f"server.strategy {type(strategy).__name__} cannot run under {mode}: the server only gets a "
+        "(noised) sum of the updates, so its aggregate() would be replaced by the mean; use a mean-based "
+        "strategy (fedavg, fedadam), or set aggregates_mean = True on a strategy whose aggregate is the mean"
+    )
 
 
 class FederatedServer:
@@ -120,7 +145,10 @@ class FederatedServer:
         self.user_dp = user_dp
         self.secure_noise = secure_noise
         self.secagg = secagg if secagg is not None and secagg.enabled else None
+        check_strategy_composes(strategy, user_dp=user_dp is not None, secure=self.secagg is not None)
         self.codec: FixedPointCodec | None = None
+        self._rounding_slack = 0.0
+        self._count_bit = 0.5
         if self.secagg is not None:
             # The loss rides along as one extra coordinate with its own range.
             # Extra coordinates: the local loss, and (user-level DP) the "unclipped" bit.
@@ -131,16 +159,63 @@ class FederatedServer:
             summands = num_clients if user_dp is not None else clients_per_round
             self.codec = FixedPointCodec(bits=self.secagg.bits, clip=clip, num_summands=summands)
             self._upload_dim = layout.dim + extra
+            if user_dp is not None:
+                self._plan_rounding(user_dp)
+
+    def _plan_rounding(self, user_dp: DPFedAvgServer) -> None:
+        """Keep the user-level DP sensitivities true *after* stochastic rounding (issue: rounding adds
+        up to one quantization step per coordinate, up to sqrt(d) / scale in L2 norm).
+
+        Clients clip their delta to ``C - slack`` (``slack`` bounds the rounding error's L2
+        norm over the delta coordinates), so the decoded delta has norm below C; and they send
+        the centred unclipped bit as ``+-(1/2 - step)``, so the decoded bit stays within 1/2.
+        """
+        assert self.codec is not None
+        d = self.layout.dim
+        step = np.broadcast_to(self.codec.rounding_error_bound(), (self._upload_dim,))
+        self._rounding_slack = float(np.linalg.norm(step[:d]))
+        self._count_bit = 0.5 - float(step[d + 1])
+        assert self.secagg is not None
+        if self._rounding_slack >= user_dp.clip_norm:
+            raise ConfigError(
+                f"secagg.bits = {self.secagg.bits} leaves a rounding error of up to {self._rounding_slack:.3g} "
+                f"(L2, over {d} coordinates, with room for {self.codec.num_summands} summands), not below "
+                f"privacy.user.clip_norm ({user_dp.clip_norm:g}): every update would be clipped to zero; "
+                "raise secagg.bits or lower secagg.clip"
+            )
+        if self._count_bit <= 0:
+            raise ConfigError(
+                f"secagg.bits = {self.secagg.bits} is too few for the unclipped count with secagg.loss_clip = "
+                f"{self.secagg.loss_clip:g} and {self.codec.num_summands} summands; raise secagg.bits or lower "
+                "secagg.loss_clip"
+            )
+
+    def upload_clip_norm(self) -> float | None:
+        """The L2 bound clients clip their delta to before encoding (user-level DP under SecAgg), else ``None``.
+
+        ``C - slack`` so that the decoded delta, rounding included, has norm at most C.
+        """
+        if self.user_dp is None or self.secagg is None:
+            return None
+        return max(self.user_dp.clip_norm - self._rounding_slack, 0.0)
 
     def _validate(self, raw: bytes, *, round: int, expected: set[int]) -> ClientUpdate:
         return validate_update(raw, round=round, expected=expected, dim=self.layout.dim)
 
-    def _apply(self, aggregate: npt.NDArray[np.float32]) -> float:
-        """Server optimizer step with the round's aggregate; returns the L2 norm of the change."""
-        new_vector = self.strategy.apply(self.global_vector, aggregate)
+    def _apply(self, aggregate: npt.NDArray[np.floating]) -> tuple[float, str | None]:
+        """Server optimizer step with the round's aggregate.
+
+        Returns the L2 norm of the change, and why nothing was applied (a non-finite
+        aggregate, or a non-finite model from the strategy) or ``None``.
+        """
+        if not np.isfinite(aggregate).all():
+            return 0.0, "the aggregate has non-finite values"
+        new_vector = self.strategy.apply(self.global_vector, aggregate.astype(np.float32))
+        if new_vector.shape != self.global_vector.shape or not np.isfinite(new_vector).all():
+            return 0.0, f"the strategy's new model is not a finite vector of {self.layout.dim} values"
         update_norm = float(np.linalg.norm(new_vector.astype(np.float64) - self.global_vector))
-        self.global_vector = new_vector
-        return update_norm
+        self.global_vector = np.asarray(new_vector, dtype=np.float32)
+        return update_norm, None
 
     def cohort(self, round: int) -> npt.NDArray[np.int64]:
         """The clients selected for ``round`` (Poisson-sampled under user-level DP)."""
@@ -180,11 +255,12 @@ class FederatedServer:
         update_norm = 0.0
         train_loss = float("nan")
         dp_result = None
+        rejected_aggregate = None
         if self.user_dp is not None:
             # The noised sum is released every round, whoever answered.
             deltas = np.stack([u.delta for u in accepted]) if accepted else np.zeros((0, self.layout.dim), np.float32)
             dp_result = self.user_dp.aggregate(deltas, noise=self._noise(round))
-            update_norm = self._apply(dp_result.mean_delta)
+            update_norm, rejected_aggregate = self._apply(dp_result.mean_delta)
             losses = np.array([u.train_loss for u in accepted])
             if np.isfinite(losses).any():
                 train_loss = float(np.mean(losses[np.isfinite(losses)]))
@@ -193,7 +269,7 @@ class FederatedServer:
             counts = np.array([u.num_examples for u in accepted], dtype=np.float64)
             weights = counts if self.weighting == "examples" else np.ones_like(counts)
             aggregate = self.strategy.aggregate(deltas, weights=weights)
-            update_norm = self._apply(aggregate)
+            update_norm, rejected_aggregate = self._apply(aggregate)
             losses = np.array([u.train_loss for u in accepted])
             finite = np.isfinite(losses)
             if finite.any():
@@ -209,6 +285,7 @@ class FederatedServer:
             cohort=tuple(int(c) for c in cohort),
             clip_norm=None if dp_result is None else dp_result.clip_norm,
             unclipped_fraction=None if dp_result is None else dp_result.unclipped_fraction,
+            aggregate_rejected=rejected_aggregate,
         )
 
     def _run_secure_round(
@@ -242,13 +319,13 @@ class FederatedServer:
         dropouts = DropoutPlan.random(
             members, rate=self.secagg.dropout_rate, rng=generator(self.seed, "secagg-dropout", round)
         )
-        clip_norm = None if self.user_dp is None else self.user_dp.clip_norm
         exchange = transport.secure_exchange(
             broadcast=broadcast,
             server=secagg_server,
             codec=self.codec,
             dropouts=dropouts,
-            clip_norm=clip_norm,
+            clip_norm=self.upload_clip_norm(),
+            count_bit=self._count_bit,
             on_client_done=on_client_done,
         )
         return self._finish_secure_round(round, members, exchange)
@@ -258,21 +335,24 @@ class FederatedServer:
         contributors = len(exchange.contributors)
         update_norm, train_loss = 0.0, float("nan")
         dp_result = None
+        rejected_aggregate = None
         d = self.layout.dim
         if self.user_dp is not None:
-            # Clients clipped before masking; the server noises the secure sum.
+            # Clients clipped before masking (to C - rounding slack); the server noises the secure sum.
             sums = self.codec.decode_sum(exchange.result) if exchange.result is not None else np.zeros(d + 2)
             dp_result = self.user_dp.from_sums(
-                clipped_sum=sums[:d], unclipped_count=float(sums[d + 1]), noise=self._noise(round)
+                clipped_sum=sums[:d],
+                centred_count=float(sums[d + 1]),
+                count_scale=0.5 / self._count_bit,
+                noise=self._noise(round),
             )
             if contributors:
                 train_loss = float(sums[d] / contributors)
-            update_norm = self._apply(dp_result.mean_delta)
+            update_norm, rejected_aggregate = self._apply(dp_result.mean_delta)
         elif exchange.result is not None and contributors:
             mean = self.codec.decode_sum(exchange.result) / contributors
-            aggregate = mean[:d].astype(np.float32)
             train_loss = float(mean[d])
-            update_norm = self._apply(aggregate)
+            update_norm, rejected_aggregate = self._apply(mean[:d])
         return RoundResult(
             round=round,
             num_clients=contributors,
@@ -286,4 +366,5 @@ class FederatedServer:
             cohort=tuple(members),
             clip_norm=None if dp_result is None else dp_result.clip_norm,
             unclipped_fraction=None if dp_result is None else dp_result.unclipped_fraction,
+            aggregate_rejected=rejected_aggregate,
         )

@@ -4,12 +4,29 @@ Pure numpy over flat ``float32`` vectors. A strategy is a small object with
 ``aggregate`` (weighted mean of deltas), ``apply`` (server optimizer step) and
 ``state_arrays``/``load_state_arrays`` for checkpoints. New strategies are one
 :func:`register_strategy` call.
+
+Which hooks run under each privacy mode:
+
+============================  ======================  =====================
+mode                          ``aggregate``           ``apply``
+============================  ======================  =====================
+plain / record-level DP-SGD   every round             every round
+user-level DP (DP-FedAvg)     replaced by the noised  every round
+                              mean of clipped deltas
+secure aggregation (SecAgg+)  replaced by the mean    every round
+                              of the secure sum
+============================  ======================  =====================
+
+A strategy runs under the last two only if it declares ``aggregates_mean = True``
+(its ``aggregate`` is the weighted mean, so the replacement is faithful);
+otherwise the server refuses it with a ``ConfigError``
+(:func:`privfed.server.check_strategy_composes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +84,9 @@ class Strategy(Protocol):
 class FedAvg:
     """FedAvg (McMahan et al. 2017) with a server learning rate: ``x += lr * mean(delta)``."""
 
+    #: ``aggregate`` is the weighted mean, so DP-FedAvg's noised mean or a secure sum may stand in for it.
+    aggregates_mean: ClassVar[bool] = True
+
     def __init__(self, *, learning_rate: float = 1.0) -> None:
         self.learning_rate = learning_rate
 
@@ -122,9 +142,12 @@ _Factory = Callable[["ServerConfig"], Strategy]
 _STRATEGIES: Registry[_Factory] = Registry("strategy", error=ConfigError, field="server.strategy")
 
 
-def register_strategy(name: str, factory: _Factory) -> None:
-    """Register ``factory(server_config) -> Strategy`` under ``name`` (``server.strategy``)."""
-    _STRATEGIES.register(name, factory)
+def register_strategy(name: str, factory: _Factory, *, overwrite: bool = False) -> None:
+    """Register ``factory(server_config) -> Strategy`` under ``name`` (``server.strategy``).
+
+    ``overwrite=True`` replaces an existing registration (re-running a notebook cell).
+    """
+    _STRATEGIES.register(name, factory, overwrite=overwrite)
 
 
 def strategy_names() -> tuple[str, ...]:

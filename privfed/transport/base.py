@@ -65,5 +65,6 @@ class SecureTransport(Transport, Protocol):
         codec: Any,
         dropouts: Any,
         clip_norm: float | None = None,
+        count_bit: float = 0.5,
         on_client_done: Callable[[int], None] | None = None,
     ) -> SecureExchange: ...

@@ -95,12 +95,14 @@ class SimulationTransport:
         codec: FixedPointCodec,
         dropouts: DropoutPlan,
         clip_norm: float | None = None,
+        count_bit: float = 0.5,
         on_client_done: Callable[[int], None] | None = None,
     ) -> SecureExchange:
         """Train the cohort on the broadcast model, then run SecAgg+ over their encoded updates.
 
         Each client uploads ``encode([delta, train_loss])`` (with ``clip_norm``:
-        ``encode([clip(delta), train_loss, unclipped])``); a client whose
+        ``encode([clip(delta), train_loss, +-count_bit])``, the sign saying whether the
+        delta was within ``clip_norm``: the centred unclipped bit of adaptive clipping); a client whose
         update is not finite stays out of the protocol (counted as rejected).
         The cohort is the set of clients ``server`` was built for.
         """
@@ -115,7 +117,8 @@ class SimulationTransport:
                 upload = np.append(result.delta.astype(np.float64), result.train_loss)
             else:  # user-level DP: clip here, before masking; count unclipped
                 clipped, norm = clip_to_norm(result.delta, max_norm=clip_norm)
-                upload = np.concatenate([clipped.astype(np.float64), [result.train_loss, float(norm <= clip_norm)]])
+                bit = count_bit if norm <= clip_norm else -count_bit
+                upload = np.concatenate([clipped.astype(np.float64), [result.train_loss, bit]])
             if np.isfinite(upload).all():
                 values = codec.encode(upload, rng=generator(self.seed, "quantize", message.round, client_id))
                 clients[client_id] = SecAggClient(

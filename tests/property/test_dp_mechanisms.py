@@ -42,7 +42,7 @@ def test_noise_std_matches_z_times_c(source: object) -> None:
     """The DP-FedAvg sum noise has std z*C: chi-square confidence interval on the sample variance."""
     z, c, n = 1.3, 0.25, 40_000
     server = DPFedAvgServer(noise_multiplier=z, clip_norm=c, expected_clients=1.0, adaptive=None)
-    result = server.from_sums(clipped_sum=np.zeros(n), unclipped_count=0, noise=source)  # type: ignore[arg-type]
+    result = server.from_sums(clipped_sum=np.zeros(n), centred_count=0, noise=source)  # type: ignore[arg-type]
     sample = result.mean_delta.astype(np.float64)
     variance = float(np.var(sample, ddof=1))
     # 99.99% interval for the variance of n normal draws with std z*c.
