@@ -6,8 +6,10 @@
     privfed validate CONFIG.toml
     privfed models | datasets
 
-Errors privfed raises on purpose (bad config, missing package, corrupt
-checkpoint) print one line, ``privfed: error: ...``, and exit with status 2.
+Errors privfed raises on purpose (bad config, missing package, bad --out,
+corrupt or tampered checkpoint) print one line, ``privfed: error: ...``, and
+exit with status 2. ``privfed run`` exits with status 3 when the run finished
+but no round applied a client update (the adapter is untrained).
 """
 
 from __future__ import annotations
@@ -43,25 +45,42 @@ def _quiet_libraries() -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from privfed.config import load_config
+    from privfed.errors import CheckpointError
+    from privfed.experiments.run_dir import RunDirectory
     from privfed.experiments.runner import resume_experiment, run_experiment
 
-    _quiet_libraries()
-    if args.resume:
-        if args.config or args.out:
+    if args.resume is not None:
+        if args.config or args.out is not None:
             raise SystemExit("privfed: error: --resume takes the run directory alone (no CONFIG or --out)")
+        if not args.resume:
+            raise CheckpointError("--resume needs a run directory; got an empty path")
         out = Path(args.resume)
+        _quiet_libraries()
         summary = resume_experiment(out, quiet=args.quiet)
     else:
         if not args.config:
             raise SystemExit("privfed: error: run needs CONFIG.toml or --resume RUN_DIR")
+        if args.out == "":
+            raise CheckpointError("--out is an empty path; give a directory name (omit --out for runs/<config name>)")
+        out = Path(args.out) if args.out is not None else Path("runs") / Path(args.config).stem
+        RunDirectory(out).check_new()  # a bad --out fails in a second, not after the model loads
         config = load_config(args.config)
-        out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+        _quiet_libraries()
         summary = run_experiment(config, out, quiet=args.quiet)
     keys = ["final_eval_accuracy", "final_eval_loss", "final_eval_perplexity", "initial_eval_perplexity"]
-    keys += ["majority_class_rate", "rounds", "trainable_params", "bytes_up_total"]
+    keys += ["majority_class_rate", "rounds", "rounds_without_update", "trainable_params", "bytes_up_total"]
     shown = {k: summary[k] for k in keys if k in summary}
     print(f"run directory: {out}")
     print(json.dumps(shown, indent=2))
+    for warning in summary.get("warnings", []):
+        print(f"privfed: warning: {warning}", file=sys.stderr)
+    if summary.get("completed") and not summary.get("trained", True):
+        print(
+            f"privfed: error: the run finished but NO round applied a client update; the adapter in {out} "
+            "is untrained (see summary.json warnings)",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
@@ -136,6 +155,7 @@ def _cmd_attack_exposure(args: argparse.Namespace) -> int:
 
 def _cmd_attack_membership(args: argparse.Namespace) -> int:
     from attacks.membership import MembershipSettings, run_membership
+    from attacks.membership.shadow import membership_table
 
     _quiet_libraries()
     table, config = _split_config(args.config, "membership")
@@ -144,10 +164,7 @@ def _cmd_attack_membership(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-membership"
     print(f"membership directory: {out} ({len(variants)} variant(s) x {settings.num_models} federations)")
     records = run_membership(config, settings, out, quiet=args.quiet)
-    print("variant | eval accuracy | " + " | ".join(f"{a} AUC, TPR@0.1%" for a in ("loss", "lira_online", "rmia")))
-    for r in records:
-        cells = [f"{r[f'{a}_auc']:.3f}, {r[f'{a}_tpr_at_0.1pct_fpr']:.4f}" for a in ("loss", "lira_online", "rmia")]
-        print(f"{r['variant']} | {r['eval_accuracy_mean']:.3f} | " + " | ".join(cells))
+    print(membership_table(records), end="")  # n/a where an FPR is below 1/non-members
     return 0
 
 
@@ -163,7 +180,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         raise ConfigError(f"audit: {exc}") from None
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-audit"
     records = run_audit(config, settings, out, quiet=args.quiet)
-    keys = ["run", "epsilon", "epsilon_lower_bound_one_run", "epsilon_lower_bound_one_shot", "auc"]
+    keys = ["run", "epsilon", "epsilon_lower_bound_one_run", "epsilon_estimate_one_shot", "auc"]
     keys += ["tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "final_eval_accuracy"]
     print(f"audit directory: {out}")
     print(" | ".join(keys))

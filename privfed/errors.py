@@ -41,8 +41,14 @@ class ProtocolError(PrivfedError, ValueError):
     """A peer message is malformed, replayed, out of order or otherwise invalid."""
 
 
-class CheckpointError(PrivfedError, RuntimeError):
-    """A run directory or checkpoint is missing, corrupt or does not match."""
+class CheckpointError(PrivfedError, ValueError, RuntimeError):
+    """A run directory or checkpoint is missing, corrupt, tampered with or does not match its run.
+
+    Raised instead of resuming from anything that fails the checkpoint's
+    integrity digest or its schema (a resumed run must never reset or alter
+    privacy accounting). Also a ``ValueError`` (bad content); still a
+    ``RuntimeError`` as in earlier versions.
+    """
 
 
 class PrivacyBudgetExceeded(PrivfedError, RuntimeError):

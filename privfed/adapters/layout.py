@@ -117,18 +117,27 @@ class AdapterLayout:
             out[slot.offset : slot.offset + slot.size] = value.reshape(-1)
         return out
 
-    def check_vector(self, vector: npt.ArrayLike) -> FloatVector:
-        """``vector`` as ``float32[dim]``; raises ``ModelError`` on a wrong length or dtype kind."""
+    def check_vector(self, vector: npt.ArrayLike, *, finite: bool = True) -> FloatVector:
+        """``vector`` as ``float32[dim]``.
+
+        Raises:
+            ModelError: on a wrong length or dtype kind, or (``finite``, the default: a
+                model's weights, a checkpoint, a broadcast) any NaN or infinite value.
+        """
         arr = np.asarray(vector)
         if arr.ndim != 1 or arr.shape[0] != self.dim:
             raise ModelError(f"flat vector has shape {arr.shape}, layout needs ({self.dim},)")
         if not np.issubdtype(arr.dtype, np.floating):
             raise ModelError(f"flat vector has dtype {arr.dtype}, expected floating point")
-        return arr.astype(np.float32, copy=False)
+        out = arr.astype(np.float32, copy=False)
+        if finite and not np.isfinite(out).all():
+            bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+            raise ModelError(f"flat vector holds {bad} non-finite (NaN/inf) value(s) of {self.dim}")
+        return out
 
     def unflatten(self, vector: npt.ArrayLike) -> dict[str, FloatVector]:
-        """Split ``float32[dim]`` into named arrays (views into the vector)."""
-        flat = self.check_vector(vector)
+        """Split ``float32[dim]`` into named arrays (views into the vector); any float values (pure wire format)."""
+        flat = self.check_vector(vector, finite=False)
         return {s.name: flat[s.offset : s.offset + s.size].reshape(s.shape) for s in self.slots}
 
     # --- torch ----------------------------------------------------------------------
@@ -142,6 +151,7 @@ class AdapterLayout:
         import torch
 
         params = dict(model.named_parameters())
+        self.check_vector(vector)  # a model never gets NaN/inf weights
         with torch.no_grad():
             for name, value in self.unflatten(vector).items():
                 if name not in params:

@@ -22,7 +22,7 @@ from privfed.data.partition import PartitionInputs, partition, stratified_split
 from privfed.data.records import Dataset
 from privfed.data.registry import get_dataset_spec, load_dataset
 from privfed.data.tokenize import tokenize_texts
-from privfed.errors import CheckpointError, ConfigError, PrivacyBudgetExceeded
+from privfed.errors import CheckpointError, ConfigError, ModelError, PrivacyBudgetExceeded
 from privfed.evaluation import evaluate_vector
 from privfed.experiments.run_dir import Checkpoint, RunDirectory
 from privfed.models.registry import get_model_spec, load_base_model
@@ -33,7 +33,7 @@ from privfed.privacy.events import SampledGaussianEvent
 from privfed.privacy.ledger import PrivacyLedger
 from privfed.rng import derive_seed, generator, torch_rng
 from privfed.server.server import FederatedServer, RoundResult
-from privfed.server.strategies import Strategy, make_strategy
+from privfed.server.strategies import FedAdam, Strategy, make_strategy
 from privfed.tasks import Task, get_task
 from privfed.transport.base import Transport
 from privfed.transport.simulation import SimulationTransport
@@ -248,6 +248,31 @@ def _privacy_metrics(ledger: PrivacyLedger, plan: PrivacyPlan, result: RoundResu
     return out
 
 
+def _update_applied(result: RoundResult) -> bool:
+    """Whether any client's update reached the global adapter this round.
+
+    Not when every reply was rejected or dropped, secure aggregation aborted, or
+    the server refused a non-finite aggregate (under user-level DP the round's
+    noise may still have been applied: that is no client update).
+    """
+    return result.num_clients > 0 and result.aborted is None and result.aggregate_rejected is None
+
+
+def _no_update_warnings(records: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+    """Rounds in which no client update was applied, and the summary's warnings about them."""
+    rounds = [int(r["round"]) for r in records if not r.get("update_applied", True)]
+    if not rounds:
+        return rounds, []
+    if len(rounds) == len(records):
+        return rounds, [
+            f"NO round applied a client update (all {len(records)} rounds: every update rejected, "
+            "secure aggregation aborted or the aggregate refused): the adapter is not trained; "
+            "see rejected_updates / secagg_aborted / aggregate_rejected in metrics.jsonl"
+        ]
+    shown = ", ".join(str(r) for r in rounds[:10]) + (", ..." if len(rounds) > 10 else "")
+    return rounds, [f"{len(rounds)} of {len(records)} rounds applied no client update (rounds {shown})"]
+
+
 def _round_record(
     result: RoundResult, evaluation: dict[str, float] | None, privacy: dict[str, Any], timings: dict[str, float]
 ) -> dict[str, Any]:
@@ -263,6 +288,8 @@ def _round_record(
         "update_norm": result.update_norm,
         "dropped_clients": result.dropped_clients,
         "secagg_aborted": result.aborted,
+        "aggregate_rejected": result.aggregate_rejected,
+        "update_applied": _update_applied(result),
     }
     if evaluation is not None:
         record.update(evaluation)
@@ -313,6 +340,11 @@ def _summary(
     summary["user_noise_multiplier"] = plan.user_noise_multiplier
     summary["epsilon_user"] = ledger.epsilon_user() if plan.user_noise_multiplier is not None else None
     summary["epsilon_sample_max"] = ledger.epsilon_sample_max() if plan.sample_noise_multiplier is not None else None
+    no_update, warnings = _no_update_warnings(records)
+    summary["rounds_without_update"] = len(no_update)
+    summary["aggregate_rejected_rounds"] = sum(1 for r in records if r.get("aggregate_rejected"))
+    summary["trained"] = bool(records) and len(no_update) < len(records)
+    summary["warnings"] = warnings
     return summary
 
 
@@ -409,13 +441,30 @@ class _Privacy:
     ledger: PrivacyLedger
     user_dp: DPFedAvgServer | None
     trainer: ClientTrainer
+    server: FederatedServer
 
 
 def _prepare_privacy(exp: Experiment) -> _Privacy:
-    """Resolve noise multipliers, build the ledger, DP-FedAvg and the (DP-)trainer; raise ``ConfigError`` early."""
+    """Resolve noise multipliers, build the ledger, DP-FedAvg, the (DP-)trainer and the server.
+
+    Everything here that can fail does so before a run directory is written
+    (``ConfigError``), so a failed start leaves nothing that blocks a rerun.
+    """
     config = exp.config
     privacy = config.privacy
-    plan = resolve_privacy(exp)
+    try:
+        plan = resolve_privacy(exp)
+        _preflight_accounting(exp, plan)
+    except (OverflowError, ValueError, ZeroDivisionError, FloatingPointError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        p = privacy
+        raise ConfigError(
+            "privacy: the accountant cannot compute epsilon for this config (privacy.mode = "
+            f"{p.mode!r}, privacy.sample.noise_multiplier = {p.sample.noise_multiplier:g}, "
+            f"privacy.user.noise_multiplier = {p.user.noise_multiplier:g}): {type(exc).__name__}: {exc}; "
+            "choose a noise multiplier of a sensible size (about 0.3 to 100)"
+        ) from None
     ledger = PrivacyLedger(
         delta=privacy.delta,
         accountant=privacy.accountant,
@@ -460,7 +509,120 @@ def _prepare_privacy(exp: Experiment) -> _Privacy:
     )
     trainer = ClientTrainer(model=exp.model, layout=exp.layout, task=exp.task, config=config.client, dp=sample_dp)
     trainer.check_private_training(exp.client_data[0])
-    return _Privacy(plan=plan, ledger=ledger, user_dp=user_dp, trainer=trainer)
+    server = FederatedServer(
+        layout=exp.layout,
+        global_vector=exp.initial_vector,
+        strategy=make_strategy(config.server),
+        num_clients=config.partition.num_clients,
+        clients_per_round=config.server.clients_per_round,
+        seed=config.seed,
+        weighting=config.server.weighting,
+        secagg=config.secagg,
+        user_dp=user_dp,
+        secure_noise=privacy.secure_noise,
+    )
+    return _Privacy(plan=plan, ledger=ledger, user_dp=user_dp, trainer=trainer, server=server)
+
+
+def _preflight_accounting(exp: Experiment, plan: PrivacyPlan) -> None:
+    """Compute the epsilon a full run would spend, so that an accountant failure (e.g. an
+    overflow at ``noise_multiplier = 1e308``) happens before anything is written, not in round 1."""
+    config = exp.config
+    p = config.privacy
+    rounds = config.server.rounds
+    events = []
+    if plan.user_noise_multiplier is not None:
+        events.append(
+            SampledGaussianEvent(
+                noise_multiplier=plan.user_noise_multiplier,
+                sample_rate=plan.user_sample_rate,
+                steps=rounds,
+                scope="user",
+            )
+        )
+    if plan.sample_noise_multiplier is not None:
+        sizes = {len(d) for d in exp.client_data}
+        shapes = {(sampling_rate_for(config.client, n), local_steps(config.client, n)) for n in sizes}
+        events += [
+            SampledGaussianEvent(
+                noise_multiplier=plan.sample_noise_multiplier, sample_rate=q, steps=rounds * s, scope="sample"
+            )
+            for q, s in sorted(shapes)
+        ]
+    for event in events:
+        compute_epsilon([event], delta=p.delta, accountant=p.accountant)
+
+
+def _restore(
+    exp: Experiment, dp: _Privacy, run_dir: RunDirectory, checkpoint: Checkpoint, server: FederatedServer
+) -> None:
+    """Load ``checkpoint`` into ``server``, ``dp.ledger`` and ``dp.user_dp`` after checking it fits this run.
+
+    :meth:`RunDirectory.load_checkpoint` has verified the digest, the schema and
+    ``metrics.jsonl``; here the checkpoint must also match the built experiment:
+    the adapter layout, the privacy ledger (exactly the events of rounds
+    ``1..round``, recomputed from the config; never defaulted), the clip norm and
+    the server optimizer's state (float32[d] arrays, the keys the strategy keeps).
+
+    Raises:
+        CheckpointError: one line naming the first mismatch.
+    """
+    state, arrays, last = checkpoint.state, checkpoint.arrays, checkpoint.round
+    if state["layout_fingerprint"] != exp.layout.fingerprint():
+        raise CheckpointError("checkpoint was written for a different adapter layout")
+    try:
+        vector = exp.layout.check_vector(arrays["global"])
+    except ModelError as exc:
+        raise CheckpointError(f"checkpoint 'global' array: {exc}") from None
+
+    expected = [e for r in range(1, last + 1) for e in _planned_events(exp, dp.plan, server.cohort(r), r, dp.trainer)]
+    try:
+        found = [SampledGaussianEvent.from_json(raw) for raw in state["ledger"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint ledger holds an invalid event: {exc}") from None
+    if found != expected:
+        index = next((i for i, (a, b) in enumerate(zip(found, expected, strict=False)) if a != b), None)
+        where = f"first difference at event {index}" if index is not None else "one is a prefix of the other"
+        raise CheckpointError(
+            f"checkpoint ledger does not match the privacy events of rounds 1..{last}: {len(found)} events found, "
+            f"{len(expected)} expected ({where}); privacy accounting cannot be resumed from it"
+        )
+    dp.ledger.load_json(state["ledger"])
+
+    clip = state["user_clip_norm"]
+    if (dp.user_dp is None) != (clip is None):
+        want = "null (no user-level DP)" if dp.user_dp is None else "a number (user-level DP is on)"
+        raise CheckpointError(f"checkpoint user_clip_norm must be {want}; got {clip!r}")
+    if dp.user_dp is not None:
+        user = exp.config.privacy.user
+        if not user.adaptive_clipping and float(clip) != float(user.clip_norm):
+            raise CheckpointError(
+                f"checkpoint user_clip_norm {clip!r} differs from privacy.user.clip_norm = {user.clip_norm!r} "
+                "(clipping is not adaptive)"
+            )
+        dp.user_dp.clip_norm = float(clip)
+
+    saved = {k[len("strategy.") :]: v for k, v in arrays.items() if k.startswith("strategy.")}
+    dim = exp.layout.dim
+    for name, value in saved.items():
+        if value.shape != (dim,):
+            raise CheckpointError(
+                f"checkpoint array 'strategy.{name}' has shape {value.shape}; the server optimizer's state "
+                f"is per coordinate, ({dim},)"
+            )
+    try:
+        server.strategy.load_state_arrays(saved)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint server optimizer state is incomplete or invalid: {exc!r}") from None
+    kept = server.strategy.state_arrays()
+    if set(kept) != set(saved):
+        raise CheckpointError(
+            f"checkpoint server optimizer state holds {sorted(saved)}; "
+            f"{exp.config.server.strategy} keeps {sorted(kept)}"
+        )
+    if isinstance(server.strategy, FedAdam) and server.strategy.v is not None and (server.strategy.v < 0).any():
+        raise CheckpointError("checkpoint FedAdam second moment 'strategy.v' has negative values")
+    server.global_vector = vector.copy()
 
 
 def _execute(
@@ -474,11 +636,11 @@ def _execute(
     transport_hook: Callable[[Transport], Transport] | None = None,
 ) -> dict[str, Any]:
     config = exp.config
-    privacy = config.privacy
     plan, ledger, user_dp, trainer = dp.plan, dp.ledger, dp.user_dp, dp.trainer
-    strategy = make_strategy(config.server)
+    server = dp.server
+    strategy = server.strategy
     if checkpoint is None:
-        start_round, vector = 0, exp.initial_vector
+        start_round = 0
         state: dict[str, Any] = {
             "layout_fingerprint": exp.layout.fingerprint(),
             "config_sha256": run_dir.config_digest(),
@@ -486,33 +648,11 @@ def _execute(
         }
         run_dir.truncate_metrics(0)
     else:
+        _restore(exp, dp, run_dir, checkpoint, server)
         state = checkpoint.state
-        ledger.load_json(state.get("ledger", []))
-        if user_dp is not None and state.get("user_clip_norm") is not None:
-            user_dp.clip_norm = float(state["user_clip_norm"])
-        if state.get("layout_fingerprint") != exp.layout.fingerprint():
-            raise CheckpointError("checkpoint was written for a different adapter layout")
-        if state.get("config_sha256") != run_dir.config_digest():
-            raise CheckpointError(f"{RunDirectory.CONFIG} changed since the checkpoint was written")
         start_round = checkpoint.round
-        vector = exp.layout.check_vector(checkpoint.arrays["global"])
-        strategy.load_state_arrays(
-            {k[len("strategy.") :]: v for k, v in checkpoint.arrays.items() if k.startswith("strategy.")}
-        )
         run_dir.truncate_metrics(start_round)
 
-    server = FederatedServer(
-        layout=exp.layout,
-        global_vector=vector,
-        strategy=strategy,
-        num_clients=config.partition.num_clients,
-        clients_per_round=config.server.clients_per_round,
-        seed=config.seed,
-        weighting=config.server.weighting,
-        secagg=config.secagg,
-        user_dp=user_dp,
-        secure_noise=privacy.secure_noise,
-    )
     transport: Transport = SimulationTransport(trainer=trainer, client_data=exp.client_data, seed=config.seed)
     if transport_hook is not None:
         transport = transport_hook(transport)
