@@ -38,13 +38,30 @@ import numpy.typing as npt
 
 from attacks._tables import table_values
 from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_directions, one_shot_epsilon
-from attacks.metrics import membership_metrics, plot_roc
+from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
 from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
 from privfed.client import ExampleSet
 from privfed.experiments import Experiment, atomic_write_text, sweep_config
 from privfed.transport import RoundExchange, Transport
 
-__all__ = ["AuditSettings", "CanaryTransport", "audit_run", "plot_audit", "run_audit"]
+__all__ = [
+    "ONE_SHOT_KEY",
+    "AuditSettings",
+    "CanaryTransport",
+    "audit_run",
+    "audit_table",
+    "audit_verdict",
+    "plot_audit",
+    "read_audit_record",
+    "run_audit",
+]
+
+# The one-shot figure of Andrew et al. is an estimate (no confidence statement), not a bound. Result files
+# written before it was renamed call it ``epsilon_lower_bound_one_shot``; ``read_audit_record`` maps it.
+ONE_SHOT_KEY = "epsilon_estimate_one_shot"
+_OLD_ONE_SHOT_KEY = "epsilon_lower_bound_one_shot"
+# Score files next to the results: ``<run dir>/audit_scores.npz`` per run, ``audit_scores.npz`` for all runs.
+SCORES_FILE = "audit_scores.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +234,10 @@ def audit_run(
     final_scores = np.concatenate([scores[included], scores[~included], null_scores])
     mia = membership_metrics(all_scores, members).to_dict()
     final_mia = membership_metrics(final_scores, members).to_dict()
+    views: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]] = {
+        "whitebox": (all_scores, members),
+        "final_model": (final_scores, members),
+    }
     epsilon = summary.get("epsilon_user") if privacy_on else None
     record: dict[str, Any] = {
         "privacy_mode": config.privacy.mode,
@@ -225,12 +246,11 @@ def audit_run(
         "epsilon_lower_bound_one_run": one_run,
         "one_run_k": k,
         "epsilon_lower_bound_one_run_final_model": one_run_final,
-        "epsilon_lower_bound_one_shot": one_shot.epsilon,
+        ONE_SHOT_KEY: one_shot.epsilon,
         "one_shot_mu": one_shot.mu,
         **mia,
         "final_model_auc": final_mia["auc"],
-        "final_model_tpr_at_0.1pct_fpr": final_mia["tpr_at_0.1pct_fpr"],
-        "final_model_tpr_at_1pct_fpr": final_mia["tpr_at_1pct_fpr"],
+        **{f"final_model_{k}": v for k, v in final_mia.items() if k.startswith(("tpr_", "min_resolvable"))},
         "num_canaries": settings.num_canaries,
         "num_inserted": int(included.sum()),
         "mean_participations": float(np.mean(list(transport.participations.values()) or [0])),
@@ -251,10 +271,13 @@ def audit_run(
             f"in {out}; the accounting or the implementation is wrong",
             file=sys.stderr,
         )
-    record.update(
-        record_level_mia(probe, final, transport, max_examples=settings.max_record_examples, seed=config.seed)
+    record_mia, record_views = record_level_mia(
+        probe, final, transport, max_examples=settings.max_record_examples, seed=config.seed
     )
+    record.update(record_mia)
+    views.update(record_views)
     np.savez(out / "canary_scores.npz", scores=scores, included=included, null_scores=null_scores)
+    save_scores(out / SCORES_FILE, views)  # every AUC/TPR of the record recomputes from these
     curves = {"white-box (per round)": (all_scores, members), "final model cosine": (final_scores, members)}
     plot_roc(curves, out / "canary_roc.png", title=f"canaries, accountant eps={epsilon}")
     return record
@@ -307,7 +330,7 @@ def whitebox_scores(
 
 def record_level_mia(
     exp: Experiment, final: npt.NDArray[np.float32], transport: CanaryTransport, *, max_examples: int, seed: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]]]:
     """Black-box record membership against the final adapter.
 
     Members: training examples of real clients that took part in at least one
@@ -315,6 +338,7 @@ def record_level_mia(
     Scores: LOSS (Yeom et al. 2018) and the reference score against the
     initial adapter (for LoRA: the frozen base model plus the untrained head;
     Carlini et al. 2021 / Watson et al. 2022 difficulty calibration).
+    Returns the metrics and the ``record_loss`` / ``record_reference`` scores with their labels.
     """
     from attacks.membership import loss_score, per_example_log_likelihoods, reference_score
 
@@ -324,7 +348,7 @@ def record_level_mia(
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x31A]))
     participants = sorted(transport.real_participants)
     if not participants:
-        return {}
+        return {}, {}
     pool = [(c, i) for c in participants for i in range(len(exp.client_data[c]))]
     take = rng.choice(len(pool), size=min(max_examples, len(pool)), replace=False)
     members_by_client: dict[int, list[int]] = {}
@@ -341,22 +365,104 @@ def record_level_mia(
     labels = np.concatenate([np.ones(len(member_final), bool), np.zeros(len(held_final), bool)])
     losses_final = np.concatenate([member_final, held_final])
     losses_init = np.concatenate([member_init, held_init])
-    loss_metrics = membership_metrics(loss_score(losses_final), labels).to_dict()
-    ref_metrics = membership_metrics(reference_score(-losses_final, -losses_init), labels).to_dict()
-    return {
-        "record_loss_auc": loss_metrics["auc"],
-        "record_loss_tpr_at_0.1pct_fpr": loss_metrics["tpr_at_0.1pct_fpr"],
-        "record_loss_tpr_at_1pct_fpr": loss_metrics["tpr_at_1pct_fpr"],
-        "record_reference_auc": ref_metrics["auc"],
-        "record_reference_tpr_at_0.1pct_fpr": ref_metrics["tpr_at_0.1pct_fpr"],
-        "record_reference_tpr_at_1pct_fpr": ref_metrics["tpr_at_1pct_fpr"],
+    loss_scores = loss_score(losses_final)
+    ref_scores = reference_score(-losses_final, -losses_init)
+    out: dict[str, Any] = {}
+    for name, values in (("record_loss", loss_scores), ("record_reference", ref_scores)):
+        metrics = membership_metrics(values, labels).to_dict()
+        out |= {f"{name}_{k}": v for k, v in metrics.items() if k.startswith(("auc", "tpr_"))}
+    out |= {
         "record_num_members": int(labels.sum()),
         "record_num_nonmembers": int((~labels).sum()),
+        "record_min_resolvable_fpr": 1.0 / int((~labels).sum()),
     }
+    return out, {"record_loss": (loss_scores, labels), "record_reference": (ref_scores, labels)}
 
 
 def _label(epsilon: float) -> str:
     return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def read_audit_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An audit record as this version writes it, from a result file of any version.
+
+    Files written before the rename hold the one-shot estimate as ``epsilon_lower_bound_one_shot``; it is
+    moved to ``epsilon_estimate_one_shot`` (a file holding both keeps the new one).
+    """
+    has_new = ONE_SHOT_KEY in record
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key != _OLD_ONE_SHOT_KEY:
+            out[key] = value
+        elif not has_new:
+            out[ONE_SHOT_KEY] = value  # where the old key stood
+    return out
+
+
+def audit_verdict(record: Mapping[str, Any]) -> str:
+    """One line: the one-run empirical lower bound against the accountant's epsilon, ``OK`` or ``VIOLATED``.
+
+    ``OK`` when the bound is at most the accountant's epsilon (1e-9 slack for the bisection), ``VIOLATED``
+    otherwise; without an accountant (privacy off) there is nothing to violate and the line says so.
+    """
+    r = read_audit_record(record)
+    bound = float(r["epsilon_lower_bound_one_run"])
+    run = r.get("run", "?")
+    estimate = r.get(ONE_SHOT_KEY)
+    tail = "" if estimate is None else f" (one-shot estimate {float(estimate):.3f}, not a bound)"
+    if r.get("epsilon") is None:
+        return f"audit {run}: empirical lower bound {bound:.3f}, no accountant epsilon (privacy off): n/a{tail}"
+    eps = float(r["epsilon"])
+    verdict = "OK" if bound <= eps + 1e-9 else "VIOLATED"
+    sign = "<=" if verdict == "OK" else ">"
+    return f"audit {run}: empirical lower bound {bound:.3f} {sign} accountant epsilon {eps:.3f}: {verdict}{tail}"
+
+
+def audit_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of audit records (old files too); the one-shot column is labelled an estimate.
+
+    A TPR whose FPR is below ``1 / num_nonmembers`` shows as ``n/a``.
+    """
+    head = (
+        "| run | accountant ε | one-run lower bound ε (95%) | one-shot ε estimate (not a bound) | canary AUC "
+        "| TPR @ 0.1% FPR [95% CI] | TPR @ 1% FPR [95% CI] | accuracy |"
+    )
+    lines = [head, "|" + "---|" * 8]
+    for raw in records:
+        r = read_audit_record(raw)
+
+        def tpr(key: str, r: Mapping[str, Any] = r) -> str:
+            cell = format_tpr(r.get(key), num_nonmembers=r.get("num_nonmembers"))
+            ci = r.get(f"{key}_ci95")
+            return cell if ci is None else f"{cell} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+        eps = r.get("epsilon")
+        acc = r.get("final_eval_accuracy")
+        cells = [
+            str(r.get("run")),
+            "—" if eps is None else f"{float(eps):.2f}",
+            f"{float(r['epsilon_lower_bound_one_run']):.2f}",
+            f"{float(r[ONE_SHOT_KEY]):.2f}",
+            f"{float(r['auc']):.3f}",
+            tpr("tpr_at_0.1pct_fpr"),
+            tpr("tpr_at_1pct_fpr"),
+            "—" if acc is None else f"{100 * float(acc):.1f}%",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _collect_scores(out: Path, labels: Sequence[str]) -> None:
+    """``out/audit_scores.npz``: every run's views as ``<run>.<view>`` (runs without a score file are skipped)."""
+    from attacks.metrics import load_scores
+
+    views: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]] = {}
+    for label in labels:
+        path = out / f"eps-{label}" / SCORES_FILE
+        if path.exists():
+            views |= {f"{label}.{view}": pair for view, pair in load_scores(path).items()}
+    if views:
+        save_scores(out / SCORES_FILE, views)
 
 
 def run_audit(
@@ -371,7 +477,7 @@ def run_audit(
     results_path = out / "audit_results.json"
     done: dict[str, dict[str, Any]] = {}
     if results_path.exists():
-        done = {r["run"]: r for r in json.loads(results_path.read_text())}
+        done = {r["run"]: read_audit_record(r) for r in json.loads(results_path.read_text())}
     records: list[dict[str, Any]] = []
     for eps in settings.epsilons:
         label = _label(eps)
@@ -394,35 +500,46 @@ def run_audit(
         if not quiet:
             print(json.dumps(record))
     atomic_write_text(results_path, json.dumps(records, indent=1))  # drops records of epsilons no longer asked for
+    _collect_scores(out, [str(r["run"]) for r in records])
     plot_audit(records, out / "audit.png")
+    for record in records:
+        print(audit_verdict(record))
     return records
 
 
 def plot_audit(records: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Accountant ε next to the one-run and one-shot ε̂, and AUC / TPR@1%FPR, per audited run."""
+    """Accountant ε next to the one-run lower bound and the one-shot estimate, and AUC / TPR@FPR, per run.
+
+    A TPR that is not resolvable (``None``) is left out of its line.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = [read_audit_record(r) for r in records]
     labels = [str(r["run"]) for r in records]
     x = np.arange(len(records))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     acc = [r["epsilon"] if r["epsilon"] is not None else np.nan for r in records]
     ax.bar(x - 0.25, acc, 0.25, label="accountant ε")
-    ax.bar(x, [r["epsilon_lower_bound_one_run"] for r in records], 0.25, label="ε̂ one-run (95%)")
-    ax.bar(x + 0.25, [r["epsilon_lower_bound_one_shot"] for r in records], 0.25, label="ε̂ one-shot")
+    ax.bar(x, [r["epsilon_lower_bound_one_run"] for r in records], 0.25, label="one-run lower bound (95%)")
+    ax.bar(x + 0.25, [r[ONE_SHOT_KEY] for r in records], 0.25, label="one-shot estimate (not a bound)")
     ax.set_xticks(x, [f"target {lab}" for lab in labels])
     ax.set_ylabel("ε")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.legend(fontsize=7)
     bx.plot(x, [r["auc"] for r in records], "o-", label="AUC")
-    bx.plot(x, [r["tpr_at_1pct_fpr"] for r in records], "s-", label="TPR @ 1% FPR")
-    bx.plot(x, [r["tpr_at_0.1pct_fpr"] for r in records], "^-", label="TPR @ 0.1% FPR")
+
+    def tprs(key: str) -> list[float]:
+        return [np.nan if r.get(key) is None else float(r[key]) for r in records]
+
+    bx.plot(x, tprs("tpr_at_1pct_fpr"), "s-", label="TPR @ 1% FPR")
+    bx.plot(x, tprs("tpr_at_0.1pct_fpr"), "^-", label="TPR @ 0.1% FPR")
     bx.set_xticks(x, [f"target {lab}" for lab in labels])
     bx.set_ylim(0, 1.02)
     bx.legend(fontsize=7)
-    bx.set_title("canary membership (white-box, final adapter)")
+    bx.set_title("canary membership (white-box score over every round)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from attacks.metrics import save_scores
 from privfed import (
     ConfigError,
     Dataset,
@@ -133,7 +134,10 @@ def run_exposure(
 
     Writes ``out/exposure_results.json``: per secret its value, how many copies
     landed in training (the held-out split may take some), and its exposure
-    before and after training.
+    before and after training; and ``out/exposure_scores.npz`` (views ``before``
+    and ``after``: the log-perplexities of the secrets, label True, then of the
+    candidates, label False; :func:`attacks.metrics.save_scores`), from which
+    every exposure recomputes.
     """
     name, values = _canaried(config.data.name, settings, config.seed)
     cfg = replace_path(config, "data.name", name)
@@ -177,5 +181,13 @@ def run_exposure(
         "final_eval_perplexity": summary.get("final_eval_perplexity"),
         "secrets": results,
     }
+    views = {
+        stage: (
+            np.concatenate([secret_scores, candidate_scores]),
+            np.concatenate([np.ones(len(secret_scores), bool), np.zeros(len(candidate_scores), bool)]),
+        )
+        for stage, (secret_scores, candidate_scores) in scores.items()
+    }
+    save_scores(out / "exposure_scores.npz", views)
     atomic_write_text(out / "exposure_results.json", json.dumps(record, indent=1))
     return record

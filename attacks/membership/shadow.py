@@ -72,7 +72,7 @@ from attacks.membership.scores import (
     reference_score,
     rmia_scores,
 )
-from attacks.metrics import membership_metrics, plot_roc
+from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
 from privfed import ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
 from privfed.client import ExampleSet
 from privfed.config import replace_paths
@@ -90,6 +90,7 @@ __all__ = [
     "Variant",
     "balanced_keep",
     "keep_half",
+    "membership_table",
     "per_example_log_likelihoods",
     "run_membership",
     "run_variant",
@@ -101,6 +102,7 @@ ATTACKS = ("loss", "reference", "lira_offline", "lira_online", "rmia")
 VIEWS = ("final_model", "client_update")
 Unit = Literal["record", "client"]
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SCORES_FILE = "membership_scores.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -583,11 +585,12 @@ def run_variant(
     return record, scores, members
 
 
-def _markdown(records: Sequence[Mapping[str, Any]]) -> str:
-    head = "| variant | unit | view | trainable params | eval accuracy | " + " | ".join(
+def membership_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table, one row per variant and view; a TPR at an FPR below 1/non-members shows as ``n/a``."""
+    head = "| variant | unit | view | trainable params | eval accuracy | non-members | " + " | ".join(
         f"{a} AUC / TPR@0.1% / TPR@1%" for a in ATTACKS
     )
-    lines = [head + " |", "|" + "---|" * (5 + len(ATTACKS))]
+    lines = [head + " |", "|" + "---|" * (6 + len(ATTACKS))]
     for r in records:
         for view, prefix in zip(VIEWS, ("", "client_update_"), strict=True):
             if f"{prefix}loss_auc" not in r:
@@ -598,10 +601,11 @@ def _markdown(records: Sequence[Mapping[str, Any]]) -> str:
                 view,
                 f"{r['trainable_params']:,}",
                 f"{100 * r['eval_accuracy_mean']:.1f}% ± {100 * r['eval_accuracy_std']:.1f}",
+                str(r.get(f"{prefix}loss_num_nonmembers", "?")),
             ]
             for a in ATTACKS:
                 auc, low, one = (r[f"{prefix}{a}_{m}"] for m in ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr"))
-                cells.append(f"{auc:.3f} / {low:.4f} / {one:.3f}")
+                cells.append(f"{auc:.3f} / {format_tpr(low, digits=4)} / {format_tpr(one)}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -609,24 +613,35 @@ def _markdown(records: Sequence[Mapping[str, Any]]) -> str:
 def run_membership(
     config: ExperimentConfig, settings: MembershipSettings, out: Path, *, quiet: bool = True
 ) -> list[dict[str, Any]]:
-    """Run every variant into ``out/<variant>/``; writes ``membership_results.json``/``.md`` and ``membership.png``.
+    """Run every variant into ``out/<variant>/``; writes ``membership_results.json``/``.md``, ``membership.png``
+    and ``membership_scores.npz`` (``<variant>.<attack>`` and ``<variant>.client_update_<attack>`` views, see
+    :func:`attacks.metrics.save_scores`), from which every AUC/TPR of the results recomputes.
 
     ``membership.png``: the log-log ROC of online LiRA per variant, for the
     final model and, where recorded, one client's update.
     """
     out.mkdir(parents=True, exist_ok=True)
     records, curves = [], {}
+    all_views: dict[str, tuple[_F64, npt.NDArray[np.bool_]]] = {}
     for name, cfg in settings.resolved_variants(config):
         record, scores, members = run_variant(name, cfg, settings, out / name, quiet=quiet)
         records.append(record)
+        all_views |= {f"{name}.{a}": (v, members) for a, v in scores.items()}
         curves[f"{name} (acc {100 * record['eval_accuracy_mean']:.1f}%)"] = (scores["lira_online"], members)
         with np.load(out / name / "scores.npz") as saved:
+            for a in ATTACKS:
+                if f"client_update_{a}" in saved.files:
+                    all_views[f"{name}.client_update_{a}"] = (
+                        np.asarray(saved[f"client_update_{a}"]),
+                        np.asarray(saved["client_update_members"]),
+                    )
             if "client_update_lira_online" in saved.files:
                 curves[f"{name}, one client's update"] = (
                     saved["client_update_lira_online"],
                     saved["client_update_members"],
                 )
         atomic_write_text(out / "membership_results.json", json.dumps(records, indent=2) + "\n")
-    atomic_write_text(out / "membership_results.md", _markdown(records))
+    atomic_write_text(out / "membership_results.md", membership_table(records))
+    save_scores(out / SCORES_FILE, all_views)  # every AUC/TPR of membership_results.json recomputes from these
     plot_roc(curves, out / "membership.png", title="online LiRA, shadow federations")
     return records

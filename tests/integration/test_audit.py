@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attacks.audit.federated import AuditSettings, CanaryTransport, audit_run
+from attacks.audit.federated import (
+    AuditSettings,
+    CanaryTransport,
+    audit_run,
+    audit_table,
+    audit_verdict,
+    plot_audit,
+    read_audit_record,
+)
+from attacks.metrics import load_scores, membership_metrics
 from privfed import ClientUpdate, ConfigError, GlobalModel, dump_config
 from privfed.cli import main
 from privfed.transport import RoundExchange
@@ -58,10 +67,24 @@ def test_nonprivate_audit_finds_the_canaries(tmp_path: Path) -> None:
     assert record["tpr_at_1pct_fpr"] > 0.2
     assert record["epsilon_lower_bound_one_run"] > 0.5
     assert record["epsilon_lower_bound_one_run_final_model"] > 0.5
-    assert record["epsilon_lower_bound_one_shot"] > 1.0
+    assert record["epsilon_estimate_one_shot"] > 1.0  # an estimate (Andrew et al.), not a bound
+    assert "epsilon_lower_bound_one_shot" not in record
     # Record-level black-box MIA on the same final adapter: members are the participants' examples.
     assert record["record_num_members"] > 0 and record["record_num_nonmembers"] > 0
     assert 0.0 <= record["record_loss_auc"] <= 1.0 and 0.0 <= record["record_reference_auc"] <= 1.0
+    # Every AUC/TPR of the record recomputes exactly from the saved scores.
+    views = load_scores(tmp_path / "run" / "audit_scores.npz")
+    assert set(views) == {"whitebox", "final_model", "record_loss", "record_reference"}
+    for view, prefix in (("whitebox", ""), ("final_model", "final_model_"), ("record_loss", "record_loss_")):
+        recomputed = membership_metrics(*views[view]).to_dict()
+        for key in ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci95"):
+            if f"{prefix}{key}" in record:
+                assert record[f"{prefix}{key}"] == recomputed[key], (view, key)
+    # 1000+ non-members resolve 0.1% FPR; the record-level MIA's few held-out examples do not.
+    assert record["tpr_at_0.1pct_fpr"] is not None and record["tpr_at_0.1pct_fpr_ci95"] is not None
+    assert record["min_resolvable_fpr"] == 1 / record["num_nonmembers"]
+    if record["record_num_nonmembers"] < 1000:
+        assert record["record_loss_tpr_at_0.1pct_fpr"] is None
 
 
 def test_dp_audit_respects_the_accountant_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,10 +101,14 @@ def test_dp_audit_respects_the_accountant_and_cli(tmp_path: Path, capsys: pytest
     assert record["epsilon_lower_bound_one_run"] <= record["epsilon"]
     assert not record["bound_violated"]
     assert record["auc"] <= 0.6
-    for key in ("privacy_mode", "delta", "epsilon_lower_bound_one_shot", "tpr_at_0.1pct_fpr", "num_nonmembers"):
+    for key in ("privacy_mode", "delta", "epsilon_estimate_one_shot", "tpr_at_0.1pct_fpr", "num_nonmembers"):
         assert key in record
     assert (out / "audit.png").exists() and (out / "eps-1" / "canary_roc.png").exists()
-    assert "audit directory" in capsys.readouterr().out
+    assert set(load_scores(out / "audit_scores.npz")) >= {"1.whitebox", "1.final_model"}
+    printed = capsys.readouterr().out
+    assert "audit directory" in printed
+    assert f"accountant epsilon {record['epsilon']:.3f}: OK" in printed  # one verdict line per audit
+    assert printed.count(": OK") == 1
 
 
 def test_audit_settings_are_validated(tmp_path: Path) -> None:
@@ -189,3 +216,40 @@ def test_cli_rejects_bad_audit_and_exposure_tables(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert "audit:" in err and "exposure" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _old_record(**changes: object) -> dict[str, object]:
+    """An audit record as result files before the rename hold it (docs/audit_results.json, 2026-11-26)."""
+    record: dict[str, object] = {
+        "run": "8",
+        "epsilon": 7.96,
+        "epsilon_lower_bound_one_run": 1.07,
+        "epsilon_lower_bound_one_shot": 3.17,
+        "auc": 0.63,
+        "tpr_at_0.1pct_fpr": 0.02,
+        "tpr_at_1pct_fpr": 0.054,
+        "num_nonmembers": 2504,
+        "final_eval_accuracy": 0.333,
+    }
+    record.update(changes)
+    return record
+
+
+def test_old_result_files_are_read_under_the_new_one_shot_key(tmp_path: Path) -> None:
+    new = read_audit_record(_old_record())
+    assert new["epsilon_estimate_one_shot"] == 3.17 and "epsilon_lower_bound_one_shot" not in new
+    both = read_audit_record(_old_record(epsilon_estimate_one_shot=1.5))
+    assert both["epsilon_estimate_one_shot"] == 1.5
+    # Tables and plots built from an old file work and call the one-shot figure an estimate.
+    table = audit_table([_old_record(), _old_record(run="inf", epsilon=None, **{"tpr_at_0.1pct_fpr": None})])
+    assert "one-shot ε estimate (not a bound)" in table and "lower bound" in table
+    assert "| 8 | 7.96 | 1.07 | 3.17 |" in table and "n/a" in table
+    plot_audit([_old_record()], tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_audit_verdict_is_ok_or_violated() -> None:
+    assert audit_verdict(_old_record()).endswith("accountant epsilon 7.960: OK (one-shot estimate 3.170, not a bound)")
+    assert "> accountant epsilon 0.500: VIOLATED" in audit_verdict(_old_record(epsilon=0.5))
+    assert ": OK" in audit_verdict(_old_record(epsilon=1.07))  # equal is not a violation
+    assert "privacy off" in audit_verdict(_old_record(epsilon=None))

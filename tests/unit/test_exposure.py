@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from attacks.membership import SecretSharerSettings, exposure, run_exposure
+from attacks.metrics import load_scores
 from privfed import ConfigError, Dataset, dataset_names, load_dataset, register_dataset
 from privfed.data import DatasetSpec
 from tests.conftest import tiny_config
@@ -73,3 +74,10 @@ def test_repeated_secret_is_exposed_after_training(tmp_path: Path) -> None:
     assert many["exposure_before"] < 3.0
     assert many["exposure_after"] > record["max_exposure"] - 1.0  # measured: 0.67 -> 7.65 of 7.65 bits
     assert (tmp_path / "exposure_results.json").exists()
+    # The log-perplexities behind every exposure are saved and recompute it exactly.
+    views = load_scores(tmp_path / "exposure_scores.npz")
+    for stage in ("before", "after"):
+        values, is_secret = views[stage]
+        assert int(is_secret.sum()) == 2 and int((~is_secret).sum()) == 200
+        for j, secret in enumerate(record["secrets"]):
+            assert secret[f"exposure_{stage}"] == exposure(values[is_secret][j], values[~is_secret])
