@@ -6,12 +6,21 @@ Privacy-Preserving Machine Learning", CCS), restricted to the client's
 neighbours in the SecAgg+ graph (Bell et al. 2020, "Secure Single-Server
 Aggregation with (Poly)Logarithmic Overhead", CCS):
 
-1. ``SetupRequest``  -> ``AdvertiseKeys``  (two fresh X25519 key pairs)
+1. ``SetupRequest``  -> ``AdvertiseKeys``  (two fresh X25519 key pairs under an
+   Ed25519 verification key, signed together with a digest of the setup)
 2. ``KeyDirectory``  -> ``ShareKeys``      (Shamir shares of the self-mask seed
-   and of the mask private key, sealed with AES-GCM for each neighbour)
+   and of the mask private key, sealed with AES-GCM for each neighbour, and a
+   commitment to the seed; the neighbours' advertisements are verified first)
 3. ``ShareDelivery`` -> ``MaskedInput``    (input + self mask +- pairwise masks, mod 2**bits)
 4. ``UnmaskRequest`` -> ``UnmaskResponse`` (seed shares of survivors, key shares
-   of dropped clients; never both for the same client)
+   of dropped clients; never both for the same client, across any number of requests)
+
+Every reply is signed (Bonawitz et al.'s malicious-server variant, Sec. 6).
+The client refuses a threshold ``t`` with ``2 t <= holders`` (its neighbourhood
+including itself): a server could then ask two disjoint groups of ``t``
+holders for the two secrets of one client and unmask its input (Bonawitz et
+al. 2017, Sec. 6 / App. A: active security needs ``2t > n``; Bell et al. 2020
+apply the bound per SecAgg+ neighbourhood).
 
 A message that is malformed, for another client or round, or out of order
 raises :class:`~privfed.errors.ProtocolError` and leaves the client unchanged.
@@ -19,8 +28,13 @@ raises :class:`~privfed.errors.ProtocolError` and leaves the client unchanged.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import TypeVar
+
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privfed.errors import ProtocolError
@@ -34,9 +48,20 @@ from privfed.secagg.crypto import (
     mask_dtype,
     private_key,
     public_key,
+    sign,
+    signing_key,
     system_random,
+    verification_key,
+    verify,
 )
-from privfed.secagg.keys import pairwise_mask_key, self_mask_key, share_aad, share_encryption_key
+from privfed.secagg.keys import (
+    pairwise_mask_key,
+    seed_commitment,
+    self_mask_key,
+    setup_digest,
+    share_aad,
+    share_encryption_key,
+)
 from privfed.secagg.messages import (
     AdvertiseKeys,
     KeyDirectory,
@@ -45,6 +70,7 @@ from privfed.secagg.messages import (
     SetupRequest,
     ShareDelivery,
     ShareKeys,
+    SignedMessage,
     UnmaskRequest,
     UnmaskResponse,
     decode,
@@ -53,6 +79,22 @@ from privfed.secagg.messages import (
 __all__ = ["SecAggClient"]
 
 _SHARE_PLAINTEXT = 8 + 2 * shamir.SHARE_BYTES
+_S = TypeVar("_S", bound=SignedMessage)
+
+
+def check_threshold(threshold: int, *, holders: int) -> None:
+    """``ProtocolError`` unless ``holders / 2 < threshold <= holders``.
+
+    With ``2 t <= holders`` two disjoint groups of ``t`` holders exist; a server
+    that tells one group a client survived and the other that it dropped gets
+    both its self-mask seed and its mask key (Bonawitz et al. 2017, App. A;
+    Bell et al. 2020 per neighbourhood).
+    """
+    if not 1 <= threshold <= holders or 2 * threshold <= holders:
+        raise ProtocolError(
+            f"threshold {threshold} must exceed half of the {holders} share holders and be at most {holders} "
+            f"(allowed: {holders // 2 + 1}..{holders})"
+        )
 
 
 class SecAggClient:
@@ -64,6 +106,15 @@ class SecAggClient:
         values: the client's input, residues modulo ``2**bits`` in the
             matching word type (``mask_dtype(bits)``), already encoded.
         random: cryptographic randomness (keys, seeds, Shamir coefficients, nonces).
+        signing_key: 32-byte Ed25519 private key this client signs with; ``None``
+            draws a fresh one for the round. A deployment that pins keys passes
+            the client's long-term key here and its public key to the server and
+            to the peers' ``trusted_keys``.
+        trusted_keys: optional ``{client id: Ed25519 public key}``: a neighbour
+            whose advertisement is not signed by its pinned key is refused.
+            Without it a signature proves only that a message was not altered
+            after its sender signed it, not who the sender is (the server could
+            substitute a whole key set: the PKI assumption of Bonawitz et al.).
     """
 
     def __init__(
@@ -73,11 +124,18 @@ class SecAggClient:
         round: int,
         values: npt.NDArray[np.unsignedinteger],
         random: RandomSource = system_random,
+        signing_key: bytes | None = None,
+        trusted_keys: Mapping[int, bytes] | None = None,
     ) -> None:
+        if signing_key is not None and len(signing_key) != KEY_BYTES:
+            raise ValueError(f"signing_key must be {KEY_BYTES} bytes; got {len(signing_key)}")
         self.client_id = client_id
         self.round = round
         self.values = values
         self.random = random
+        self.trusted_keys = None if trusted_keys is None else dict(trusted_keys)
+        self._long_term_signing_key = signing_key
+        self._signing_key: Ed25519PrivateKey | None = None
         self.stage = "setup"
         self.setup: SetupRequest | None = None
         self._enc_private = b""
@@ -85,11 +143,14 @@ class SecAggClient:
         self._enc_key: X25519PrivateKey | None = None
         self._mask_key: X25519PrivateKey | None = None
         self._seed = b""
-        self._directory: dict[int, tuple[bytes, bytes]] = {}
+        self._directory: dict[int, AdvertiseKeys] = {}
         self._share_keys: dict[int, bytes] = {}
         self._held_seed_shares: dict[int, bytes] = {}
         self._held_key_shares: dict[int, bytes] = {}
         self._masked_with: tuple[int, ...] = ()
+        # Whose secret this client has revealed, and which one ("seed" or "key"):
+        # the two are never revealed for the same owner, whatever the requests.
+        self.revealed: dict[int, str] = {}
 
     # -----------------------------------------------------------------------------------
     def step(self, data: bytes) -> bytes:
@@ -125,8 +186,7 @@ class SecAggClient:
         holders = len(message.neighbours) + 1
         if self.client_id in message.neighbours:
             raise ProtocolError("a client cannot be its own neighbour")
-        if not 1 <= message.threshold <= holders:
-            raise ProtocolError(f"threshold {message.threshold} impossible with {holders} share holders")
+        check_threshold(message.threshold, holders=holders)
         dtype = mask_dtype(message.bits)
         if self.values.dtype != dtype or self.values.shape != (message.dim,):
             have = f"{self.values.shape} {self.values.dtype}"
@@ -135,20 +195,45 @@ class SecAggClient:
         if message.bits < word_bits and self.values.size and int(self.values.max()) >> message.bits:
             raise ProtocolError(f"client input has values outside [0, 2**{message.bits})")
         enc_private, mask_private = self.random(KEY_BYTES), self.random(KEY_BYTES)
+        signer = signing_key(self._long_term_signing_key or self.random(KEY_BYTES))
         self.setup, self._enc_private, self._mask_private = message, enc_private, mask_private
         self._enc_key, self._mask_key = private_key(enc_private), private_key(mask_private)
+        self._signing_key = signer
         self.stage = "keys"
-        return AdvertiseKeys(self.round, self.client_id, public_key(enc_private), public_key(mask_private))
+        return self._sign(
+            AdvertiseKeys(
+                self.round,
+                self.client_id,
+                public_key(enc_private),
+                public_key(mask_private),
+                verification_key(signer),
+                setup_digest(message.to_bytes()),
+                b"",
+            )
+        )
+
+    def _sign(self, message: _S) -> _S:
+        setup = self._require_setup()
+        if self._signing_key is None:  # pragma: no cover - guarded by the stage machine
+            raise ProtocolError("client keys are not set up")
+        return dataclasses.replace(message, signature=sign(self._signing_key, message.transcript(setup.session)))  # type: ignore[call-arg]
+
+    def _check_advertisement(self, entry: AdvertiseKeys, session: bytes) -> None:
+        if self.trusted_keys is not None and self.trusted_keys.get(entry.client_id) != entry.verify_key:
+            raise ProtocolError(f"client {entry.client_id}'s verification key is not the pinned one")
+        verify(entry.verify_key, entry.signature, entry.transcript(session), what=f"client {entry.client_id}'s keys")
 
     def _on_directory(self, message: KeyDirectory) -> ShareKeys:
         setup = self._require_setup()
-        directory = {cid: (enc, mask) for cid, enc, mask in message.entries}
+        directory = {entry.client_id: entry for entry in message.entries}
         if not set(directory) <= set(setup.neighbours):
             raise ProtocolError("key directory lists clients that are not this client's neighbours")
         if len(directory) + 1 < setup.threshold:
             raise ProtocolError(
                 f"only {len(directory)} neighbours advertised keys; threshold {setup.threshold} cannot be met"
             )
+        for entry in message.entries:
+            self._check_advertisement(entry, setup.session)
         seed = self.random(KEY_BYTES)
         holders = sorted([self.client_id, *directory])
         xs = [cid + 1 for cid in holders]
@@ -157,7 +242,11 @@ class SecAggClient:
         sealed = []
         share_keys = {
             cid: share_encryption_key(
-                self._require_key(self._enc_key), directory[cid][0], session=setup.session, a=self.client_id, b=cid
+                self._require_key(self._enc_key),
+                directory[cid].encryption_key,
+                session=setup.session,
+                a=self.client_id,
+                b=cid,
             )
             for cid in directory
         }
@@ -179,7 +268,8 @@ class SecAggClient:
         self._held_seed_shares = {self.client_id: seed_shares[self.client_id + 1]}
         self._held_key_shares = {self.client_id: key_shares[self.client_id + 1]}
         self.stage = "shares"
-        return ShareKeys(self.round, self.client_id, tuple(sealed))
+        commitment = seed_commitment(seed, session=setup.session, client_id=self.client_id)
+        return self._sign(ShareKeys(self.round, self.client_id, tuple(sealed), commitment, b""))
 
     def _on_delivery(self, message: ShareDelivery) -> MaskedInput:
         setup = self._require_setup()
@@ -206,7 +296,7 @@ class SecAggClient:
         for peer in partners:
             key = pairwise_mask_key(
                 self._require_key(self._mask_key),
-                self._directory[peer][1],
+                self._directory[peer].mask_key,
                 session=setup.session,
                 a=self.client_id,
                 b=peer,
@@ -219,13 +309,14 @@ class SecAggClient:
         self._held_key_shares.update(key_shares)
         self._masked_with = partners
         self.stage = "unmask"
-        return MaskedInput(self.round, self.client_id, accumulator.reduced())
+        return self._sign(MaskedInput(self.round, self.client_id, accumulator.reduced(), b""))
 
     def _on_unmask(self, message: UnmaskRequest) -> UnmaskResponse:
         setup = self._require_setup()
         survivors, dropped = set(message.survivors), set(message.dropped)
         # The core safety check of Bonawitz et al.: never reveal both the self-mask
-        # seed and the mask key of one client, or its input would be unmasked.
+        # seed and the mask key of one client, or its input would be unmasked. The
+        # record in ``revealed`` keeps this true across repeated or split requests.
         if survivors & dropped:
             raise ProtocolError("unmask request names a client as both survivor and dropped")
         if not survivors <= set(self._held_seed_shares) or not dropped <= set(self._held_key_shares):
@@ -234,12 +325,22 @@ class SecAggClient:
             raise ProtocolError("a responding client cannot be dropped")
         if len(survivors) < setup.threshold:
             raise ProtocolError(f"only {len(survivors)} survivors; threshold is {setup.threshold}")
-        self.stage = "done"
-        return UnmaskResponse(
-            self.round,
-            self.client_id,
-            tuple((cid, self._held_seed_shares[cid]) for cid in sorted(survivors)),
-            tuple((cid, self._held_key_shares[cid]) for cid in sorted(dropped)),
+        flipped = sorted(
+            [c for c in survivors if self.revealed.get(c) == "key"]
+            + [c for c in dropped if self.revealed.get(c) == "seed"]
+        )
+        if flipped:
+            raise ProtocolError(f"unmask request asks for the other secret of clients {flipped} already revealed")
+        self.revealed.update(dict.fromkeys(survivors, "seed"))
+        self.revealed.update(dict.fromkeys(dropped, "key"))
+        return self._sign(
+            UnmaskResponse(
+                self.round,
+                self.client_id,
+                tuple((cid, self._held_seed_shares[cid]) for cid in sorted(survivors)),
+                tuple((cid, self._held_key_shares[cid]) for cid in sorted(dropped)),
+                b"",
+            )
         )
 
     @staticmethod

@@ -5,6 +5,9 @@
 * AES-128-CTR keystream as the mask PRG: a 128-bit key from HKDF carries its
   full entropy into the keystream (Flower's SecAgg+ folds seeds to 32 bits; a
   32-bit seed can be brute-forced from one masked vector).
+* Ed25519 signatures authenticate every client message (the malicious-server
+  variant of Bonawitz et al. 2017, Sec. 6): a signing key per client and round
+  (or a long-term key pinned by the deployment).
 * Randomness is injected as a ``RandomSource`` (``n -> n bytes``): the OS
   CSPRNG by default, or :class:`KeyedRandom` (AES-CTR DRBG keyed by the
   caller) when a run must be replayable bit for bit.
@@ -17,8 +20,9 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,6 +32,8 @@ from privfed.errors import ProtocolError
 
 __all__ = [
     "KEY_BYTES",
+    "SIGNATURE_BYTES",
+    "VERIFY_KEY_BYTES",
     "KeyedRandom",
     "MaskAccumulator",
     "RandomSource",
@@ -39,12 +45,18 @@ __all__ = [
     "prg_words",
     "private_key",
     "public_key",
+    "sign",
+    "signing_key",
     "system_random",
+    "verification_key",
+    "verify",
 ]
 
 RandomSource = Callable[[int], bytes]
 KEY_BYTES = 32
 _NONCE_BYTES = 12
+SIGNATURE_BYTES = 64
+VERIFY_KEY_BYTES = 32
 
 
 def system_random(n: int) -> bytes:
@@ -85,6 +97,29 @@ def agree(private: bytes | X25519PrivateKey, peer_public: bytes) -> bytes:
         return key.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:  # wrong length or a low-order point
         raise ProtocolError(f"invalid X25519 public key: {exc}") from None
+
+
+def signing_key(private: bytes) -> Ed25519PrivateKey:
+    """Ed25519 signing key from 32 secret bytes (draw them from a :data:`RandomSource`)."""
+    return Ed25519PrivateKey.from_private_bytes(private)
+
+
+def verification_key(key: Ed25519PrivateKey) -> bytes:
+    """The raw 32-byte Ed25519 public key of ``key``."""
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) of ``message``."""
+    return key.sign(message)
+
+
+def verify(public: bytes, signature: bytes, message: bytes, *, what: str) -> None:
+    """Check an Ed25519 signature; ``ProtocolError`` naming ``what`` if it does not verify."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise ProtocolError(f"signature on {what} does not verify") from None
 
 
 def hkdf(secret: bytes, *, info: bytes, length: int = 16, salt: bytes | None = None) -> bytes:

@@ -1,13 +1,15 @@
 """Run one secure-aggregation round in-process, moving bytes between the state machines.
 
 Used by the simulation transport, the tests and the benchmarks. A
-:class:`DropoutPlan` says which clients go silent before each stage.
+:class:`DropoutPlan` says which clients go silent before each stage. A
+``tamper`` hook sees (and may alter) every message on the wire, for fault
+injection and adversarial tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -16,9 +18,13 @@ from privfed.errors import ProtocolError
 from privfed.secagg.client import SecAggClient
 from privfed.secagg.server import SecAggServer
 
-__all__ = ["DropoutPlan", "SecAggOutcome", "Traffic", "run_secagg_round"]
+__all__ = ["DropoutPlan", "SecAggOutcome", "Tamper", "Traffic", "run_secagg_round"]
 
 STAGES = ("advertise", "share", "collect", "unmask")
+
+Tamper = Callable[[str, str, int, bytes], bytes]
+"""``(stage, direction, client id, message) -> message`` with direction ``"down"``
+(server to client) or ``"up"`` (client to server)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +63,12 @@ class Traffic:
 
 @dataclasses.dataclass(frozen=True)
 class SecAggOutcome:
-    """Result of a round: the modular sum and who is in it, plus traffic."""
+    """Result of a round: the modular sum and who is in it, plus traffic.
+
+    ``refused``: clients that stopped because a server message was unsafe or
+    invalid; ``rejected``: clients whose message the server refused (bad
+    signature, malformed); both count as dropouts.
+    """
 
     result: npt.NDArray[np.unsignedinteger]
     contributors: tuple[int, ...]
@@ -65,6 +76,7 @@ class SecAggOutcome:
     bytes_up: int
     bytes_down: int
     bytes_up_by_client: dict[int, int]
+    rejected: tuple[int, ...] = ()
 
 
 def run_secagg_round(
@@ -73,21 +85,30 @@ def run_secagg_round(
     *,
     dropouts: DropoutPlan | None = None,
     traffic: Traffic | None = None,
+    tamper: Tamper | None = None,
 ) -> SecAggOutcome:
     """Drive ``server`` and ``clients`` through the four stages.
 
+    A client whose reply the server rejects (``ProtocolError`` from
+    :meth:`SecAggServer.receive`: forged, altered, malformed) is a dropout from
+    then on, as in Bonawitz et al.: the server ignores invalid messages.
+
     Raises:
-        SecAggAborted: when dropouts leave too few clients or shares.
+        SecAggAborted: when dropouts leave too few clients, or a secret cannot
+            be rebuilt and verified.
     """
     plan = dropouts or DropoutPlan()
     traffic = traffic if traffic is not None else Traffic()
     up: dict[int, int] = dict.fromkeys(clients, 0)
     down = 0
     refused: set[int] = set()
+    rejected: set[int] = set()
     outbox = server.start()
     for stage in STAGES:
-        gone = plan.dropped_by(stage) | refused
+        gone = plan.dropped_by(stage) | refused | rejected
         for cid, message in outbox.items():
+            if tamper is not None:
+                message = tamper(stage, "down", cid, message)
             down += len(message)
             traffic.down += len(message)
             if cid in gone:
@@ -96,12 +117,17 @@ def run_secagg_round(
                 reply = clients[cid].step(message)
             except ProtocolError:
                 # A client that finds the round unsafe (too few neighbours, a request
-                # to reveal both secrets of a peer) stops answering: a dropout.
+                # to reveal both secrets of a peer, a forged key) stops answering: a dropout.
                 refused.add(cid)
                 continue
+            if tamper is not None:
+                reply = tamper(stage, "up", cid, reply)
             up[cid] += len(reply)
             traffic.up += len(reply)
-            server.receive(reply)
+            try:
+                server.receive(reply)
+            except ProtocolError:
+                rejected.add(cid)
         outbox = server.finish_stage()
     assert server.result is not None
     return SecAggOutcome(
@@ -111,4 +137,5 @@ def run_secagg_round(
         bytes_up=sum(up.values()),
         bytes_down=down,
         bytes_up_by_client=up,
+        rejected=tuple(sorted(rejected)),
     )

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privfed.secagg.crypto import agree, hkdf
 
-__all__ = ["pairwise_mask_key", "self_mask_key", "share_aad", "share_encryption_key"]
+__all__ = [
+    "pairwise_mask_key",
+    "seed_commitment",
+    "self_mask_key",
+    "setup_digest",
+    "share_aad",
+    "share_encryption_key",
+]
 
 
 def _context(session: bytes, label: bytes, *ids: int) -> bytes:
@@ -39,3 +47,14 @@ def pairwise_mask_key(
 def self_mask_key(seed: bytes, *, session: bytes, client_id: int) -> bytes:
     """128-bit AES-CTR key of client ``client_id``'s self mask, from its 32-byte seed."""
     return hkdf(seed, info=_context(session, b"self-mask", client_id), length=16)
+
+
+def seed_commitment(seed: bytes, *, session: bytes, client_id: int) -> bytes:
+    """SHA-256 commitment to a self-mask seed (hiding: the seed is 32 uniform bytes; binding:
+    collision resistance). The server checks a reconstructed seed against it."""
+    return hashlib.sha256(_context(session, b"seed-commitment", client_id) + seed).digest()
+
+
+def setup_digest(setup_request: bytes) -> bytes:
+    """SHA-256 of a ``SetupRequest``'s bytes, which the client signs in its key advertisement."""
+    return hashlib.sha256(b"privfed-secagg/v1/setup/" + setup_request).digest()

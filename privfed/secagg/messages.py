@@ -5,6 +5,14 @@ little-endian integers, length-prefixed byte strings and typed arrays. Every
 decode checks lengths, tags and value ranges and raises
 :class:`~privfed.errors.ProtocolError` on anything malformed, truncated or
 with trailing bytes.
+
+Client messages (:class:`AdvertiseKeys`, :class:`ShareKeys`,
+:class:`MaskedInput`, :class:`UnmaskResponse`) end in a 64-byte Ed25519
+signature over :meth:`SignedMessage.transcript`: a domain label, the round's
+session, and every other byte of the message (tag = stage, round, sender id,
+fields). Server messages are not signed; clients check what they can (peers'
+signed key advertisements, AES-GCM on shares) and the server cannot make a
+client reveal anything a threshold-respecting client would not.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ __all__ = [
     "SetupRequest",
     "ShareDelivery",
     "ShareKeys",
+    "SignedMessage",
     "UnmaskRequest",
     "UnmaskResponse",
     "decode",
@@ -33,6 +42,8 @@ __all__ = [
 
 _MAX_ITEMS = 1 << 20
 _MAX_BLOB = 1 << 16
+_SIGNATURE_BYTES = 64
+_TRANSCRIPT_LABEL = b"privfed-secagg/v1/signed-message/"
 
 
 class _Reader:
@@ -128,6 +139,28 @@ class SecAggMessage:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class SignedMessage(SecAggMessage):
+    """A client message whose last field is an Ed25519 signature over everything before it."""
+
+    def _fields(self) -> bytes:
+        raise NotImplementedError
+
+    @property
+    def signature_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    def _body(self) -> bytes:
+        if len(self.signature_bytes) != _SIGNATURE_BYTES:
+            raise ProtocolError(f"signature must be {_SIGNATURE_BYTES} bytes")
+        return self._fields() + self.signature_bytes
+
+    def transcript(self, session: bytes) -> bytes:
+        """The bytes the signature covers: label, session, header (stage, round, sender), fields."""
+        header = struct.pack("<BII", self.TAG, self.round, self.client_id)
+        return _TRANSCRIPT_LABEL + bytes(session) + header + self._fields()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class SetupRequest(SecAggMessage):
     """Server -> client: round parameters and the client's neighbours (SecAgg+ graph)."""
 
@@ -150,55 +183,76 @@ class SetupRequest(SecAggMessage):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class AdvertiseKeys(SecAggMessage):
-    """Client -> server: X25519 public keys for share encryption and for pairwise masks."""
+class AdvertiseKeys(SignedMessage):
+    """Client -> server: X25519 public keys (share encryption, pairwise masks) under an Ed25519 key.
+
+    ``setup_digest`` is SHA-256 of the :class:`SetupRequest` the client
+    answered, so the server sees whether the client got the parameters it sent.
+    """
 
     TAG: ClassVar[int] = 2
     encryption_key: bytes
     mask_key: bytes
+    verify_key: bytes
+    setup_digest: bytes
+    signature: bytes
 
-    def _body(self) -> bytes:
-        return struct.pack("<32s32s", self.encryption_key, self.mask_key)
+    def _fields(self) -> bytes:
+        return struct.pack("<32s32s32s32s", self.encryption_key, self.mask_key, self.verify_key, self.setup_digest)
+
+    @property
+    def signature_bytes(self) -> bytes:
+        return self.signature
 
     @classmethod
     def _parse(cls, r: _Reader, round: int, client_id: int) -> AdvertiseKeys:
-        enc, mask = r.unpack("32s32s")
-        return cls(round, client_id, enc, mask)
+        enc, mask, verify, digest = r.unpack("32s32s32s32s")
+        return cls(round, client_id, enc, mask, verify, digest, r.take(_SIGNATURE_BYTES))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class KeyDirectory(SecAggMessage):
-    """Server -> client: public keys of the client's neighbours that advertised."""
+    """Server -> client: the signed key advertisements of the client's neighbours, as received."""
 
     TAG: ClassVar[int] = 3
-    entries: tuple[tuple[int, bytes, bytes], ...]
+    entries: tuple[AdvertiseKeys, ...]
 
     def _body(self) -> bytes:
-        return struct.pack("<I", len(self.entries)) + b"".join(
-            struct.pack("<I32s32s", cid, enc, mask) for cid, enc, mask in self.entries
-        )
+        return _pairs(tuple((entry.client_id, entry.to_bytes()) for entry in self.entries))
 
     @classmethod
     def _parse(cls, r: _Reader, round: int, client_id: int) -> KeyDirectory:
-        entries = tuple((int(c), e, m) for c, e, m in (r.unpack("I32s32s") for _ in range(r.count())))
-        if len({c for c, _, _ in entries}) != len(entries):
-            raise ProtocolError("duplicate client id in the key directory")
-        return cls(round, client_id, entries)
+        entries = []
+        for cid, blob in _read_pairs(r):
+            entry = AdvertiseKeys.from_bytes(blob)
+            if entry.client_id != cid or entry.round != round:
+                raise ProtocolError("key directory entry names another client or round")
+            entries.append(entry)
+        return cls(round, client_id, tuple(entries))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ShareKeys(SecAggMessage):
-    """Client -> server: AES-GCM encrypted Shamir shares, one per neighbour (``(destination, sealed)``)."""
+class ShareKeys(SignedMessage):
+    """Client -> server: AES-GCM encrypted Shamir shares, one per neighbour (``(destination, sealed)``),
+    and a hash commitment to the self-mask seed that the server checks after reconstruction."""
 
     TAG: ClassVar[int] = 4
     ciphertexts: tuple[tuple[int, bytes], ...]
+    seed_commitment: bytes
+    signature: bytes
 
-    def _body(self) -> bytes:
-        return _pairs(self.ciphertexts)
+    def _fields(self) -> bytes:
+        return _pairs(self.ciphertexts) + struct.pack("<32s", self.seed_commitment)
+
+    @property
+    def signature_bytes(self) -> bytes:
+        return self.signature
 
     @classmethod
     def _parse(cls, r: _Reader, round: int, client_id: int) -> ShareKeys:
-        return cls(round, client_id, _read_pairs(r))
+        ciphertexts = _read_pairs(r)
+        (commitment,) = r.unpack("32s")
+        return cls(round, client_id, ciphertexts, commitment, r.take(_SIGNATURE_BYTES))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -217,18 +271,23 @@ class ShareDelivery(SecAggMessage):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class MaskedInput(SecAggMessage):
+class MaskedInput(SignedMessage):
     """Client -> server: the masked vector, residues modulo ``2**bits`` (uint32 or uint64)."""
 
     TAG: ClassVar[int] = 6
     masked: npt.NDArray[np.unsignedinteger]
+    signature: bytes
 
-    def _body(self) -> bytes:
+    def _fields(self) -> bytes:
         width = self.masked.dtype.itemsize
         if self.masked.dtype not in (np.uint32, np.uint64):
             raise ProtocolError("masked vector must be uint32 or uint64")
         data = np.ascontiguousarray(self.masked, dtype=self.masked.dtype.newbyteorder("<")).tobytes()
         return struct.pack("<BQ", width, self.masked.size) + data
+
+    @property
+    def signature_bytes(self) -> bytes:
+        return self.signature
 
     @classmethod
     def _parse(cls, r: _Reader, round: int, client_id: int) -> MaskedInput:
@@ -239,7 +298,7 @@ class MaskedInput(SecAggMessage):
             raise ProtocolError("masked vector too long")
         dtype = np.dtype("<u4" if width == 4 else "<u8")
         values = np.frombuffer(r.take(int(n) * width), dtype=dtype)
-        return cls(round, client_id, values.astype(dtype.newbyteorder("=")))
+        return cls(round, client_id, values.astype(dtype.newbyteorder("=")), r.take(_SIGNATURE_BYTES))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -259,19 +318,24 @@ class UnmaskRequest(SecAggMessage):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class UnmaskResponse(SecAggMessage):
+class UnmaskResponse(SignedMessage):
     """Client -> server: ``(owner, share)`` of survivors' seeds and of dropped clients' mask keys."""
 
     TAG: ClassVar[int] = 8
     seed_shares: tuple[tuple[int, bytes], ...]
     key_shares: tuple[tuple[int, bytes], ...]
+    signature: bytes
 
-    def _body(self) -> bytes:
+    def _fields(self) -> bytes:
         return _pairs(self.seed_shares) + _pairs(self.key_shares)
+
+    @property
+    def signature_bytes(self) -> bytes:
+        return self.signature
 
     @classmethod
     def _parse(cls, r: _Reader, round: int, client_id: int) -> UnmaskResponse:
-        return cls(round, client_id, _read_pairs(r), _read_pairs(r))
+        return cls(round, client_id, _read_pairs(r), _read_pairs(r), r.take(_SIGNATURE_BYTES))
 
 
 _TYPES: dict[int, type[SecAggMessage]] = {

@@ -11,19 +11,27 @@ Invariants (tested): the result equals the plain modular sum of the
 contributors' inputs for any dropout pattern the shares can tolerate;
 otherwise the round aborts with :class:`SecAggAborted` before anything more is
 revealed; a rejected message leaves the server state unchanged.
+
+Every client message is signed (Ed25519, key advertised in round 1 and
+optionally pinned with ``trusted_keys``) and verified on receipt. Every
+reconstructed secret is verified before it is used: a mask key against the
+advertised public key, a self-mask seed against the commitment in the signed
+``ShareKeys``; all surplus shares must lie on one polynomial. A secret that
+cannot be verified (even leaving one share out) aborts the round: a wrong sum
+is never released.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 
 import numpy as np
 import numpy.typing as npt
 
 from privfed.errors import ProtocolError
 from privfed.secagg import shamir
-from privfed.secagg.crypto import KEY_BYTES, MaskAccumulator, mask_dtype, public_key
-from privfed.secagg.keys import pairwise_mask_key, self_mask_key
+from privfed.secagg.crypto import KEY_BYTES, MaskAccumulator, mask_dtype, public_key, verify
+from privfed.secagg.keys import pairwise_mask_key, seed_commitment, self_mask_key, setup_digest
 from privfed.secagg.messages import (
     AdvertiseKeys,
     KeyDirectory,
@@ -31,6 +39,7 @@ from privfed.secagg.messages import (
     SetupRequest,
     ShareDelivery,
     ShareKeys,
+    SignedMessage,
     UnmaskRequest,
     UnmaskResponse,
     decode,
@@ -54,22 +63,35 @@ class SecAggServer:
         neighbours: the SecAgg+ graph, ``{client: neighbour ids}`` (symmetric);
             the complete graph gives classic SecAgg.
         threshold: Shamir threshold t: shares needed to rebuild a secret; also
-            the minimum number of clients that must remain at every stage.
+            the minimum number of clients that must remain at every stage. It
+            must exceed half of every neighbourhood (clients refuse otherwise).
         bits: inputs and the result are residues modulo ``2**bits``.
         dim: vector length.
         session: 16 public random bytes binding every key to this round.
+        trusted_keys: optional ``{client id: Ed25519 public key}`` pinned by the
+            deployment; an advertisement under another key is rejected.
     """
 
     def __init__(
-        self, *, round: int, neighbours: dict[int, tuple[int, ...]], threshold: int, bits: int, dim: int, session: bytes
+        self,
+        *,
+        round: int,
+        neighbours: dict[int, tuple[int, ...]],
+        threshold: int,
+        bits: int,
+        dim: int,
+        session: bytes,
+        trusted_keys: Mapping[int, bytes] | None = None,
     ) -> None:
         for cid, peers in neighbours.items():
             if cid in peers or any(cid not in neighbours.get(p, ()) for p in peers):
                 raise ValueError("the neighbour graph must be symmetric and loop-free")
         smallest = min((len(p) + 1 for p in neighbours.values()), default=0)
-        if not 2 <= threshold <= smallest:
+        largest = max((len(p) + 1 for p in neighbours.values()), default=0)
+        if not max(2, largest // 2 + 1) <= threshold <= smallest:
             raise ValueError(
-                f"threshold must be between 2 and the smallest neighbourhood ({smallest}); got {threshold}"
+                f"threshold must be between {max(2, largest // 2 + 1)} (more than half of the largest "
+                f"neighbourhood, {largest}) and the smallest neighbourhood ({smallest}); got {threshold}"
             )
         if len(session) != 16:
             raise ValueError("session must be 16 bytes")
@@ -80,7 +102,9 @@ class SecAggServer:
         self.bits = bits
         self.dim = dim
         self.session = session
+        self.trusted_keys = None if trusted_keys is None else dict(trusted_keys)
         self.stage = "new"
+        self._setup_digests: dict[int, bytes] = {}
         self.keys: dict[int, AdvertiseKeys] = {}
         self.shares: dict[int, ShareKeys] = {}
         self.masked: dict[int, MaskedInput] = {}
@@ -88,6 +112,8 @@ class SecAggServer:
         self._requests: dict[int, UnmaskRequest] = {}
         self.result: npt.NDArray[np.unsignedinteger] | None = None
         self.contributors: tuple[int, ...] = ()
+        # Responders whose share of some secret was left out because it did not verify.
+        self.suspects: tuple[int, ...] = ()
 
     # -----------------------------------------------------------------------------------
     def start(self) -> dict[int, bytes]:
@@ -95,19 +121,21 @@ class SecAggServer:
         if self.stage != "new":
             raise ProtocolError("round already started")
         self.stage = "advertise"
-        return {
+        out = {
             cid: SetupRequest(
                 self.round, cid, self.session, tuple(sorted(peers)), self.threshold, self.bits, self.dim
             ).to_bytes()
             for cid, peers in sorted(self.neighbours.items())
         }
+        self._setup_digests = {cid: setup_digest(data) for cid, data in out.items()}
+        return out
 
     def receive(self, data: bytes) -> None:
         """Validate and store one client reply for the current stage.
 
         Raises:
-            ProtocolError: malformed, wrong round, unexpected sender, duplicate or
-                wrong-stage message; the server state is left unchanged.
+            ProtocolError: malformed, wrong round, unexpected sender, duplicate,
+                wrong-stage or badly signed message; the server state is left unchanged.
         """
         message = decode(data)
         if message.round != self.round:
@@ -115,6 +143,13 @@ class SecAggServer:
         sender = message.client_id
         if self.stage == "advertise" and isinstance(message, AdvertiseKeys):
             self._expect_new(sender, self.neighbours, self.keys)
+            if self.trusted_keys is not None and self.trusted_keys.get(sender) != message.verify_key:
+                raise ProtocolError(f"client {sender}'s verification key is not the pinned one")
+            verify(
+                message.verify_key, message.signature, message.transcript(self.session), what=f"client {sender}'s keys"
+            )
+            if message.setup_digest != self._setup_digests[sender]:
+                raise ProtocolError(f"client {sender} answered other round parameters than it was sent")
             self.keys[sender] = message
         elif self.stage == "share" and isinstance(message, ShareKeys):
             self._expect_new(sender, self.keys, self.shares)
@@ -124,6 +159,7 @@ class SecAggServer:
                 raise ProtocolError(f"client {sender} must send one share to each neighbour with keys")
             if any(len(sealed) != _SEALED_SHARE_BYTES for _, sealed in message.ciphertexts):
                 raise ProtocolError(f"client {sender} sent a sealed share of the wrong size")
+            self._verify(message)
             self.shares[sender] = message
         elif self.stage == "collect" and isinstance(message, MaskedInput):
             self._expect_new(sender, self.shares, self.masked)
@@ -132,6 +168,7 @@ class SecAggServer:
             word_bits = message.masked.dtype.itemsize * 8
             if self.bits < word_bits and self.dim and int(message.masked.max()) >> self.bits:
                 raise ProtocolError(f"masked input has values outside [0, 2**{self.bits})")
+            self._verify(message)
             self.masked[sender] = message
         elif self.stage == "unmask" and isinstance(message, UnmaskResponse):
             self._expect_new(sender, self._requests, self.responses)
@@ -142,9 +179,19 @@ class SecAggServer:
                 raise ProtocolError(f"client {sender} did not answer exactly the shares requested")
             if any(len(s) != shamir.SHARE_BYTES for _, s in (*message.seed_shares, *message.key_shares)):
                 raise ProtocolError(f"client {sender} sent a share of the wrong size")
+            self._verify(message)
             self.responses[sender] = message
         else:
             raise ProtocolError(f"{type(message).__name__} is not expected in stage {self.stage!r}")
+
+    def _verify(self, message: SignedMessage) -> None:
+        sender = message.client_id
+        verify(
+            self.keys[sender].verify_key,
+            message.signature_bytes,
+            message.transcript(self.session),
+            what=f"{type(message).__name__} from client {sender}",
+        )
 
     def _expect_new(self, sender: int, allowed: Container[int], received: Container[int]) -> None:
         if sender not in allowed:
@@ -170,13 +217,7 @@ class SecAggServer:
             self.stage = "share"
             return {
                 cid: KeyDirectory(
-                    self.round,
-                    cid,
-                    tuple(
-                        (p, self.keys[p].encryption_key, self.keys[p].mask_key)
-                        for p in sorted(self.neighbours[cid])
-                        if p in self.keys
-                    ),
+                    self.round, cid, tuple(self.keys[p] for p in sorted(self.neighbours[cid]) if p in self.keys)
                 ).to_bytes()
                 for cid in sorted(self.keys)
             }
@@ -220,19 +261,33 @@ class SecAggServer:
             raise SecAggAborted(
                 f"only {len(shares)} shares of client {owner}'s {kind} arrived; the threshold is {self.threshold}"
             )
-        return shamir.combine(shares, threshold=self.threshold, secret_bytes=KEY_BYTES)
+        if kind == "seed":
+            commitment = self.shares[owner].seed_commitment
+
+            def accept(secret: bytes) -> bool:
+                return seed_commitment(secret, session=self.session, client_id=owner) == commitment
+        else:
+            advertised = self.keys[owner].mask_key
+
+            def accept(secret: bytes) -> bool:
+                return public_key(secret) == advertised
+
+        try:
+            secret, excluded = shamir.combine_verified(
+                shares, threshold=self.threshold, secret_bytes=KEY_BYTES, accept=accept
+            )
+        except ProtocolError as exc:
+            self.stage = "aborted"
+            raise SecAggAborted(f"client {owner}'s {kind} cannot be rebuilt and verified: {exc}") from None
+        self.suspects = tuple(sorted({*self.suspects, *(x - 1 for x in excluded)}))
+        return secret
 
     def _unmask(self) -> None:
         survivors = sorted(self.masked)
         dropped = sorted(set(self.shares) - set(self.masked))
+        # Every secret is rebuilt and verified before any mask is removed.
         seeds = {cid: self._rebuild(cid, "seed") for cid in survivors}
-        mask_keys = {}
-        for cid in dropped:
-            private = self._rebuild(cid, "key")
-            if public_key(private) != self.keys[cid].mask_key:
-                self.stage = "aborted"
-                raise SecAggAborted(f"rebuilt mask key of client {cid} does not match its advertised key")
-            mask_keys[cid] = private
+        mask_keys = {cid: self._rebuild(cid, "key") for cid in dropped}
         total = np.zeros(self.dim, dtype=mask_dtype(self.bits))
         for cid in survivors:
             np.add(total, self.masked[cid].masked, out=total)

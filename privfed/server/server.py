@@ -311,7 +311,7 @@ class FederatedServer:
         secagg_server = SecAggServer(
             round=round,
             neighbours=graph,
-            threshold=self.secagg.resolved_threshold(len(members)),
+            threshold=self.secagg.resolved_threshold(len(members), clamp=True),  # Poisson cohorts vary
             bits=self.secagg.bits,
             dim=self._upload_dim,
             session=generator(self.seed, "secagg-session", round).bytes(16),  # public, per round

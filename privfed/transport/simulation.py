@@ -134,6 +134,6 @@ class SimulationTransport:
         traffic = Traffic(down=len(broadcast) * len(cohort))
         try:
             outcome = run_secagg_round(server, clients, dropouts=plan, traffic=traffic)
-        except SecAggAborted as exc:
+        except (SecAggAborted, ProtocolError) as exc:  # any protocol failure aborts the round, not the run
             return SecureExchange(None, (), rejected, str(exc), traffic.down, traffic.up)
         return SecureExchange(outcome.result, outcome.contributors, rejected, None, traffic.down, traffic.up)

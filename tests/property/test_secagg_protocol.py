@@ -76,7 +76,7 @@ def rounds(draw: st.DrawFn) -> dict[str, Any]:
     n = draw(st.integers(3, 40))
     complete = draw(st.booleans()) or n <= 4
     degree = n - 1 if complete else draw(st.sampled_from([k for k in range(2, n - 1, 2)]))
-    threshold = draw(st.integers(2, degree + 1))
+    threshold = draw(st.integers(max(2, (degree + 1) // 2 + 1), degree + 1))  # clients refuse 2t <= k + 1
     bits = draw(st.sampled_from([8, 16, 20, 32, 48, 64]))
     dim = draw(st.integers(0, 40))
     seed = draw(st.integers(0, 2**32))
@@ -193,7 +193,7 @@ def test_server_rejects_bad_messages_and_keeps_its_state() -> None:
 @settings(max_examples=200)
 @given(data=st.data())
 def test_fuzzed_messages_only_raise_protocol_error_and_leave_state(data: st.DataObject) -> None:
-    server, clients, _, _graph = make_round(4, 3, 2, 16, 4, seed=3)
+    server, clients, _, _graph = make_round(4, 3, 3, 16, 4, seed=3)
     outbox = server.start()
     stop = data.draw(st.sampled_from(STAGES))
     for stage in STAGES:
@@ -218,7 +218,7 @@ def test_fuzzed_messages_only_raise_protocol_error_and_leave_state(data: st.Data
 
 
 def test_client_rejects_out_of_order_and_misaddressed_messages() -> None:
-    server, clients, _, graph = make_round(4, 3, 2, 32, 4, seed=4)
+    server, clients, _, graph = make_round(4, 3, 3, 32, 4, seed=4)
     ids = sorted(graph)
     setup = server.start()
     client = clients[ids[0]]
@@ -241,7 +241,7 @@ def test_client_rejects_out_of_order_and_misaddressed_messages() -> None:
 def test_client_refuses_to_reveal_both_secrets_of_a_peer() -> None:
     from privfed.secagg.messages import UnmaskRequest
 
-    server, clients, _, graph = make_round(4, 3, 2, 32, 4, seed=6)
+    server, clients, _, graph = make_round(4, 3, 3, 32, 4, seed=6)
     outbox = server.start()
     for _ in range(3):
         for c, m in outbox.items():

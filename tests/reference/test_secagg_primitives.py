@@ -198,3 +198,52 @@ def test_shamir_rejects_bad_arguments() -> None:
         shamir.split(b"x", threshold=3, xs=[1, 2], random=rnd)
     with pytest.raises(ValueError):
         shamir.split(b"x", threshold=1, xs=[0, 2], random=rnd)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 10), data=st.data())
+def test_shamir_surplus_shares_catch_any_single_altered_share(n: int, data: st.DataObject) -> None:
+    """Before: combine used only the first t shares, so an altered surplus share went unseen."""
+    threshold = data.draw(st.integers(1, n - 1))
+    secret = data.draw(st.binary(min_size=32, max_size=32))
+    shares = shamir.split(secret, threshold=threshold, xs=list(range(1, n + 1)), random=KeyedRandom(bytes(32)))
+    victim = data.draw(st.sampled_from(sorted(shares)))
+    delta = data.draw(st.integers(1, shamir.PRIME - 1))
+    bad = dict(shares)
+    bad[victim] = ((int.from_bytes(shares[victim], "big") + delta) % shamir.PRIME).to_bytes(shamir.SHARE_BYTES, "big")
+    with pytest.raises(ProtocolError, match="inconsistent"):
+        shamir.combine(bad, threshold=threshold, secret_bytes=32)
+    recovered, excluded = shamir.combine_verified(
+        bad, threshold=threshold, secret_bytes=32, accept=lambda s: s == secret
+    )
+    assert recovered == secret and excluded == (victim,)
+
+
+def test_shamir_combine_verified_refuses_what_it_cannot_confirm() -> None:
+    secret = bytes(range(32))
+    shares = shamir.split(secret, threshold=3, xs=[1, 2, 3, 4], random=KeyedRandom(bytes(32)))
+    bumped = {
+        x: ((int.from_bytes(s, "big") + 1) % shamir.PRIME).to_bytes(shamir.SHARE_BYTES, "big")
+        for x, s in shares.items()
+    }
+    # Consistent shares of secret + 1: only the accept check (a commitment) catches them.
+    assert shamir.combine(bumped, threshold=3, secret_bytes=32) != secret
+    with pytest.raises(ProtocolError, match="verifiable"):
+        shamir.combine_verified(bumped, threshold=3, secret_bytes=32, accept=lambda s: s == secret)
+    two_bad = dict(shares)
+    for x, delta in ((1, 1), (2, 5)):  # two altered shares, one surplus: no leave-one-out subset is right
+        two_bad[x] = ((int.from_bytes(shares[x], "big") + delta) % shamir.PRIME).to_bytes(shamir.SHARE_BYTES, "big")
+    with pytest.raises(ProtocolError, match="verifiable"):
+        shamir.combine_verified(two_bad, threshold=3, secret_bytes=32, accept=lambda s: s == secret)
+
+
+def test_ed25519_signatures_bind_the_message() -> None:
+    from privfed.secagg.crypto import sign, signing_key, verification_key, verify
+
+    key = signing_key(bytes(32))
+    signature = sign(key, b"transcript")
+    verify(verification_key(key), signature, b"transcript", what="test")
+    with pytest.raises(ProtocolError, match="signature on test"):
+        verify(verification_key(key), signature, b"transcripT", what="test")
+    with pytest.raises(ProtocolError):
+        verify(b"\x00" * 31, signature, b"transcript", what="test")
