@@ -206,9 +206,30 @@ class SecAggConfig:
 
         return min(self.degree or recommended_degree(cohort), cohort - 1)
 
-    def resolved_threshold(self, cohort: int) -> int:
+    def resolved_threshold(self, cohort: int, *, clamp: bool = False) -> int:
+        """The Shamir threshold for a cohort: more than half of each neighbourhood (degree + 1).
+
+        A lower one lets a server that splits its unmask requests recover one
+        client's input, so clients refuse it (Bonawitz et al. 2017, App. A;
+        Bell et al. 2020). With ``clamp`` (rounds whose Poisson cohort differs
+        from ``clients_per_round``) an explicit threshold is moved into
+        ``[holders // 2 + 1, holders]`` instead of raising.
+
+        Raises:
+            ConfigError: an explicit threshold at or below half of the neighbourhood.
+        """
         holders = self.resolved_degree(cohort) + 1
-        return self.threshold or holders // 2 + 1
+        minimum = holders // 2 + 1
+        if not self.threshold:
+            return minimum
+        if clamp:
+            return min(max(self.threshold, minimum), holders)
+        if self.threshold < minimum:
+            raise ConfigError(
+                f"secagg.threshold must exceed half of secagg.degree + 1 ({holders}), i.e. be at least "
+                f"{minimum}, or 0 for that minimum; got {self.threshold}"
+            )
+        return self.threshold
 
 
 def _accountant_names() -> Iterable[str]:
