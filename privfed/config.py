@@ -9,12 +9,16 @@ resolved config (defaults filled in), which a run directory stores as
 ``config.resolved.toml``.
 
 Range rules live next to each field as dataclass metadata (``ge``, ``gt``,
-``le``, ``lt``, ``choices``), so adding a field is one line.
+``le``, ``lt``, ``choices``, ``off`` for a value that switches a feature off
+and skips the bounds, ``text`` for a short printable name), so adding a field
+is one line. A config *file* must set ``name``: an empty or truncated file
+would otherwise start a long run with every default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
 import types
@@ -46,8 +50,11 @@ __all__ = [
     "config_to_dict",
     "dump_config",
     "load_config",
+    "read_config_file",
     "replace_path",
     "replace_paths",
+    "required_positions",
+    "validate_against_model",
 ]
 
 
@@ -120,8 +127,12 @@ class PartitionConfig:
 
     method: str = _f("iid", choices=_choices_from(_partition_names))
     num_clients: int = _f(10, ge=1, le=1_000_000)
-    alpha: float = _f(0.5, gt=0.0)  # Dirichlet concentration (dirichlet only)
-    shards_per_client: int = _f(2, ge=1)  # shards only
+    # Dirichlet concentration (dirichlet only). Below 1e-3 every class lands on one client
+    # (0.01 already does, up to rounding); above 1e3 the split is IID: use method = "iid".
+    alpha: float = _f(0.5, ge=1e-3, le=1e3)
+    # shards only; whether num_clients * shards_per_client shards fit the data is checked
+    # against the training set when it is partitioned.
+    shards_per_client: int = _f(2, ge=1, le=100_000)
     min_examples_per_client: int = _f(1, ge=1)
 
 
@@ -195,8 +206,13 @@ class SecAggConfig:
 
     enabled: bool = _f(False)
     bits: int = _f(32, ge=8, le=62)  # modulus 2**bits
-    clip: float = _f(1.0, gt=0.0)  # per-coordinate range of a client's delta
-    loss_clip: float = _f(100.0, gt=0.0)  # range of the (securely summed) local training loss
+    # Per-coordinate range of a client's delta. Bounded so that the codec's scale
+    # (2**(bits-1) - 1) / (summands * clip) is a positive finite number for every bits and
+    # cohort a config accepts (1e308 used to make it 0 and the model NaN).
+    clip: float = _f(1.0, ge=1e-6, le=1e6)
+    # Range of the (securely summed) local training loss; the same range carries the
+    # "unclipped" indicator under user-level DP, so it must hold a bit of size 1.
+    loss_clip: float = _f(100.0, ge=1.0, le=1e6)
     degree: int = _f(0, ge=0)  # neighbours per client; 0 = about 2*log2(cohort); cohort-1 = classic SecAgg
     threshold: int = _f(0, ge=0)  # Shamir threshold; 0 = strict majority of each neighbourhood
     dropout_rate: float = _f(0.0, ge=0.0, lt=1.0)  # injected: chance a client drops before each stage
@@ -232,6 +248,16 @@ class SecAggConfig:
         return self.threshold
 
 
+# epsilon above 100 bounds the likelihood ratio by e**100 (~1e43): no protection at all, and
+# calibrating to it gives a noise multiplier near 1e-9 whose reported epsilon is ~1e18.
+_MAX_EPSILON = 100.0
+# Noise multipliers: above 1e4 epsilon no longer moves (the RDP bound is flat from ~1e3 on,
+# and calibration searches below 1e4); huge values overflow the accountants (1e308 raised
+# OverflowError) and tiny ones divide by zero in them (1e-200). 1e-6 still accounts fine.
+_MIN_NOISE = 1e-6
+_MAX_NOISE = 1e4
+
+
 def _accountant_names() -> Iterable[str]:
     from privfed.privacy.accountants import accountant_names
 
@@ -247,8 +273,8 @@ class SampleDPConfig:
     target is only the budget at which the run stops).
     """
 
-    noise_multiplier: float = _f(0.0, ge=0.0)
-    target_epsilon: float = _f(0.0, ge=0.0)  # the per-client budget the ledger enforces (0 = none)
+    noise_multiplier: float = _f(0.0, off=0.0, ge=_MIN_NOISE, le=_MAX_NOISE)  # 0 = calibrate from the target
+    target_epsilon: float = _f(0.0, off=0.0, gt=0.0, le=_MAX_EPSILON)  # the per-client budget (0 = none)
     max_grad_norm: float = _f(1.0, gt=0.0)
     grad_sample_mode: str = _f("hooks", choices=lambda: ("hooks", "ghost"))  # ghost clipping saves memory
 
@@ -262,8 +288,8 @@ class UserDPConfig:
     ``noise_multiplier`` / ``target_epsilon`` work as in :class:`SampleDPConfig`.
     """
 
-    noise_multiplier: float = _f(0.0, ge=0.0)
-    target_epsilon: float = _f(0.0, ge=0.0)  # the budget the ledger enforces (0 = none)
+    noise_multiplier: float = _f(0.0, off=0.0, ge=_MIN_NOISE, le=_MAX_NOISE)  # 0 = calibrate from the target
+    target_epsilon: float = _f(0.0, off=0.0, gt=0.0, le=_MAX_EPSILON)  # the budget the ledger enforces (0 = none)
     clip_norm: float = _f(0.1, gt=0.0)
     adaptive_clipping: bool = _f(False)
     target_quantile: float = _f(0.5, gt=0.0, lt=1.0)
@@ -302,7 +328,7 @@ class RunConfig:
 class ExperimentConfig:
     """The whole experiment. ``seed`` drives every random draw of the run."""
 
-    name: str = _f("experiment")
+    name: str = _f("experiment", text=True)
     seed: int = _f(0, ge=0, lt=2**63)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -324,7 +350,41 @@ class ExperimentConfig:
             )
         if self.secagg.enabled:
             self._check_secagg()
+            self._check_secagg_codec()
         self._check_privacy()
+        self._check_model_positions()
+
+    def _check_model_positions(self) -> None:
+        from privfed.models.registry import get_model_spec
+
+        limit = get_model_spec(self.model.name).max_positions
+        if limit is not None:
+            _check_positions(self, limit, source=f"model {self.model.name!r}")
+
+    def _check_secagg_codec(self) -> None:
+        """The fixed-point codec must hold the whole sum with at least one step per client.
+
+        Mirrors ``privfed.server`` : the codec leaves room for ``num_clients`` summands under
+        user-level DP (Poisson cohorts can exceed clients_per_round), else for the cohort.
+        """
+        s = self.secagg
+        user_level = self.privacy.user_level
+        summands = self.partition.num_clients if user_level else self.server.clients_per_round
+        top = 2 ** (s.bits - 1) - 1
+        if top < summands:
+            needed = (summands).bit_length() + 1
+            who = "partition.num_clients under user-level DP" if user_level else "server.clients_per_round"
+            raise ConfigError(
+                f"secagg.bits must be at least {needed} to sum {summands} clients ({who}) without "
+                f"wrapping, with one fixed-point step per client; got {s.bits}"
+            )
+        for field, clip in (("clip", s.clip), ("loss_clip", s.loss_clip)):
+            scale = top / (summands * clip)
+            if not (math.isfinite(scale) and scale > 0):  # pragma: no cover - the field bounds prevent it
+                raise ConfigError(
+                    f"secagg.{field} = {clip!r} gives fixed-point scale {scale!r} at {s.bits} bits and "
+                    f"{summands} summands; it must be a positive finite number"
+                )
 
     def _check_privacy(self) -> None:
         p = self.privacy
@@ -365,18 +425,76 @@ class ExperimentConfig:
 
 _T = TypeVar("_T")
 
+# Adapter methods that prepend trainable virtual tokens to every sequence.
+_VIRTUAL_TOKEN_METHODS = frozenset({"prompt_tuning"})
+
+
+def required_positions(config: ExperimentConfig) -> int:
+    """Positions one sequence can occupy: ``model.max_length``, plus the virtual tokens of prompt tuning."""
+    extra = config.adapter.num_virtual_tokens if config.adapter.method in _VIRTUAL_TOKEN_METHODS else 0
+    return config.model.max_length + extra
+
+
+def _check_positions(config: ExperimentConfig, limit: int, *, source: str) -> None:
+    needed = required_positions(config)
+    if needed <= limit:
+        return
+    if needed == config.model.max_length:
+        raise ConfigError(
+            f"model.max_length must be <= {limit} ({source} has {limit} positions); got {config.model.max_length}"
+        )
+    raise ConfigError(
+        f"model.max_length + adapter.num_virtual_tokens must be <= {limit} ({source} has {limit} positions); "
+        f"got {config.model.max_length} + {config.adapter.num_virtual_tokens} = {needed}"
+    )
+
+
+def validate_against_model(config: ExperimentConfig, model: Any) -> None:
+    """Check ``config`` against a loaded ``transformers`` model, before any training.
+
+    Registered models that declare ``ModelSpec.max_positions`` are checked when the
+    config is built; this covers the others, from the model's own config
+    (``max_position_embeddings``, or ``n_positions`` for GPT-2-style models).
+
+    Raises:
+        ConfigError: ``model.max_length`` (plus prompt-tuning virtual tokens) exceeds
+            the model's positions.
+    """
+    model_config = getattr(model, "config", None)
+    for attribute in ("max_position_embeddings", "n_positions"):
+        limit = getattr(model_config, attribute, None)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            _check_positions(config, limit, source=f"model {config.model.name!r}")
+            return
+
+
+_MAX_TEXT = 200
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages stay one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 def _describe(value: object) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{_short(value)} ({type(value).__name__})"
 
 
 def _check_rules(path: str, value: Any, rules: Mapping[str, Any]) -> None:
+    if rules.get("text") and not (1 <= len(value) <= _MAX_TEXT and value.isprintable()):
+        raise ConfigError(
+            f"{path} must be 1 to {_MAX_TEXT} printable characters (no newlines or control characters); "
+            f"got {_short(value)}"
+        )
     if "choices" in rules:
         allowed = tuple(rules["choices"]())
         if value not in allowed:
-            raise ConfigError(f"{path} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+            raise ConfigError(f"{path} must be one of {', '.join(map(repr, allowed))}; got {_short(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{path} must be a finite number; got {value!r}")
+    if "off" in rules and value == rules["off"]:
+        return
     bounds = []
     ok = True
     for key, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
@@ -385,7 +503,8 @@ def _check_rules(path: str, value: Any, rules: Mapping[str, Any]) -> None:
             bounds.append(f"{symbol} {bound}")
             ok = ok and {"ge": value >= bound, "gt": value > bound, "le": value <= bound, "lt": value < bound}[key]
     if not ok:
-        raise ConfigError(f"{path} must be {' and '.join(bounds)}; got {value!r}")
+        off = f"{rules['off']!r} (off) or " if "off" in rules else ""
+        raise ConfigError(f"{path} must be {off}{' and '.join(bounds)}; got {value!r}")
 
 
 def _coerce(path: str, value: Any, annotation: Any) -> Any:
@@ -421,9 +540,15 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"unsupported config annotation at {path}: {annotation}")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Resolved field annotations of a config class (resolving them is most of a load's cost)."""
+    return typing.get_type_hints(cls)
+
+
 def _from_mapping(cls: type[_T], raw: Mapping[str, Any], prefix: str = "") -> _T:
     assert dataclasses.is_dataclass(cls)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -462,24 +587,79 @@ def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     return _from_mapping(ExperimentConfig, raw)
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a TOML experiment config.
+# Deepest table/array nesting a config file may use. The schema nests three deep
+# (privacy.user.*); the parser recurses per level, and 5,000 levels raised RecursionError.
+_MAX_DEPTH = 32
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a plain mapping, with one-line errors for every way it can fail.
+
+    The file must be UTF-8, valid TOML, nest at most a few levels deep and not be
+    empty. Callers that strip their own extra tables (``[audit]``, ``[exposure]``)
+    before :func:`config_from_dict` read files with this.
 
     Raises:
-        ConfigError: if the file is missing, is not valid TOML, or holds a bad value.
+        ConfigError: missing, unreadable, not UTF-8, not TOML, too deeply nested, or empty.
     """
     path = Path(path)
+    where = f"config file {str(path)!r}"
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        raise ConfigError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory, not a TOML file") from None
     except OSError as exc:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+        raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-    return config_from_dict(raw)
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests tables or arrays too deeply (at most {_MAX_DEPTH} levels)") from None
+    depth = _mapping_depth(raw)
+    if depth > _MAX_DEPTH:
+        raise ConfigError(f"{where} nests tables or arrays more than {_MAX_DEPTH} levels deep (the limit)")
+    if not raw:
+        raise ConfigError(
+            f"{where} is empty; a config file must set at least `name` (every other key has a "
+            "default: `privfed config FILE` prints them)"
+        )
+    return raw
+
+
+def _mapping_depth(value: Any, limit: int = _MAX_DEPTH + 1) -> int:
+    """Nesting depth of tables and arrays, counted up to ``limit`` (no deeper recursion)."""
+    if limit <= 0 or not isinstance(value, (dict, list)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_mapping_depth(child, limit - 1) for child in children), default=0)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a TOML experiment config.
+
+    The file must set ``name``: every other key has a default, so a file that sets
+    nothing is far more likely to be a mistake (an empty or truncated file, the
+    wrong path) than a wish for the defaults, which ``privfed config`` prints.
+
+    Raises:
+        ConfigError: if the file is missing, unreadable, not UTF-8, not valid TOML,
+            nested too deeply, does not set ``name``, or holds a bad value.
+    """
+    raw = read_config_file(path)
+    config = config_from_dict(raw)
+    if "name" not in raw:
+        raise ConfigError(
+            f"name is required in config file {str(path)!r} (a short label for the run); "
+            f"found only {', '.join(sorted(raw))}"
+        )
+    return config
 
 
 def _plain(value: Any) -> Any:

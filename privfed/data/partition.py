@@ -30,13 +30,17 @@ __all__ = [
 
 IndexArray = npt.NDArray[np.int64]
 
+# From about this concentration on, Dirichlet proportions are within a few percent of even.
+_NEAR_IID_ALPHA = 100.0
+
 
 def _check_clients(num_examples: int, num_clients: int, min_examples: int = 1) -> None:
     if num_clients < 1:
         raise DataError(f"num_clients must be >= 1; got {num_clients}")
     if num_examples < num_clients * min_examples:
         raise DataError(
-            f"cannot give {num_clients} clients at least {min_examples} example(s) each from {num_examples} examples"
+            f"cannot give {num_clients} clients at least {min_examples} example(s) each from {num_examples} "
+            "training examples; lower partition.num_clients or partition.min_examples_per_client, or use more data"
         )
 
 
@@ -67,6 +71,7 @@ def dirichlet_partition(
         raise DataError(f"alpha must be > 0; got {alpha}")
     _check_clients(len(labels), num_clients, min_examples)
     classes = np.unique(labels)
+    best = -1
     for _ in range(max_attempts):
         parts: list[list[IndexArray]] = [[] for _ in range(num_clients)]
         for cls in classes:
@@ -76,11 +81,25 @@ def dirichlet_partition(
             for client, piece in enumerate(np.split(idx, cuts)):
                 parts[client].append(piece)
         result = [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
-        if min(len(r) for r in result) >= min_examples:
+        smallest = min(len(r) for r in result)
+        if smallest >= min_examples:
             return result
+        best = max(best, smallest)
+    share = len(labels) / num_clients
+    if alpha >= _NEAR_IID_ALPHA:
+        # Raising alpha cannot help: the split is already about even, so the minimum is the problem.
+        advice = (
+            f"alpha = {alpha:g} is already close to IID (about {share:.1f} examples per client); lower "
+            "partition.min_examples_per_client or partition.num_clients"
+        )
+    else:
+        advice = (
+            f"raise partition.alpha (now {alpha:g}), or lower partition.num_clients or "
+            "partition.min_examples_per_client"
+        )
     raise DataError(
-        f"Dirichlet(alpha={alpha}) gave some client fewer than {min_examples} examples in "
-        f"{max_attempts} draws; raise alpha, lower num_clients or partition.min_examples_per_client"
+        f"Dirichlet(alpha={alpha:g}) gave some client fewer than {min_examples} examples in all {max_attempts} "
+        f"draws (at best {best}); {advice}"
     )
 
 
@@ -89,8 +108,16 @@ def shards_partition(
 ) -> list[IndexArray]:
     """Pathological non-IID split of McMahan et al. 2017: sort by label, cut into
     ``num_clients * shards_per_client`` shards, deal ``shards_per_client`` to each client."""
+    if shards_per_client < 1:
+        raise DataError(f"partition.shards_per_client must be >= 1; got {shards_per_client}")
+    _check_clients(len(labels), num_clients)
     num_shards = num_clients * shards_per_client
-    _check_clients(len(labels), num_shards)
+    if num_shards > len(labels):
+        raise DataError(
+            f"{num_clients} clients x partition.shards_per_client {shards_per_client} = {num_shards} shards, but "
+            f"there are only {len(labels)} training examples to cut; shards_per_client can be at most "
+            f"{len(labels) // num_clients} here"
+        )
     # Stable sort with a random tie order so equal labels are not in file order.
     order = rng.permutation(len(labels))
     order = order[np.argsort(labels[order], kind="stable")]

@@ -8,6 +8,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from privfed.errors import DataError
+
 __all__ = ["Dataset", "Modality"]
 
 Modality = Literal["text", "image"]
@@ -25,7 +27,7 @@ class Dataset:
         label_names: names of the classes, indexed by label.
         groups: str[n] natural attribute per example (drug condition, fortune
             category) for the ``natural`` partitioner, or ``None``.
-        texts: the examples' text (text modality).
+        texts: the examples' text (text modality), none of them empty or blank.
         images: float32[n, channels, height, width] in [0, 1] (image modality).
         source: where the data comes from.
         license: its license.
@@ -49,6 +51,15 @@ class Dataset:
             raise ValueError("labels must index label_names")
         if self.modality == "text" and (self.texts is None or len(self.texts) != n):
             raise ValueError("a text dataset needs one text per label")
+        if self.modality == "text" and self.texts is not None:
+            # An empty text has nothing to classify and no token to predict (the causal LM
+            # crashed on a batch of them); dropping it here would silently shift indices.
+            empty = [i for i, text in enumerate(self.texts) if not text.strip()]
+            if empty:
+                raise DataError(
+                    f"dataset {self.name!r} has {len(empty)} empty text(s) (first at index {empty[0]}); "
+                    "drop them in its loader"
+                )
         if self.modality == "image" and (self.images is None or len(self.images) != n):
             raise ValueError("an image dataset needs one image per label")
         if self.groups is not None and len(self.groups) != n:

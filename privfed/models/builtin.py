@@ -160,6 +160,7 @@ register_model(
         default_target_modules=("query", "value"),
         description="all-MiniLM-L6-v2, pretrained BERT encoder (22.7M params), sequence classifier",
         pretrained=True,
+        max_positions=512,
     )
 )
 register_model(
@@ -170,6 +171,7 @@ register_model(
         default_target_modules=("query", "value"),
         description="2-layer BERT, hidden 32, random init, MiniLM tokenizer (tests)",
         pretrained=False,
+        max_positions=512,
     )
 )
 register_model(
@@ -180,6 +182,7 @@ register_model(
         default_target_modules=("q_proj", "v_proj"),
         description="SmolLM2-135M-Instruct, pretrained Llama-style causal LM (134.5M params)",
         pretrained=True,
+        max_positions=8192,
     )
 )
 register_model(
@@ -190,5 +193,6 @@ register_model(
         default_target_modules=("q_proj", "v_proj"),
         description="2-layer Llama, hidden 32, random init, SmolLM2 tokenizer (tests)",
         pretrained=False,
+        max_positions=512,
     )
 )

@@ -57,6 +57,11 @@ class ModelSpec:
             leaves ``adapter.target_modules`` empty.
         description: one line for ``privfed models``.
         pretrained: whether weights are real pretrained weights (not random).
+        max_positions: positions the model can embed (``max_position_embeddings``),
+            so that configs are checked before any weights load; ``None`` when
+            unknown (then checked right after loading, see
+            :func:`privfed.config.validate_against_model`). Checked against the
+            loaded model by :func:`load_base_model`.
     """
 
     name: str
@@ -65,6 +70,11 @@ class ModelSpec:
     default_target_modules: tuple[str, ...]
     description: str
     pretrained: bool
+    max_positions: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_positions is not None and self.max_positions < 1:
+            raise ModelError(f"ModelSpec.max_positions must be >= 1 or None; got {self.max_positions}")
 
 
 _MODELS: Registry[ModelSpec] = Registry("model", error=ModelError, field="model.name")
@@ -116,6 +126,11 @@ def load_base_model(name: str, *, num_labels: int | None = None, init_seed: int 
     with torch_rng(init_seed):
         model, tokenizer = spec.loader(num_labels=num_labels, init_seed=init_seed)
     model.float()
+    actual = getattr(model.config, "max_position_embeddings", None)
+    if spec.max_positions is not None and isinstance(actual, int) and actual < spec.max_positions:
+        raise ModelError(
+            f"model {name!r} declares max_positions = {spec.max_positions} but embeds only {actual} positions"
+        )
     # Batches are trimmed on the right (privfed.data.tokenize); padding must be there too.
     tokenizer.padding_side = "right"
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec)

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from privfed.cli import main
-from privfed.config import ExperimentConfig, config_from_dict, dump_config, load_config, replace_path, replace_paths
+from privfed.config import (
+    ExperimentConfig,
+    config_from_dict,
+    dump_config,
+    load_config,
+    read_config_file,
+    replace_path,
+    replace_paths,
+    validate_against_model,
+)
 from privfed.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,3 +120,180 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path: Path, capsys: pytest.Ca
     assert lines == ["privfed: error: client.batch_size must be >= 1 and <= 65536; got 0"]
     assert "Traceback" not in captured.err
     assert not (tmp_path / "out").exists()  # nothing created for an invalid config
+
+
+# --- issue 14 §5: hostile config files and absurd values -----------------------------------
+
+
+def _one_line_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_a_config_that_is_not_utf8_is_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    assert "not UTF-8" in _one_line_error(path) and "0xe9" in _one_line_error(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a = " + "[" * 5000 + "]" * 5000,
+        "a = " + "{b = " * 5000 + "1" + "}" * 5000,
+        'name = "x"\nmodel = ' + "[" * 40 + "]" * 40,
+    ],
+)
+def test_a_config_nested_thousands_deep_is_one_line_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text(text)
+    assert "nests tables or arrays" in _one_line_error(path)
+
+
+def test_an_empty_config_file_is_refused(tmp_path: Path) -> None:
+    """An empty file used to start a 6-minute run with every default."""
+    for text in ("", "\n# only a comment\n"):
+        path = tmp_path / "empty.toml"
+        path.write_text(text)
+        message = _one_line_error(path)
+        assert "is empty" in message and "`name`" in message
+
+
+def test_a_config_file_must_set_name(tmp_path: Path) -> None:
+    path = tmp_path / "noname.toml"
+    path.write_text("[server]\nrounds = 2\n")
+    assert _one_line_error(path).startswith("name is required")
+    path.write_text('name = "ok"\n[server]\nrounds = 2\n')
+    assert load_config(path).server.rounds == 2
+    # The Python API keeps its defaults (tests and notebooks build configs from dicts).
+    assert config_from_dict({}).name == "experiment"
+
+
+def test_cli_reports_a_non_utf8_config_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"name = '\xff\xfe'\n")
+    status = main(["run", str(bad), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "not UTF-8" in err
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragments"),
+    [
+        # target_epsilon = 1e308 used to run and report epsilon = 1.27e18.
+        (
+            {"privacy": {"mode": "sample", "sample": {"target_epsilon": 1e308}}},
+            ["privacy.sample.target_epsilon", "100"],
+        ),
+        ({"privacy": {"mode": "user", "user": {"target_epsilon": 101.0}}}, ["privacy.user.target_epsilon", "<= 100"]),
+        # noise_multiplier = 1e308 raised OverflowError in the accountant; 1e-200 ZeroDivisionError.
+        (
+            {"privacy": {"mode": "user", "user": {"noise_multiplier": 1e308}}},
+            ["privacy.user.noise_multiplier", "1e+308"],
+        ),
+        ({"privacy": {"mode": "sample", "sample": {"noise_multiplier": 1e-200}}}, ["noise_multiplier", ">= 1e-06"]),
+        # secagg.clip = 1e308 gave the codec scale 0 and a NaN model.
+        ({"secagg": {"clip": 1e308}}, ["secagg.clip", "<= 1000000.0"]),
+        ({"secagg": {"clip": 5e-324}}, ["secagg.clip", ">= 1e-06"]),
+        ({"secagg": {"loss_clip": 1e308}}, ["secagg.loss_clip"]),
+        ({"secagg": {"loss_clip": 0.25}}, ["secagg.loss_clip", ">= 1.0"]),
+        ({"partition": {"alpha": 1e-300}}, ["partition.alpha", ">= 0.001"]),
+        ({"partition": {"alpha": 1e308}}, ["partition.alpha", "<= 1000.0"]),
+        ({"partition": {"shards_per_client": 10**12}}, ["partition.shards_per_client"]),
+        ({"name": ""}, ["name", "printable"]),
+        ({"name": "two\nlines"}, ["name", "printable"]),
+        ({"model": {"name": "x" * 10_000}}, ["model.name", "..."]),
+    ],
+)
+def test_absurd_values_are_refused_at_load(raw: dict[str, object], fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_secagg_bits_must_hold_the_whole_sum() -> None:
+    base = {"server": {"weighting": "uniform", "clients_per_round": 200}, "partition": {"num_clients": 300}}
+    with pytest.raises(ConfigError, match=r"secagg\.bits must be at least 9 .* got 8"):
+        config_from_dict({**base, "secagg": {"enabled": True, "bits": 8}})
+    assert config_from_dict({**base, "secagg": {"enabled": True, "bits": 9}}).secagg.bits == 9
+    # Under user-level DP the codec leaves room for every client (Poisson cohorts).
+    private = {
+        "server": {"weighting": "uniform", "clients_per_round": 10},
+        "partition": {"num_clients": 1000},
+        "privacy": {"mode": "user", "delta": 1e-4, "user": {"noise_multiplier": 1.0}},
+    }
+    with pytest.raises(ConfigError, match=r"secagg\.bits must be at least 11 .*partition\.num_clients"):
+        config_from_dict({**private, "secagg": {"enabled": True, "bits": 10}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"model": {"name": "minilm", "max_length": 600}}, "model.max_length must be <= 512"),
+        ({"model": {"name": "tiny-llama", "max_length": 1024}}, "model.max_length must be <= 512"),
+        (
+            {"model": {"name": "tiny-bert", "max_length": 510}, "adapter": {"method": "prompt_tuning"}},
+            "model.max_length + adapter.num_virtual_tokens must be <= 512",
+        ),
+        (
+            {
+                "model": {"name": "minilm", "max_length": 256},
+                "adapter": {"method": "prompt_tuning", "num_virtual_tokens": 300},
+            },
+            "got 256 + 300 = 556",
+        ),
+    ],
+)
+def test_sequence_length_is_checked_against_the_model_positions(raw: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        config_from_dict(raw)
+
+
+def test_lengths_that_fit_the_model_load() -> None:
+    assert config_from_dict({"model": {"name": "minilm", "max_length": 512}}).model.max_length == 512
+    fits = {"model": {"name": "tiny-bert", "max_length": 504}, "adapter": {"method": "prompt_tuning"}}
+    assert config_from_dict(fits).adapter.num_virtual_tokens == 8
+    # Virtual tokens count only for prompt tuning.
+    assert (
+        config_from_dict({"model": {"max_length": 512}, "adapter": {"num_virtual_tokens": 512}}).model.max_length == 512
+    )
+    assert config_from_dict({"model": {"name": "smollm2", "max_length": 4096}}).model.max_length == 4096
+
+
+def test_validate_against_model_reads_the_loaded_model_config() -> None:
+    """For a registered model that does not declare max_positions, the runner checks after loading."""
+    config = config_from_dict({"model": {"max_length": 128}, "adapter": {"method": "prompt_tuning"}})
+    validate_against_model(config, SimpleNamespace(config=SimpleNamespace(max_position_embeddings=136)))
+    with pytest.raises(ConfigError, match=r"must be <= 100 .* got 128 \+ 8 = 136"):
+        validate_against_model(config, SimpleNamespace(config=SimpleNamespace(max_position_embeddings=100)))
+    with pytest.raises(ConfigError, match="<= 64"):
+        validate_against_model(config, SimpleNamespace(config=SimpleNamespace(n_positions=64)))
+    validate_against_model(config, SimpleNamespace(config=SimpleNamespace()))  # unknown: nothing to check
+
+
+def test_every_shipped_config_loads(tmp_path: Path) -> None:
+    """Each file under configs/ loads as its command reads it (extra tables are the attack drivers')."""
+    from attacks.inversion.sweep import load_inversion_config
+
+    extras = {"audit", "exposure", "membership"}
+    paths = sorted((REPO / "configs").glob("*.toml"))
+    assert len(paths) >= 15
+    for path in paths:
+        raw = read_config_file(path)
+        if "inversion" in raw:
+            load_inversion_config(path)
+            continue
+        for table in extras & set(raw):
+            raw.pop(table)
+        config = config_from_dict(raw)
+        assert "name" in raw, path
+        again = tmp_path / "again.toml"
+        again.write_text(dump_config(config))
+        assert load_config(again) == config, path

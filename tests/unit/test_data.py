@@ -85,3 +85,45 @@ def test_tokenization_cache_hits_and_trims(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.npz"))) == 2 and other.input_ids.shape[1] > 8
     short = first.take(np.array([0], dtype=np.int64))
     assert short.attention_mask.all() and short.input_ids.shape[1] == int(first.attention_mask[0].sum())
+
+
+def test_a_text_dataset_with_empty_texts_is_refused() -> None:
+    """Empty texts on the causal LM crashed the run; refuse them where the dataset is built."""
+    from privfed.data import Dataset
+
+    labels = np.zeros(3, dtype=np.int64)
+    common = {"name": "mine", "modality": "text", "labels": labels, "label_names": ("a",), "source": "", "license": ""}
+    with pytest.raises(DataError, match=r"dataset 'mine' has 2 empty text\(s\) \(first at index 1\)"):
+        Dataset(texts=("fine", "", "  \n"), **common)  # type: ignore[arg-type]
+    assert len(Dataset(texts=("a", "b", "c"), **common)) == 3  # type: ignore[arg-type]
+
+
+def test_shards_partition_says_how_many_shards_fit() -> None:
+    from privfed.data import shards_partition
+
+    labels = np.repeat(np.arange(4, dtype=np.int64), 50)  # 200 examples
+    with pytest.raises(DataError) as info:
+        shards_partition(labels, num_clients=10, shards_per_client=1000, rng=np.random.default_rng(0))
+    message = str(info.value)
+    assert "10000 shards" in message and "only 200 training examples" in message
+    assert "shards_per_client can be at most 20" in message
+    parts = shards_partition(labels, num_clients=10, shards_per_client=20, rng=np.random.default_rng(0))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(200))
+
+
+def test_dirichlet_failure_advice_fits_alpha() -> None:
+    """A near-IID split that fails the minimum must not say 'raise alpha'."""
+    from privfed.data import dirichlet_partition
+
+    labels = np.repeat(np.arange(2, dtype=np.int64), 50)  # 100 examples, 10 clients: about 10 each
+    with pytest.raises(DataError) as info:
+        dirichlet_partition(
+            labels, num_clients=10, alpha=1000.0, min_examples=10, rng=np.random.default_rng(0), max_attempts=20
+        )
+    message = str(info.value)
+    assert "raise partition.alpha" not in message and "already close to IID" in message
+    assert "partition.min_examples_per_client" in message
+    with pytest.raises(DataError, match=r"raise partition\.alpha \(now 0\.001\)"):
+        dirichlet_partition(
+            labels, num_clients=10, alpha=1e-3, min_examples=5, rng=np.random.default_rng(0), max_attempts=20
+        )
