@@ -7,10 +7,14 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo demo-llm test test-fast lint clean
+.PHONY: setup lock demo demo-llm test test-fast lint clean
 
 setup:
 	@bash scripts/setup.sh
+
+# Re-resolve every dependency and rewrite requirements.lock (pins + sha256); review and commit the diff.
+lock:
+	@bash scripts/lock.sh
 
 demo: setup
 	$(BIN)/privfed run configs/demo.toml --out runs/demo-$$(date +%Y%m%d-%H%M%S)

