@@ -5,13 +5,16 @@ Layout::
     RUN_DIR/
       config.resolved.toml   the full config (defaults filled in)
       metrics.jsonl          one JSON object per round
-      checkpoint.safetensors global adapter + server state; JSON state in its metadata
+      checkpoint.safetensors global adapter + server state; JSON state (privacy ledger included)
+                             in its metadata, with a SHA-256 digest over all of it
       summary.json           final numbers
       adapter/               PEFT ``save_pretrained`` output (safetensors)
 
 Writes are atomic (temporary file + ``os.replace``), so an interrupted run
 never leaves a half-written checkpoint; on resume, metric lines after the
-checkpoint's round are dropped and recomputed.
+checkpoint's round are dropped and recomputed. A checkpoint is verified before
+it is used (digest, schema, config and metrics.jsonl): anything that does not
+check out is a one-line ``CheckpointError``, never a silent reset.
 """
 
 from __future__ import annotations

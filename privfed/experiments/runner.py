@@ -255,7 +255,8 @@ def _update_applied(result: RoundResult) -> bool:
     the server refused a non-finite aggregate (under user-level DP the round's
     noise may still have been applied: that is no client update).
     """
-    return result.num_clients > 0 and result.aborted is None and result.aggregate_rejected is None
+    rejected = getattr(result, "aggregate_rejected", None)  # added to RoundResult by the same issue
+    return result.num_clients > 0 and result.aborted is None and rejected is None
 
 
 def _no_update_warnings(records: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
@@ -288,7 +289,7 @@ def _round_record(
         "update_norm": result.update_norm,
         "dropped_clients": result.dropped_clients,
         "secagg_aborted": result.aborted,
-        "aggregate_rejected": result.aggregate_rejected,
+        "aggregate_rejected": getattr(result, "aggregate_rejected", None),
         "update_applied": _update_applied(result),
     }
     if evaluation is not None:
@@ -459,11 +460,16 @@ def _prepare_privacy(exp: Experiment) -> _Privacy:
         if isinstance(exc, ConfigError):
             raise
         p = privacy
+        levels = [("sample", p.sample_level, p.sample.noise_multiplier, p.sample.target_epsilon)]
+        levels.append(("user", p.user_level, p.user.noise_multiplier, p.user.target_epsilon))
+        given = ", ".join(
+            f"privacy.{name}.noise_multiplier = {sigma:g}, privacy.{name}.target_epsilon = {target:g}"
+            for name, on, sigma, target in levels
+            if on
+        )
         raise ConfigError(
-            "privacy: the accountant cannot compute epsilon for this config (privacy.mode = "
-            f"{p.mode!r}, privacy.sample.noise_multiplier = {p.sample.noise_multiplier:g}, "
-            f"privacy.user.noise_multiplier = {p.user.noise_multiplier:g}): {type(exc).__name__}: {exc}; "
-            "choose a noise multiplier of a sensible size (about 0.3 to 100)"
+            f"privacy: the accountant cannot compute epsilon for this config ({given}): "
+            f"{type(exc).__name__}: {exc}; use a noise multiplier and target of sensible size"
         ) from None
     ledger = PrivacyLedger(
         delta=privacy.delta,
@@ -634,6 +640,7 @@ def _execute(
     quiet: bool,
     stop_after_round: int | None,
     transport_hook: Callable[[Transport], Transport] | None = None,
+    initial_eval: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     config = exp.config
     plan, ledger, user_dp, trainer = dp.plan, dp.ledger, dp.user_dp, dp.trainer
@@ -644,7 +651,7 @@ def _execute(
         state: dict[str, Any] = {
             "layout_fingerprint": exp.layout.fingerprint(),
             "config_sha256": run_dir.config_digest(),
-            "initial_eval": _evaluate(exp, exp.initial_vector),
+            "initial_eval": _evaluate(exp, exp.initial_vector) if initial_eval is None else initial_eval,
         }
         run_dir.truncate_metrics(0)
     else:
@@ -738,9 +745,17 @@ def run_experiment(
     if experiment_hook is not None:
         exp = experiment_hook(exp)
     dp = _prepare_privacy(exp)
+    initial_eval = _evaluate(exp, exp.initial_vector)  # can fail too: before anything is written
     run_dir.create(config)
     return _execute(
-        exp, dp, run_dir, checkpoint=None, quiet=quiet, stop_after_round=stop_after_round, transport_hook=transport_hook
+        exp,
+        dp,
+        run_dir,
+        checkpoint=None,
+        quiet=quiet,
+        stop_after_round=stop_after_round,
+        transport_hook=transport_hook,
+        initial_eval=initial_eval,
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from privfed.cli import main
 from privfed.config import dump_config
+from privfed.errors import ConfigError
 from privfed.experiments import RunDirectory, run_experiment
 from privfed.transport.base import RoundExchange
 from tests.conftest import tiny_config
@@ -96,18 +97,39 @@ def test_empty_out_is_an_error_not_the_current_directory(
     assert not (tmp_path / "runs").exists() and not (tmp_path / RunDirectory.CONFIG).exists()
 
 
-def test_overflowing_noise_multiplier_is_a_config_error_and_writes_nothing(
+def test_overflowing_noise_multiplier_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Before: OverflowError traceback in round 1, and a config.resolved.toml that blocked a rerun.
     config = write_config(
-        tmp_path,
-        **{"privacy.mode": "user", "privacy.delta": 1e-3, "privacy.user.noise_multiplier": 1e308},
+        tmp_path, **{"privacy.mode": "user", "privacy.delta": 1e-3, "privacy.user.noise_multiplier": 1.0}
     )
+    text = config.read_text()
+    assert "noise_multiplier = 1.0" in text
+    config.write_text(text.replace("noise_multiplier = 1.0", "noise_multiplier = 1e308", 1))
     out = tmp_path / "run"
     assert main(["run", str(config), "--out", str(out), "--quiet"]) == 2
     assert "noise_multiplier" in one_error_line(capsys)
     assert not out.exists()
+
+
+def test_accountant_failure_is_a_config_error_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the config admits, an accountant that cannot compute epsilon stops the run before it starts."""
+
+    def overflow(*args: Any, **kwargs: Any) -> float:
+        raise OverflowError("(34, 'Numerical result out of range')")
+
+    monkeypatch.setattr("privfed.experiments.runner.compute_epsilon", overflow)
+    monkeypatch.setattr("privfed.privacy.ledger.compute_epsilon", overflow)
+    config = tiny_config(
+        **{"server.rounds": 1, "privacy.mode": "user", "privacy.delta": 1e-3, "privacy.user.noise_multiplier": 1.0}
+    )
+    with pytest.raises(ConfigError, match=r"privacy\.user\.noise_multiplier = 1, .*: OverflowError") as info:
+        run_experiment(config, tmp_path / "run", quiet=True)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_damaged_checkpoint_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

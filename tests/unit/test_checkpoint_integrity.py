@@ -279,3 +279,91 @@ def test_check_vector_refuses_non_finite_values(exp: Experiment) -> None:
         exp.layout.load_into(exp.model, vector)
     vector[1] = np.inf
     assert exp.layout.unflatten(vector)  # the pure wire format still carries any float
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Metrics (without timings) of the same run, uninterrupted."""
+    path = tmp_path_factory.mktemp("straight") / "run"
+    run_experiment(_config(), path, quiet=True)
+    return _metrics(path)
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in (run / RunDirectory.METRICS).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in records]
+
+
+_VALUES: list[Any] = [None, True, -1, 0, 1, 2, 100, -0.5, 0.5, 1e308, float("nan"), "1", "", [], {}, [1.0]]
+
+
+def _mutate(run: Path, rng: random.Random) -> str:
+    """Apply one random mutation to the checkpoint (or its metrics); returns what it did."""
+    kind = rng.choice(["flip", "round", "state", "drop", "event", "initial_eval", "array", "metrics"])
+    if kind == "flip":
+        path = run / RunDirectory.CHECKPOINT
+        data = bytearray(path.read_bytes())
+        position = rng.randrange(len(data))
+        data[position] ^= rng.randrange(1, 256)
+        path.write_bytes(bytes(data))
+        return f"flip byte {position}"
+    if kind == "round":
+        value = rng.choice(["-1", "0", "1", "2", "3", "100", "1.0", " 1", "x", ""])
+        resign(run, metadata=_set_round(value))
+        return f"round = {value!r}"
+    if kind in ("state", "drop"):
+        key = rng.choice(["config_sha256", "initial_eval", "layout_fingerprint", "ledger", "user_clip_norm"])
+        value = rng.choice(_VALUES)
+        resign(run, state=lambda s: s.pop(key) if kind == "drop" else s.__setitem__(key, value))
+        return f"state {key} dropped" if kind == "drop" else f"state {key} = {value!r}"
+    if kind == "event":
+        field = rng.choice(["noise_multiplier", "sample_rate", "steps", "scope", "subject", "round"])
+        value = rng.choice(_VALUES)
+        resign(run, state=_event(field, value))
+        return f"ledger[0].{field} = {value!r}"
+    if kind == "initial_eval":  # harmless for the rounds: only the summary's initial_* numbers change
+        factor = rng.uniform(0.5, 2.0)
+        resign(run, state=lambda s: s["initial_eval"].update({k: v * factor for k, v in s["initial_eval"].items()}))
+        return f"initial_eval * {factor:.3f}"
+    if kind == "array":
+        name = rng.choice(["global", "strategy.m", "strategy.v"])
+        how = rng.choice(["nan", "inf", "short", "long", "scalar", "2-D", "float64", "drop"])
+
+        def edit(a: Arrays) -> None:
+            x = a[name]
+            if how in ("nan", "inf"):
+                x[rng.randrange(x.size)] = np.nan if how == "nan" else -np.inf
+            elif how == "drop":
+                a.pop(name)
+            else:
+                a[name] = {
+                    "short": x[:-1],
+                    "long": np.append(x, np.float32(0)),
+                    "scalar": x[:1],
+                    "2-D": x[None, :],
+                    "float64": x.astype(np.float64),
+                }[how]
+
+        resign(run, arrays=edit)
+        return f"array {name}: {how}"
+    path = run / RunDirectory.METRICS
+    record = json.loads(path.read_text().splitlines()[0])
+    record["train_loss"] = rng.choice(_VALUES[1:9])
+    path.write_text(json.dumps(record) + "\n")
+    return f"metrics line 1 train_loss = {record['train_loss']!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(24))
+def test_checkpoint_tampering_fuzzer(partial: Path, straight: list[dict[str, Any]], tmp_path: Path, seed: int) -> None:
+    """Every mutated checkpoint either fails to resume with a one-line ``CheckpointError``, or resumes
+    exactly as the uninterrupted run (the mutation changed nothing the rounds depend on)."""
+    run = tmp_path / "run"
+    shutil.copytree(partial, run)
+    what = _mutate(run, random.Random(seed))
+    try:
+        resume_experiment(run, quiet=True)
+    except CheckpointError as exc:
+        one_line(exc)
+        return
+    assert _metrics(run) == straight, f"resumed after {what} with different metrics"
