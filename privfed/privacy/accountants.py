@@ -7,6 +7,8 @@ A registry maps ``privacy.accountant`` to a function
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -77,13 +79,31 @@ def _rdp(events: Sequence[SampledGaussianEvent], delta: float) -> float:
 
 
 def _prv(events: Sequence[SampledGaussianEvent], delta: float) -> float:
+    """Opacus' PRV accountant; ``inf`` (with a warning) where its discretisation fails.
+
+    For very little noise (sigma <= ~0.05 over many steps, or ~0.02 at q = 1) Opacus'
+    PRV domain grows until it asks for gigabytes (``MemoryError``) or its mean check
+    fails (``RuntimeError``). Such noise bounds nothing useful, and an accountant that
+    cannot bound epsilon must not report a finite one: ``inf`` makes the ledger stop
+    the run and makes calibration search larger sigmas.
+    """
     from opacus.accountants import PRVAccountant
 
     accountant = PRVAccountant()
     accountant.history = _history(events)
     if not accountant.history:
         return 0.0
-    return float(accountant.get_epsilon(delta=delta, eps_error=0.01))
+    try:
+        return float(accountant.get_epsilon(delta=delta, eps_error=0.01))
+    except (MemoryError, RuntimeError, OverflowError, ValueError) as exc:
+        smallest = min(sigma for sigma, _, _ in accountant.history)
+        warnings.warn(
+            f"the PRV accountant cannot bound epsilon for noise multiplier {smallest:g} "
+            f"({type(exc).__name__}); reporting epsilon = inf (privacy.accountant = 'rdp' handles it)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return math.inf
 
 
 register_accountant("rdp", _rdp)

@@ -310,3 +310,22 @@ def test_ledger_per_client_epsilon_equals_a_fresh_composition(raw: list[tuple[st
     assert ledger.epsilon_sample_max() == pytest.approx(max(expected.values(), default=0.0), rel=1e-12)
     users = [e for e in events if e.scope == "user"]
     assert ledger.epsilon_user() == pytest.approx(compute_epsilon(users, delta=1e-5, accountant="rdp"), rel=1e-12)
+
+
+@pytest.mark.parametrize("failure", [MemoryError, RuntimeError])
+def test_prv_reports_infinity_where_it_cannot_bound_epsilon(
+    failure: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opacus' PRV accountant raises MemoryError (sigma <= ~0.05 over 1000 steps asks for 25 GiB and more)
+    or RuntimeError ("Discrete mean differs", sigma ~0.01 at q = 1); an epsilon it cannot bound is inf."""
+    from opacus.accountants import PRVAccountant
+
+    from privfed.privacy import compute_epsilon
+
+    def broken(self: object, **kwargs: object) -> float:
+        raise failure("discretisation failed")
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", broken)
+    events = [SampledGaussianEvent(noise_multiplier=0.01, sample_rate=1.0, steps=10, scope="user")]
+    with pytest.warns(RuntimeWarning, match="cannot bound epsilon for noise multiplier 0.01"):
+        assert compute_epsilon(events, delta=1e-5, accountant="prv") == float("inf")
