@@ -244,3 +244,27 @@ def test_full_fine_tuning_under_sample_level_dp_is_refused_before_anything_is_wr
     with pytest.raises(ConfigError, match=r"position.embeddings"):
         run_experiment(config, run_dir, quiet=True)
     assert not run_dir.exists()
+
+
+def test_aborted_or_refused_rounds_count_as_rounds_without_an_update() -> None:
+    from privfed.experiments.runner import _no_update_warnings, _round_record
+    from privfed.server import RoundResult
+
+    base: dict[str, Any] = {
+        "round": 1,
+        "num_clients": 3,
+        "rejected_updates": 0,
+        "train_loss": 1.0,
+        "bytes_up": 1,
+        "bytes_down": 1,
+        "update_norm": 0.1,
+    }
+    ok = RoundResult(**base)
+    aborted = RoundResult(**{**base, "round": 2, "num_clients": 0, "aborted": "below threshold"})
+    refused = RoundResult(**{**base, "round": 3, "aggregate_rejected": "the aggregate is not finite"})
+    records = [_round_record(r, None, {}, {}) for r in (ok, aborted, refused)]
+    assert [r["update_applied"] for r in records] == [True, False, False]
+    assert [r["aggregate_rejected"] for r in records] == [None, None, "the aggregate is not finite"]
+    rounds, warnings = _no_update_warnings(records)
+    assert rounds == [2, 3] and warnings == ["2 of 3 rounds applied no client update (rounds 2, 3)"]
+    assert "NO round applied" in _no_update_warnings(records[1:])[1][0]
