@@ -3,6 +3,7 @@
     privfed run CONFIG.toml [--out DIR] [--quiet]
     privfed run --resume RUN_DIR [--quiet]
     privfed sweep CONFIG.toml [--epsilons 1,3,8,inf] [--out DIR]
+    privfed reproduce RUN_DIR [--out DIR]
     privfed validate CONFIG.toml
     privfed models | datasets
 
@@ -113,15 +114,10 @@ def _cmd_attack_inversion(args: argparse.Namespace) -> int:
 
 def _split_config(path: str, table: str) -> tuple[dict[str, Any], Any]:
     """An experiment config file with one extra top-level ``[table]``: (that table, the validated config)."""
-    import tomllib
-
-    from privfed.config import config_from_dict
+    from privfed.config import config_from_dict, read_config_file
     from privfed.errors import ConfigError
 
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    raw = read_config_file(path)  # one-line ConfigError: missing, not UTF-8, not TOML, too deep, empty
     extra = raw.pop(table, {})
     if not isinstance(extra, dict):
         raise ConfigError(f"{path}: [{table}] must be a table")
@@ -200,6 +196,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import time
+
+    from privfed.experiments.reproduce import format_report, reproduce
+
+    source = Path(args.run_dir)
+    out = Path(args.out) if args.out else source.with_name(f"{source.name}-reproduce-{time.strftime('%Y%m%d-%H%M%S')}")
+    _quiet_libraries()
+    report = reproduce(source, out=out, quiet=args.quiet)
+    print(format_report(report))
+    return 0 if report.identical else 3
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from privfed.models.registry import get_model_spec, model_names
 
@@ -257,6 +266,13 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", help="audit directory (default: runs/<config name>-audit); reruns reuse finished runs")
     audit.add_argument("--quiet", action="store_true", help="no progress bars")
     audit.set_defaults(func=_cmd_audit)
+    repro = sub.add_parser(
+        "reproduce", help="re-run a finished run from its resolved config and compare metrics round by round"
+    )
+    repro.add_argument("run_dir", help="a finished run directory")
+    repro.add_argument("--out", help="where the re-run goes (default: RUN_DIR-reproduce-<time>); must be new")
+    repro.add_argument("--quiet", action="store_true", help="no progress bars")
+    repro.set_defaults(func=_cmd_reproduce)
     validate = sub.add_parser("validate", help="check a config and print it fully resolved")
     validate.add_argument("config")
     validate.set_defaults(func=_cmd_validate)

@@ -27,7 +27,6 @@ import io
 import itertools
 import json
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from attacks.inversion.text import Target, text_span_attack
 from attacks.inversion.victim import TextBatch, TextVictim
 from attacks.metrics import rouge_scores, token_recovery
 from privfed import ConfigError, load_dataset
+from privfed.config import read_config_file
 from privfed.experiments import atomic_write_text
 
 __all__ = [
@@ -123,10 +123,7 @@ def load_inversion_config(path: str | Path) -> InversionSweep:
     Raises:
         ConfigError: unreadable file, unknown keys, or values out of range.
     """
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    raw = read_config_file(path)  # one-line ConfigError: missing, not UTF-8, not TOML, too deep, empty
     table = raw.get("inversion")
     _check(isinstance(table, dict), f"{path}: needs an [inversion] table")
     assert isinstance(table, dict)

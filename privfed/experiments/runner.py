@@ -17,13 +17,20 @@ from privfed.adapters.layout import AdapterLayout
 from privfed.adapters.methods import wrap_model
 from privfed.client.data import ExampleSet
 from privfed.client.trainer import ClientTrainer, SampleDP, local_steps, sampling_rate_for
-from privfed.config import ExperimentConfig
+from privfed.config import ExperimentConfig, validate_against_model
 from privfed.data.partition import PartitionInputs, partition, stratified_split
 from privfed.data.records import Dataset
 from privfed.data.registry import get_dataset_spec, load_dataset
 from privfed.data.tokenize import tokenize_texts
 from privfed.errors import CheckpointError, ConfigError, ModelError, PrivacyBudgetExceeded
 from privfed.evaluation import evaluate_vector
+from privfed.experiments.provenance import (
+    apply_determinism,
+    collect_provenance,
+    fingerprint_arrays,
+    fingerprint_rows,
+    fingerprint_tensors,
+)
 from privfed.experiments.run_dir import Checkpoint, RunDirectory
 from privfed.models.registry import get_model_spec, load_base_model
 from privfed.privacy.accountants import compute_epsilon
@@ -58,6 +65,8 @@ class Experiment:
         task: the training objective.
         client_data / eval_data: tokenized examples.
         base_params: parameter count of the base model.
+        fingerprints: SHA-256 content digests of what the run uses (``dataset_rows``,
+            ``partition``, ``base_model``, ``initial_adapter``), for provenance.
     """
 
     config: ExperimentConfig
@@ -72,6 +81,7 @@ class Experiment:
     client_data: list[ExampleSet]
     eval_data: ExampleSet
     base_params: int
+    fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _check_compatible(config: ExperimentConfig) -> None:
@@ -109,6 +119,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         ConfigError: if model and dataset do not fit together or the partition is impossible.
     """
     _check_compatible(config)
+    apply_determinism(device=config.model.device)
     seed = config.seed
     dataset = load_dataset(config.data.name)
     assert dataset.texts is not None
@@ -142,7 +153,9 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         num_labels=dataset.num_classes if spec.task == "classification" else None,
         init_seed=derive_seed(seed, "model-init"),
     )
+    validate_against_model(config, loaded.model)
     base_params = sum(int(param.numel()) for param in loaded.model.parameters())
+    base_fingerprint = fingerprint_tensors(loaded.model.state_dict().items())
     with torch_rng(derive_seed(seed, "adapter-init")):
         model = wrap_model(loaded.model, config.adapter, spec)
     model.to(device)
@@ -153,6 +166,15 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     def examples(rows: IndexArray) -> ExampleSet:
         return ExampleSet(tokens=tokens.take(rows), labels=dataset.labels[rows])
 
+    initial_vector = layout.flatten(model)
+    fingerprints = {
+        "dataset_rows": fingerprint_rows(
+            texts=dataset.texts, labels=dataset.labels, rows=np.concatenate([train, held])
+        ),
+        "partition": fingerprint_arrays(client_indices),
+        "base_model": base_fingerprint,
+        "initial_adapter": fingerprint_arrays([initial_vector]),
+    }
     return Experiment(
         config=config,
         dataset=dataset,
@@ -161,11 +183,12 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         client_indices=client_indices,
         model=model,
         layout=layout,
-        initial_vector=layout.flatten(model),
+        initial_vector=initial_vector,
         task=get_task(spec.task),
         client_data=[examples(rows) for rows in client_indices],
         eval_data=examples(held),
         base_params=base_params,
+        fingerprints=fingerprints,
     )
 
 
@@ -346,6 +369,7 @@ def _summary(
     summary["aggregate_rejected_rounds"] = sum(1 for r in records if r.get("aggregate_rejected"))
     summary["trained"] = bool(records) and len(no_update) < len(records)
     summary["warnings"] = warnings
+    summary["provenance"] = collect_provenance(device=config.model.device, fingerprints=exp.fingerprints)
     return summary
 
 

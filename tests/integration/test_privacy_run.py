@@ -116,7 +116,7 @@ def test_user_dp_under_secure_aggregation(run_dir: Path) -> None:
         ({"privacy.mode": "user"}, "privacy.user needs noise_multiplier > 0 or target_epsilon > 0"),
         ({**USER, "privacy.delta": 0.2}, "privacy.delta must be < 1/partition.num_clients"),
         ({**USER, "privacy.user.clip_norm": 0.0}, "privacy.user.clip_norm must be > 0.0"),
-        ({**SAMPLE, "privacy.sample.target_epsilon": -1.0}, "privacy.sample.target_epsilon must be >= 0.0"),
+        ({**SAMPLE, "privacy.sample.target_epsilon": -1.0}, "must be 0.0 (off) or > 0.0 and <= 100.0; got -1.0"),
         ({"privacy.mode": "everything"}, "privacy.mode must be one of"),
     ],
 )
