@@ -17,13 +17,14 @@ would otherwise start a long run with every default.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,10 +47,12 @@ __all__ = [
     "ServerConfig",
     "TransportConfig",
     "UserDPConfig",
+    "apply_overrides",
     "config_from_dict",
     "config_to_dict",
     "dump_config",
     "load_config",
+    "parse_override",
     "read_config_file",
     "replace_path",
     "replace_paths",
@@ -86,6 +89,15 @@ def _strategy_names() -> Iterable[str]:
     return strategy_names()
 
 
+def _transport_names() -> Iterable[str]:
+    import importlib
+
+    importlib.import_module("privfed.transport")  # registers the built-in transports
+    from privfed.transport.base import transport_names
+
+    return transport_names()
+
+
 def _partition_names() -> Iterable[str]:
     from privfed.data.partition import partitioner_names
 
@@ -111,14 +123,88 @@ class ModelConfig:
     device: str = _f("cpu", choices=lambda: ("cpu", "cuda"))
 
 
+# Suffixes of the table files ``data.path`` reads (privfed.data.files).
+_DATA_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+_HF_PREFIX = "hf:"
+_DEFAULT_DATASET = "bbc_news"
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which offline dataset to use and how to hold part of it out for evaluation."""
+    """Which dataset to use and how to hold part of it out for evaluation.
 
-    name: str = _f("bbc_news", choices=_choices_from(_dataset_names))
+    The data is one of: a registered offline dataset (``name``, see ``privfed
+    datasets``); a Hugging Face ``datasets`` dataset saved with ``save_to_disk``
+    (``name = "hf:<dir>"``, read offline); or a local ``.csv``, ``.tsv``,
+    ``.jsonl`` or ``.parquet`` file (``path``; ``name`` is then only a label,
+    by default the file's name without its suffix). The last two read the
+    ``text_column``, ``label_column`` and, if set, ``client_column`` (one natural
+    group per value, for ``partition.method = "natural"``). A relative ``path``
+    or ``hf:`` directory is relative to the working directory.
+    """
+
+    name: str = _f(_DEFAULT_DATASET, text=True)
+    path: str = _f("")  # local table file; "" = none
+    text_column: str = _f("text", text=True)
+    label_column: str = _f("label", text=True)
+    client_column: str = _f("")  # "" = no natural groups
     eval_fraction: float = _f(0.2, gt=0.0, lt=1.0)
     max_train_examples: int = _f(0, ge=0)  # 0 = use every training example
     max_eval_examples: int = _f(0, ge=0)  # 0 = use every held-out example
+
+    @property
+    def hf_dir(self) -> str | None:
+        """The directory of ``name = "hf:<dir>"``, else ``None``."""
+        return self.name[len(_HF_PREFIX) :] if self.name.startswith(_HF_PREFIX) else None
+
+    @property
+    def user_data(self) -> bool:
+        """Whether the data comes from the user's file or saved dataset (not the registry)."""
+        return bool(self.path) or self.hf_dir is not None
+
+    def __post_init__(self) -> None:
+        if self.path:
+            _check_data_path(self.path)
+            if self.hf_dir is not None:
+                raise ConfigError(
+                    f"data.name {_short(self.name)} and data.path {_short(self.path)} both say where the data "
+                    "is; set one of them"
+                )
+            if self.name == _DEFAULT_DATASET:  # not set: label the data after its file
+                stem = Path(self.path).stem
+                label = stem if 1 <= len(stem) <= _MAX_TEXT and stem.isprintable() else "file"
+                object.__setattr__(self, "name", label)
+        elif self.hf_dir is not None:
+            if not self.hf_dir.strip():
+                raise ConfigError(f"data.name 'hf:<dir>' needs the directory after 'hf:'; got {_short(self.name)}")
+        else:
+            allowed = tuple(sorted(_dataset_names()))
+            if self.name not in allowed:
+                raise ConfigError(
+                    f"data.name must be one of {', '.join(map(repr, allowed))}, or 'hf:<dir>' for a saved Hugging "
+                    f"Face dataset (or set data.path to a file); got {_short(self.name)}"
+                )
+            if self.client_column:
+                raise ConfigError(
+                    f"data.client_column applies only to data.path or data.name = 'hf:<dir>' (data.name "
+                    f"{self.name!r} brings its own groups); got {_short(self.client_column)}"
+                )
+        if self.client_column and not (len(self.client_column) <= _MAX_TEXT and self.client_column.isprintable()):
+            raise ConfigError(
+                f"data.client_column must be printable text or '' (none); got {_short(self.client_column)}"
+            )
+        if self.text_column in (self.label_column, self.client_column):
+            other = "label_column" if self.text_column == self.label_column else "client_column"
+            raise ConfigError(
+                f"data.text_column and data.{other} must be different columns; both are {_short(self.text_column)}"
+            )
+
+
+def _check_data_path(path: str) -> None:
+    if not (len(path) <= 4096 and path.isprintable()):
+        raise ConfigError(f"data.path must be a printable file path of at most 4096 characters; got {_short(path)}")
+    if not path.lower().endswith(_DATA_FILE_SUFFIXES):
+        raise ConfigError(f"data.path must end in {', '.join(_DATA_FILE_SUFFIXES)}; got {_short(path)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +278,7 @@ class EvalConfig:
 class TransportConfig:
     """How messages move between server and clients."""
 
-    kind: str = _f("simulation", choices=lambda: ("simulation",))
+    kind: str = _f("simulation", choices=_choices_from(_transport_names))  # a registered transport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -641,18 +727,20 @@ def _mapping_depth(value: Any, limit: int = _MAX_DEPTH + 1) -> int:
     return 1 + max((_mapping_depth(child, limit - 1) for child in children), default=0)
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read and validate a TOML experiment config.
 
     The file must set ``name``: every other key has a default, so a file that sets
     nothing is far more likely to be a mistake (an empty or truncated file, the
     wrong path) than a wish for the defaults, which ``privfed config`` prints.
+    ``overrides`` are ``KEY=VALUE`` assignments (``privfed run --set``) applied to
+    the file's values before anything is validated (see :func:`apply_overrides`).
 
     Raises:
         ConfigError: if the file is missing, unreadable, not UTF-8, not valid TOML,
             nested too deeply, does not set ``name``, or holds a bad value.
     """
-    raw = read_config_file(path)
+    raw = apply_overrides(read_config_file(path), overrides)
     config = config_from_dict(raw)
     if "name" not in raw:
         raise ConfigError(
@@ -704,3 +792,106 @@ def replace_paths(config: ExperimentConfig, changes: Mapping[str, Any]) -> Exper
             raise ConfigError(f"unknown config key {dotted!r}")
         node[leaf] = value
     return config_from_dict(raw)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``"server.rounds=5"`` -> ``("server.rounds", "5")`` (the value still as text).
+
+    Raises:
+        ConfigError: no ``=``, or nothing before it.
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set needs KEY=VALUE with a dotted key (e.g. server.rounds=5); got {_short(text)}")
+    return key, value.strip()
+
+
+def _schema_annotation(dotted: str) -> Any:
+    """The annotation of the config field at a dotted path; ``ConfigError`` for a path the schema lacks."""
+    node: Any = ExperimentConfig
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth])
+        if not (dataclasses.is_dataclass(node) and isinstance(node, type)):
+            raise ConfigError(f"--set {dotted}: {where} is a value, not a section; it has no key {part!r}")
+        hints = _type_hints(node)
+        if part not in hints:
+            raise ConfigError(
+                f"--set {dotted}: unknown key {part!r} in {where or 'the top level'}; "
+                f"allowed keys: {', '.join(sorted(hints))}"
+            )
+        node = hints[part]
+    if dataclasses.is_dataclass(node):
+        keys = ", ".join(f.name for f in dataclasses.fields(node))
+        raise ConfigError(f"--set {dotted}: {dotted} is a section; set one of its keys ({keys})")
+    return node
+
+
+def _toml_value(dotted: str, text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"--set {dotted}: {_short(text)} is not a TOML value") from None
+
+
+def _override_value(dotted: str, text: str, annotation: Any) -> Any:
+    """A ``--set`` value as the schema types the field; the range is checked later, with the file's values."""
+    if annotation is str:
+        quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+        return text[1:-1] if quoted else text
+    if annotation is bool:
+        if text.lower() not in ("true", "false"):
+            raise ConfigError(f"{dotted} must be true or false; got {_short(text)}")
+        return text.lower() == "true"
+    if annotation in (int, float):
+        kind = "an integer" if annotation is int else "a number"
+        try:
+            value = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"{dotted} must be {kind}; got {_short(text)}") from None
+        return value  # an int where a float is wanted is fine; a float where an int is wanted is refused
+    if typing.get_origin(annotation) is tuple:
+        if text.startswith("["):
+            return _toml_value(dotted, text)
+        return [part.strip() for part in text.split(",")] if text else []
+    raise TypeError(f"unsupported config annotation at {dotted}: {annotation}")  # pragma: no cover
+
+
+def apply_overrides(
+    raw: Mapping[str, Any], assignments: Sequence[str], *, tables: Collection[str] = ()
+) -> dict[str, Any]:
+    """A copy of a config mapping with ``KEY=VALUE`` assignments applied (``--set``).
+
+    Keys are dotted paths of the schema (``server.rounds=5``,
+    ``privacy.user.target_epsilon=3``); the value is read as the field's type
+    (``str`` as given, ``true``/``false``, TOML numbers such as ``1e-5``, lists as
+    ``a,b`` or a TOML array) and is validated afterwards exactly like a value from
+    the file. Keys under one of ``tables`` (a command's own table, e.g. ``audit``)
+    are not in the schema: their values are read as TOML (else as text) and the
+    command checks them. Later assignments win.
+
+    Raises:
+        ConfigError: a malformed assignment, a key the schema does not have, or a
+            value that cannot be the field's type.
+    """
+    out = copy.deepcopy(dict(raw))
+    for text in assignments:
+        dotted, value_text = parse_override(text)
+        parts = dotted.split(".")
+        if parts[0] in tables:
+            try:
+                value = tomllib.loads(f"value = {value_text}")["value"]
+            except tomllib.TOMLDecodeError:
+                value = value_text
+        else:
+            value = _override_value(dotted, value_text, _schema_annotation(dotted))
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {dotted}: {where} is {_describe(child)} in the config file, not a table")
+            node = child
+        node[parts[-1]] = value
+    return out

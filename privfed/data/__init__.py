@@ -1,5 +1,6 @@
 """Offline datasets, tokenization with caching, and seeded partitioners."""
 
+from privfed.data.files import dataset_spec_for, load_data, load_hf_dir, load_table_file
 from privfed.data.partition import (
     dirichlet_partition,
     iid_partition,
@@ -16,10 +17,14 @@ __all__ = [
     "Dataset",
     "DatasetSpec",
     "dataset_names",
+    "dataset_spec_for",
     "dirichlet_partition",
     "get_dataset_spec",
     "iid_partition",
+    "load_data",
     "load_dataset",
+    "load_hf_dir",
+    "load_table_file",
     "natural_partition",
     "partition",
     "partitioner_names",

@@ -18,9 +18,9 @@ from privfed.adapters.methods import wrap_model
 from privfed.client.data import ExampleSet
 from privfed.client.trainer import ClientTrainer, SampleDP, local_steps, sampling_rate_for
 from privfed.config import ExperimentConfig, validate_against_model
+from privfed.data.files import dataset_spec_for, load_data
 from privfed.data.partition import PartitionInputs, partition, stratified_split
 from privfed.data.records import Dataset
-from privfed.data.registry import get_dataset_spec, load_dataset
 from privfed.data.tokenize import tokenize_texts
 from privfed.errors import CheckpointError, ConfigError, ModelError, PrivacyBudgetExceeded
 from privfed.evaluation import evaluate_vector
@@ -86,7 +86,7 @@ class Experiment:
 
 def _check_compatible(config: ExperimentConfig) -> None:
     model_spec = get_model_spec(config.model.name)
-    data_spec = get_dataset_spec(config.data.name)
+    data_spec = dataset_spec_for(config.data)
     if data_spec.modality != "text":
         raise ConfigError(
             f"data.name {config.data.name!r} is an image dataset; model.name {config.model.name!r} "
@@ -121,7 +121,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     _check_compatible(config)
     apply_determinism(device=config.model.device)
     seed = config.seed
-    dataset = load_dataset(config.data.name)
+    dataset = load_data(config.data)
     assert dataset.texts is not None
     train, held = stratified_split(
         dataset.labels, eval_fraction=config.data.eval_fraction, rng=generator(seed, "split")
