@@ -143,11 +143,21 @@ class DataConfig:
     or ``hf:`` directory is relative to the working directory.
     """
 
-    name: str = _f(_DEFAULT_DATASET, text=True)
-    path: str = _f("")  # local table file; "" = none
-    text_column: str = _f("text", text=True)
-    label_column: str = _f("label", text=True)
-    client_column: str = _f("")  # "" = no natural groups
+    name: str = _f(
+        _DEFAULT_DATASET,
+        text=True,
+        help="Registered dataset (`privfed datasets`), or `hf:<dir>` for a Hugging Face dataset saved with "
+        "`save_to_disk`; with `data.path`, only a label (default: the file's name).",
+    )
+    path: str = _f("", help="A local `.csv`, `.tsv`, `.jsonl` or `.parquet` file to use instead; empty = none.")
+    text_column: str = _f("text", text=True, help="Column holding each example's text (`data.path`, `hf:`).")
+    label_column: str = _f(
+        "label", text=True, help="Column holding each example's class, text or integer (`data.path`, `hf:`)."
+    )
+    client_column: str = _f(
+        "",
+        help='Column naming each example\'s client, for `partition.method = "natural"`; empty = none.',
+    )
     eval_fraction: float = _f(0.2, gt=0.0, lt=1.0)
     max_train_examples: int = _f(0, ge=0)  # 0 = use every training example
     max_eval_examples: int = _f(0, ge=0)  # 0 = use every held-out example
