@@ -1,11 +1,18 @@
 """``privfed`` command line.
 
-    privfed run CONFIG.toml [--out DIR] [--quiet]
+    privfed run CONFIG.toml [--out DIR] [--quiet] [--set KEY=VALUE ...]
     privfed run --resume RUN_DIR [--quiet]
-    privfed sweep CONFIG.toml [--epsilons 1,3,8,inf] [--out DIR]
+    privfed sweep CONFIG.toml [--epsilons 1,3,8,inf] [--out DIR] [--set KEY=VALUE ...]
+    privfed audit | attack membership|exposure|inversion CONFIG.toml [--set KEY=VALUE ...]
     privfed reproduce RUN_DIR [--out DIR]
-    privfed validate CONFIG.toml
+    privfed validate CONFIG.toml [--set KEY=VALUE ...]
     privfed models | datasets
+
+Every command takes ``--plugin MODULE_OR_FILE.py`` (repeatable): the module is
+imported (a ``.py`` path is loaded from its file) before anything else, so the
+datasets, strategies and adapters it registers can be named in the config.
+``--set server.rounds=5`` (repeatable) overrides one config value, typed by the
+schema and validated with the file's values.
 
 Errors privfed raises on purpose (bad config, missing package, bad --out,
 corrupt or tampered checkpoint) print one line, ``privfed: error: ...``, and
@@ -16,8 +23,12 @@ but no round applied a client update (the adapter is untrained).
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,8 +62,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from privfed.experiments.runner import resume_experiment, run_experiment
 
     if args.resume is not None:
-        if args.config or args.out is not None:
-            raise SystemExit("privfed: error: --resume takes the run directory alone (no CONFIG or --out)")
+        if args.config or args.out is not None or args.set:
+            raise SystemExit("privfed: error: --resume takes the run directory alone (no CONFIG, --out or --set)")
         if not args.resume:
             raise CheckpointError("--resume needs a run directory; got an empty path")
         out = Path(args.resume)
@@ -65,14 +76,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise CheckpointError("--out is an empty path; give a directory name (omit --out for runs/<config name>)")
         out = Path(args.out) if args.out is not None else Path("runs") / Path(args.config).stem
         RunDirectory(out).check_new()  # a bad --out fails in a second, not after the model loads
-        config = load_config(args.config)
+        config = load_config(args.config, overrides=args.set)
         _quiet_libraries()
         summary = run_experiment(config, out, quiet=args.quiet)
     keys = ["final_eval_accuracy", "final_eval_loss", "final_eval_perplexity", "initial_eval_perplexity"]
     keys += ["majority_class_rate", "rounds", "rounds_without_update", "trainable_params", "bytes_up_total"]
+    keys += ["epsilon_user", "epsilon_sample_max", "delta"]
     shown = {k: summary[k] for k in keys if k in summary}
     print(f"run directory: {out}")
     print(json.dumps(shown, indent=2))
+    print(_summary_line(summary))
     for warning in summary.get("warnings", []):
         print(f"privfed: warning: {warning}", file=sys.stderr)
     if summary.get("completed") and not summary.get("trained", True):
@@ -85,12 +98,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _epsilon_text(summary: dict[str, Any]) -> str:
+    """``ε_user=2.31, ε_record≤4.10 (δ=1e-05)``, or ``not private``: the epsilon a run has spent."""
+    parts = []
+    for key, label in (("epsilon_user", "ε_user="), ("epsilon_sample_max", "ε_record≤")):
+        value = summary.get(key)
+        if isinstance(value, (int, float)):
+            parts.append(f"{label}{'inf' if math.isinf(value) else format(value, '.3g')}")
+    if not parts:
+        return "not private (no ε)"
+    delta = summary.get("delta")
+    return ", ".join(parts) + (f" (δ={delta:g})" if isinstance(delta, float) else "")
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    """The run's outcome in one line: rounds, the final metric, the epsilon spent."""
+    rounds = summary.get("rounds")
+    parts = [f"{rounds} round(s)" if rounds is not None else "no rounds"]
+    for key, label in (("final_eval_accuracy", "accuracy"), ("final_eval_perplexity", "perplexity")):
+        value = summary.get(key)
+        if isinstance(value, (int, float)):
+            parts.append(f"{label} {value:.4g}")
+    stopped = summary.get("stopped")
+    return "final: " + ", ".join(parts) + f"; {_epsilon_text(summary)}" + (f"; stopped: {stopped}" if stopped else "")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from privfed.config import load_config
     from privfed.experiments.sweep import parse_epsilons, run_sweep
 
     _quiet_libraries()
-    config = load_config(args.config)
+    config = load_config(args.config, overrides=args.set)
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-sweep"
     rows = run_sweep(config, out, parse_epsilons(args.epsilons), quiet=args.quiet)
     print(f"sweep directory: {out}")
@@ -104,7 +142,7 @@ def _cmd_attack_inversion(args: argparse.Namespace) -> int:
     from attacks.inversion.sweep import load_inversion_config, run_inversion_sweep
 
     _quiet_libraries()
-    sweep = load_inversion_config(args.config)
+    sweep = load_inversion_config(_overridden_file(args.config, args.set, table="inversion"))
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-inversion"
     records = run_inversion_sweep(sweep, out, progress=None if args.quiet else print)
     print(f"results: {out / 'inversion_results.json'} ({len(records)} configurations)")
@@ -112,12 +150,41 @@ def _cmd_attack_inversion(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_config(path: str, table: str) -> tuple[dict[str, Any], Any]:
+def _overridden_file(path: str, overrides: Sequence[str], *, table: str) -> str:
+    """``path``, or with ``--set`` a copy of it (same file name, in a temporary folder) with the values replaced.
+
+    For commands whose config is only their own ``[table]`` (attack inversion): every key must be under it.
+    """
+    if not overrides:
+        return path
+    import atexit
+    import shutil
+    import tempfile
+
+    import tomli_w
+
+    from privfed.config import apply_overrides, parse_override, read_config_file
+    from privfed.errors import ConfigError
+
+    for text in overrides:
+        key, _ = parse_override(text)
+        if key.split(".")[0] != table:
+            raise ConfigError(f"--set {key}: this command reads only the [{table}] table; use {table}.<key>=VALUE")
+    raw = apply_overrides(read_config_file(path), overrides, tables=(table,))
+    folder = tempfile.mkdtemp(prefix="privfed-set-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    copy = Path(folder) / Path(path).name
+    copy.write_text(tomli_w.dumps(raw))
+    return str(copy)
+
+
+def _split_config(path: str, table: str, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Any]:
     """An experiment config file with one extra top-level ``[table]``: (that table, the validated config)."""
-    from privfed.config import config_from_dict, read_config_file
+    from privfed.config import apply_overrides, config_from_dict, read_config_file
     from privfed.errors import ConfigError
 
     raw = read_config_file(path)  # one-line ConfigError: missing, not UTF-8, not TOML, too deep, empty
+    raw = apply_overrides(raw, overrides, tables=(table,))
     extra = raw.pop(table, {})
     if not isinstance(extra, dict):
         raise ConfigError(f"{path}: [{table}] must be a table")
@@ -130,7 +197,7 @@ def _cmd_attack_exposure(args: argparse.Namespace) -> int:
     from privfed.errors import ConfigError
 
     _quiet_libraries()
-    raw, config = _split_config(args.config, "exposure")
+    raw, config = _split_config(args.config, "exposure", args.set)
     table = table_values(SecretSharerSettings, raw, "exposure")
     try:
         if "repeats" in table:
@@ -154,7 +221,7 @@ def _cmd_attack_membership(args: argparse.Namespace) -> int:
     from attacks.membership.shadow import membership_table
 
     _quiet_libraries()
-    table, config = _split_config(args.config, "membership")
+    table, config = _split_config(args.config, "membership", args.set)
     settings = MembershipSettings.from_mapping(table)
     variants = settings.resolved_variants(config)  # validates every override before any training
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-membership"
@@ -169,7 +236,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from privfed.errors import ConfigError
 
     _quiet_libraries()
-    table, config = _split_config(args.config, "audit")
+    table, config = _split_config(args.config, "audit", args.set)
     try:
         settings = AuditSettings.from_mapping(table)
     except (TypeError, ValueError) as exc:
@@ -190,10 +257,72 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from privfed.config import dump_config, load_config
+    import tomli_w
 
-    print(dump_config(load_config(args.config)), end="")
+    from privfed.config import load_config
+    from privfed.experiments.plan import applicable_config, client_sizes, format_plan, privacy_plan
+
+    config = load_config(args.config, overrides=args.set)
+    # Record-level DP needs each client's examples; user data is read to check the file (no model either way).
+    sizes = client_sizes(config) if config.privacy.sample_level or config.data.user_data else None
+    lines = format_plan(privacy_plan(config, sizes=sizes), config)
+    if sizes is not None:
+        lines.append(
+            f"data: {sum(sizes)} training examples on {len(sizes)} clients ({min(sizes)} to {max(sizes)} each)"
+        )
+    lines.append("config (only the keys that apply; the rest keep their defaults):")
+    print("\n".join(f"# {line}" for line in lines))
+    print(tomli_w.dumps(applicable_config(config)), end="")
     return 0
+
+
+def _load_plugins(plugins: Sequence[str]) -> None:
+    """Import each ``--plugin``: a dotted module name (the working directory is importable), or a ``.py`` file.
+
+    Raises:
+        ConfigError: one line naming the plugin and what went wrong.
+    """
+    from privfed.errors import ConfigError
+
+    for plugin in plugins:
+        is_file = plugin.endswith(".py") or "/" in plugin or os.sep in plugin
+        try:
+            if is_file:
+                path = Path(plugin)
+                if not path.is_file():
+                    raise ConfigError(f"--plugin {plugin!r}: no such file")
+                name = "privfed_plugin_" + re.sub(r"\W", "_", path.stem)
+                spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or spec.loader is None:
+                    raise ConfigError(f"--plugin {plugin!r}: not a Python file")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(name, None)
+                    raise
+            else:
+                if os.getcwd() not in sys.path and "" not in sys.path:
+                    sys.path.append(os.getcwd())  # as `python -m` would: the user's own modules beside the config
+                importlib.import_module(plugin)
+        except ConfigError:
+            raise
+        except ModuleNotFoundError as exc:
+            if exc.name and (plugin == exc.name or plugin.startswith(exc.name + ".")):
+                raise ConfigError(
+                    f"--plugin {plugin!r}: no module named {exc.name!r} (install it, run from its folder, "
+                    "or give the path of a .py file)"
+                ) from None
+            raise ConfigError(f"--plugin {plugin!r} failed to import: {_one_line(exc)}") from None
+        except Exception as exc:
+            raise ConfigError(f"--plugin {plugin!r} failed to import: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -229,62 +358,118 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privfed", description="Private federated fine-tuning of adapters.")
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE.py",
+        help="import a module (or load a .py file) that registers datasets, strategies or adapters; repeatable",
+    )
+    overrides = argparse.ArgumentParser(add_help=False, parents=[plugin])
+    overrides.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. server.rounds=5 or privacy.user.target_epsilon=3; repeatable",
+    )
+    plain = argparse.ArgumentParser(add_help=False, parents=[plugin])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a federated experiment from a TOML config")
+
+    def add(parent: Any, name: str, *, parents: Sequence[argparse.ArgumentParser], help: str) -> Any:
+        return parent.add_parser(name, help=help, parents=list(parents))
+
+    run = add(sub, "run", parents=[overrides], help="run a federated experiment from a TOML config")
     run.add_argument("config", nargs="?", help="experiment config (TOML)")
     run.add_argument("--out", help="run directory to create (default: runs/<config name>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
-    sweep = sub.add_parser("sweep", help="privacy-utility grid: one run per target epsilon, table and plot")
+    sweep = add(
+        sub, "sweep", parents=[overrides], help="privacy-utility grid: one run per target epsilon, table and plot"
+    )
     sweep.add_argument("config", help="experiment config with privacy.mode set")
     sweep.add_argument("--epsilons", default="1,3,8,inf", help="comma-separated targets; inf = no DP")
     sweep.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     sweep.set_defaults(func=_cmd_sweep)
-    attack = sub.add_parser("attack", help="privacy attacks against the pipeline")
+    attack = add(sub, "attack", parents=[], help="privacy attacks against the pipeline")
     attack_sub = attack.add_subparsers(dest="attack", required=True)
-    inversion = attack_sub.add_parser("inversion", help="gradient inversion sweep (text and images) vs defences")
+    inversion = add(
+        attack_sub, "inversion", parents=[overrides], help="gradient inversion sweep (text and images) vs defences"
+    )
     inversion.add_argument("config", help="TOML file with an [inversion] table (see configs/inversion.toml)")
     inversion.add_argument("--out", help="results directory (default: runs/<config name>-inversion); reruns resume")
     inversion.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
     inversion.set_defaults(func=_cmd_attack_inversion)
-    expo = attack_sub.add_parser("exposure", help="Secret Sharer: insert random secrets, train, rank them (LMs)")
+    expo = add(
+        attack_sub, "exposure", parents=[overrides], help="Secret Sharer: insert random secrets, train, rank them (LMs)"
+    )
     expo.add_argument("config", help="causal-LM experiment config with an optional [exposure] table")
     expo.add_argument("--out", help="results directory (default: runs/<config name>-exposure); must be new")
     expo.add_argument("--quiet", action="store_true", help="no progress bars")
     expo.set_defaults(func=_cmd_attack_exposure)
-    member = attack_sub.add_parser(
-        "membership", help="record-level MIA (LOSS, reference, LiRA, RMIA) with shadow federations"
+    member = add(
+        attack_sub,
+        "membership",
+        parents=[overrides],
+        help="record-level MIA (LOSS, reference, LiRA, RMIA) with shadow federations",
     )
     member.add_argument("config", help="experiment config with an optional [membership] table")
     member.add_argument("--out", help="results directory (default: runs/<config name>-membership); reruns reuse")
     member.add_argument("--quiet", action="store_true", help="no progress bars")
     member.set_defaults(func=_cmd_attack_membership)
-    audit = sub.add_parser("audit", help="canary audit: accountant epsilon next to empirical lower bounds")
+    audit = add(
+        sub, "audit", parents=[overrides], help="canary audit: accountant epsilon next to empirical lower bounds"
+    )
     audit.add_argument("config", help="experiment config with privacy.mode set and an optional [audit] table")
     audit.add_argument("--out", help="audit directory (default: runs/<config name>-audit); reruns reuse finished runs")
     audit.add_argument("--quiet", action="store_true", help="no progress bars")
     audit.set_defaults(func=_cmd_audit)
-    repro = sub.add_parser(
-        "reproduce", help="re-run a finished run from its resolved config and compare metrics round by round"
+    repro = add(
+        sub,
+        "reproduce",
+        parents=[plain],
+        help="re-run a finished run from its resolved config and compare metrics round by round",
     )
     repro.add_argument("run_dir", help="a finished run directory")
     repro.add_argument("--out", help="where the re-run goes (default: RUN_DIR-reproduce-<time>); must be new")
     repro.add_argument("--quiet", action="store_true", help="no progress bars")
     repro.set_defaults(func=_cmd_reproduce)
-    validate = sub.add_parser("validate", help="check a config and print it fully resolved")
+    validate = add(
+        sub, "validate", parents=[overrides], help="check a config; print its privacy plan and the keys that apply"
+    )
     validate.add_argument("config")
     validate.set_defaults(func=_cmd_validate)
-    sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
-    sub.add_parser("datasets", help="list registered datasets").set_defaults(func=_cmd_datasets)
+    add(sub, "models", parents=[plain], help="list registered models").set_defaults(func=_cmd_models)
+    add(sub, "datasets", parents=[plain], help="list registered datasets").set_defaults(func=_cmd_datasets)
     return parser
+
+
+def _short_warnings() -> None:
+    """privfed's own warnings (dropped blank or duplicate rows, ...) as one ``privfed: warning:`` line each."""
+    import warnings
+
+    package = str(Path(__file__).parent)
+    default = warnings.formatwarning
+
+    def formatwarning(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+    ) -> str:
+        if filename.startswith(package):
+            return f"privfed: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``privfed`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    _short_warnings()
     try:
+        _load_plugins(getattr(args, "plugin", []))
         status: int = args.func(args)
         return status
     except PrivfedError as exc:

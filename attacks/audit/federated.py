@@ -479,8 +479,10 @@ def run_audit(
     if results_path.exists():
         done = {r["run"]: read_audit_record(r) for r in json.loads(results_path.read_text())}
     records: list[dict[str, Any]] = []
-    for eps in settings.epsilons:
+    for k, eps in enumerate(settings.epsilons, start=1):
         label = _label(eps)
+        reused = " (finished; reused)" if label in done else ""
+        print(f"point {k}/{len(settings.epsilons)}: ε={label}, seed={config.seed}{reused}", flush=True)
         if label in done:
             records.append(done[label])
             continue

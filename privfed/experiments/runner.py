@@ -226,7 +226,12 @@ class _Progress:
         postfix = {"loss": record.get("train_loss")}
         if record.get("eval_accuracy") is not None:
             postfix["eval_acc"] = record["eval_accuracy"]
-        self.rounds.set_postfix({k: f"{v:.4f}" for k, v in postfix.items() if isinstance(v, float)})
+        shown = {k: f"{v:.4f}" for k, v in postfix.items() if isinstance(v, float)}
+        # The epsilon spent so far (the ledger's, at the configured delta), per privacy unit.
+        for key, label in (("epsilon_user", "ε_user"), ("epsilon_sample_max", "ε_record")):
+            if isinstance(record.get(key), (int, float)):
+                shown[label] = f"{record[key]:.3g}"
+        self.rounds.set_postfix(shown)
         self.rounds.update(1)
 
     def close(self) -> None:

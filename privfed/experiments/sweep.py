@@ -111,7 +111,8 @@ def run_sweep(config: ExperimentConfig, out: Path, epsilons: Sequence[float], *,
     """Run (or reuse, or resume) one experiment per epsilon; write the table and the plot."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for epsilon in epsilons:
+    for k, epsilon in enumerate(epsilons, start=1):
+        print(f"point {k}/{len(epsilons)}: ε={_label(epsilon)}, seed={config.seed}", flush=True)
         summary = run_sweep_point(config, out, epsilon, quiet=quiet)
         row = {key: summary.get(key) for key in COLUMNS if key != "target_epsilon"}
         row["target_epsilon"] = epsilon
