@@ -182,3 +182,11 @@ def test_run_from_a_csv_with_natural_clients(tmp_path: Path, capsys: pytest.Capt
     assert "(δ=0.01)" in last
     resolved = tomllib.loads((out / "config.resolved.toml").read_text())
     assert resolved["server"]["rounds"] == 2 and resolved["data"]["client_column"] == "hospital"
+
+
+def test_plan_partitions_the_data_as_a_run_does(tmp_path: Path) -> None:
+    from privfed.experiments import build_experiment
+    from privfed.experiments.plan import client_sizes
+
+    config = load_config(_config_file(tmp_path, **{"partition.method": "dirichlet", "partition.num_clients": 5}))
+    assert client_sizes(config) == [len(d) for d in build_experiment(config).client_data]
