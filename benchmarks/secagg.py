@@ -255,7 +255,10 @@ def simulated_round(*, train: bool, repeats: int) -> dict[str, Any]:
         rng = np.random.default_rng(0)
         fixed = rng.normal(0, 0.01, exp.layout.dim).astype(np.float32)
         trainer.train = lambda **kw: LocalResult(fixed, 20, 1.0, 1)  # type: ignore[method-assign]
-    transport = SimulationTransport(trainer=trainer, client_data=exp.client_data, seed=0)
+    from privfed.client.node import ClientNode
+
+    nodes = [ClientNode(client_id=i, trainer=trainer, data=data, seed=0) for i, data in enumerate(exp.client_data)]
+    transport = SimulationTransport(nodes=nodes)
     rounds: dict[str, Any] = {}
     for name, enabled in (("plain", False), ("secagg", True)):
         cfg = config_from_dict({**raw, "secagg": {**raw["secagg"], "enabled": enabled}})

@@ -38,6 +38,11 @@ class Registry(Generic[_T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (the registry's typed error if it is not registered)."""
+        self.get(name)
+        del self._entries[name]
+
     def names(self) -> tuple[str, ...]:
         """Registered names, sorted."""
         return tuple(sorted(self._entries))

@@ -39,10 +39,18 @@ import numpy.typing as npt
 from attacks._tables import table_values
 from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_directions, one_shot_epsilon
 from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
-from privfed import ClientUpdate, ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
+from privfed import (
+    ClientUpdate,
+    ConfigError,
+    ExperimentConfig,
+    GlobalModel,
+    ProtocolError,
+    RunDirectory,
+    run_experiment,
+)
 from privfed.client import ExampleSet
 from privfed.experiments import Experiment, atomic_write_text, sweep_config
-from privfed.transport import RoundExchange, Transport
+from privfed.transport import Exchange, Reply, Transport
 
 __all__ = [
     "ONE_SHOT_KEY",
@@ -131,37 +139,49 @@ class CanaryTransport:
         self.broadcasts: list[npt.NDArray[np.float32]] = []
 
     def exchange(
-        self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
-    ) -> RoundExchange:
-        message = GlobalModel.from_bytes(broadcast)
+        self,
+        messages: Mapping[int, bytes],
+        *,
+        round: int,
+        stage: str,
+        on_reply: Callable[[int], None] | None = None,
+    ) -> Exchange:
+        if stage != "train":
+            raise ProtocolError("canary clients answer plain rounds only (the audit does not run under SecAgg)")
+        if not messages:
+            return self.inner.exchange(messages, round=round, stage=stage, on_reply=on_reply)
+        message = GlobalModel.from_bytes(next(iter(messages.values())))
         if self.initial is None:
             self.initial = message.vector.copy()
         self.broadcasts.append(message.vector.copy())
-        real = [c for c in cohort if c not in self.canaries]
+        real = {c: m for c, m in messages.items() if c not in self.canaries}
         self.real_participants.update(int(c) for c in real)
-        fake = [c for c in cohort if c in self.canaries]
-        inner = self.inner.exchange(broadcast=broadcast, cohort=real, on_client_done=on_client_done)
-        uploads = list(inner.uploads)
-        if self.norm is None and uploads:
-            norms = [float(np.linalg.norm(ClientUpdate.from_bytes(u).delta)) for u in uploads]
+        fake = [c for c in messages if c in self.canaries]
+        inner = self.inner.exchange(real, round=round, stage=stage, on_reply=on_reply)
+        replies = list(inner.replies)
+        if self.norm is None and replies:
+            norms = [float(np.linalg.norm(ClientUpdate.from_bytes(r.data).delta)) for r in replies]
             self.norm = float(np.median(norms))
         for c in fake:
             self.participations[c] += 1
-            uploads.append(
-                ClientUpdate(
-                    round=message.round,
-                    client_id=c,
-                    num_examples=self.num_examples,
-                    train_loss=float("nan"),
-                    delta=self.directions[c] * np.float32(self.norm or 0.0),
-                ).to_bytes()
+            replies.append(
+                Reply(
+                    sender=c,
+                    data=ClientUpdate(
+                        round=message.round,
+                        client_id=c,
+                        num_examples=self.num_examples,
+                        train_loss=float("nan"),
+                        delta=self.directions[c] * np.float32(self.norm or 0.0),
+                    ).to_bytes(),
+                )
             )
-            if on_client_done is not None:
-                on_client_done(c)
-        return RoundExchange(
-            uploads=tuple(uploads),
-            bytes_down=inner.bytes_down + len(broadcast) * len(fake),
-            bytes_up=inner.bytes_up + sum(len(u) for u in uploads[len(inner.uploads) :]),
+            if on_reply is not None:
+                on_reply(c)
+        return Exchange(
+            replies=tuple(replies),
+            bytes_down=inner.bytes_down + sum(len(messages[c]) for c in fake),
+            bytes_up=inner.bytes_up + sum(len(r.data) for r in replies[len(inner.replies) :]),
         )
 
 

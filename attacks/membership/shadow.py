@@ -80,7 +80,7 @@ from privfed.errors import PrivfedError, ProtocolError
 from privfed.experiments import Experiment, atomic_write_bytes, atomic_write_text, build_experiment
 from privfed.rng import generator
 from privfed.server import validate_update
-from privfed.transport import RoundExchange, Transport
+from privfed.transport import Exchange, Transport
 
 __all__ = [
     "ATTACKS",
@@ -309,16 +309,25 @@ class LocalModelTransport:
         self.local_models: dict[int, npt.NDArray[np.float32]] = {}
 
     def exchange(
-        self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
-    ) -> RoundExchange:
-        present = [c for c in cohort if c not in self.absent]
-        result = self.inner.exchange(broadcast=broadcast, cohort=present, on_client_done=on_client_done)
-        message = GlobalModel.from_bytes(broadcast)
+        self,
+        messages: Mapping[int, bytes],
+        *,
+        round: int,
+        stage: str,
+        on_reply: Callable[[int], None] | None = None,
+    ) -> Exchange:
+        present = {c: m for c, m in messages.items() if c not in self.absent}
+        result = self.inner.exchange(present, round=round, stage=stage, on_reply=on_reply)
+        if stage != "train" or not present:
+            return result
+        message = GlobalModel.from_bytes(next(iter(present.values())))
         expected = set(present)
-        for raw in result.uploads:
+        for reply in result.replies:
             try:  # what the server rejects never enters this view either
-                update = validate_update(raw, round=message.round, expected=expected, dim=message.vector.size)
+                update = validate_update(reply.data, round=message.round, expected=expected, dim=message.vector.size)
             except ProtocolError:
+                continue
+            if update.client_id != reply.sender:
                 continue
             expected.discard(update.client_id)
             self.local_models[update.client_id] = message.vector + update.delta

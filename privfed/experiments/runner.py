@@ -16,6 +16,7 @@ import torch
 from privfed.adapters.layout import AdapterLayout
 from privfed.adapters.methods import wrap_model
 from privfed.client.data import ExampleSet
+from privfed.client.node import ClientNode
 from privfed.client.trainer import ClientTrainer, SampleDP, local_steps, sampling_rate_for
 from privfed.config import ExperimentConfig, validate_against_model
 from privfed.data.files import dataset_spec_for, load_data
@@ -42,8 +43,7 @@ from privfed.rng import derive_seed, generator, torch_rng
 from privfed.server.server import FederatedServer, RoundResult
 from privfed.server.strategies import FedAdam, Strategy, make_strategy
 from privfed.tasks import Task, get_task
-from privfed.transport.base import Transport
-from privfed.transport.simulation import SimulationTransport
+from privfed.transport.base import Transport, make_transport
 
 __all__ = ["Experiment", "build_experiment", "resume_experiment", "run_experiment"]
 
@@ -689,7 +689,10 @@ def _execute(
         start_round = checkpoint.round
         run_dir.truncate_metrics(start_round)
 
-    transport: Transport = SimulationTransport(trainer=trainer, client_data=exp.client_data, seed=config.seed)
+    nodes = [
+        ClientNode(client_id=i, trainer=trainer, data=data, seed=config.seed) for i, data in enumerate(exp.client_data)
+    ]
+    transport = make_transport(config.transport.kind, nodes=nodes, config=config)
     if transport_hook is not None:
         transport = transport_hook(transport)
     total = config.server.rounds

@@ -81,12 +81,15 @@ class DPFedAvgResult:
 
     Attributes:
         mean_delta: float32[d], noised sum divided by the expected cohort.
+        noised_sum: float64[d], the sum of clipped deltas plus the Gaussian noise (what a
+            wrapped strategy's ``aggregate_sum`` receives, with the expected cohort as weight).
         clip_norm: the C used this round.
         next_clip_norm: C for the next round (equal unless adaptive).
         unclipped_fraction: noised estimate of the fraction of unclipped clients (adaptive), else None.
     """
 
     mean_delta: npt.NDArray[np.float32]
+    noised_sum: npt.NDArray[np.float64]
     clip_norm: float
     next_clip_norm: float
     unclipped_fraction: float | None
@@ -143,7 +146,13 @@ class DPFedAvgServer:
             # Undo the centring: sum(b_i) / m + 1/2 estimates the unclipped fraction (Andrew et al., Alg. 1).
             fraction = noised / self.expected_clients + COUNT_SENSITIVITY
             self.clip_norm = c * math.exp(-self.adaptive.learning_rate * (fraction - self.adaptive.target_quantile))
-        return DPFedAvgResult(mean_delta=mean, clip_norm=c, next_clip_norm=self.clip_norm, unclipped_fraction=fraction)
+        return DPFedAvgResult(
+            mean_delta=mean,
+            noised_sum=total,
+            clip_norm=c,
+            next_clip_norm=self.clip_norm,
+            unclipped_fraction=fraction,
+        )
 
     def aggregate(self, deltas: npt.NDArray[np.floating], *, noise: NoiseSource) -> DPFedAvgResult:
         """Clip each row of ``deltas`` (float[n, d]) to C, then :meth:`from_sums`."""

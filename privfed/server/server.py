@@ -9,18 +9,25 @@ import numpy as np
 import numpy.typing as npt
 
 from privfed.adapters.layout import AdapterLayout
+from privfed.client.stages import AppendMetricsStage, ClipStage, FixedPointStage, StageContext, Upload, UploadPipeline
 from privfed.compression.quantize import FixedPointCodec
 from privfed.config import SecAggConfig
 from privfed.errors import ConfigError, ProtocolError
 from privfed.privacy.dpfedavg import DPFedAvgServer
 from privfed.privacy.noise import NoiseSource, make_noise
 from privfed.rng import generator
-from privfed.secagg.driver import DropoutPlan
+from privfed.secagg.driver import STAGES as SECAGG_STAGES
 from privfed.secagg.graph import neighbour_graph
 from privfed.secagg.server import SecAggServer
+from privfed.server.aggregation import (
+    Aggregate,
+    DPFedAvgAggregation,
+    StrategyAggregation,
+    check_strategy_composes,
+)
 from privfed.server.strategies import Strategy
-from privfed.transport.base import SecureExchange, SecureTransport, Transport
-from privfed.transport.messages import ClientUpdate, GlobalModel
+from privfed.transport.base import Transport
+from privfed.transport.messages import ClientUpdate, Decline, GlobalModel, SecureRoundRequest, message_kind
 
 __all__ = ["FederatedServer", "RoundResult", "check_strategy_composes", "sample_cohort", "validate_update"]
 
@@ -97,27 +104,6 @@ class RoundResult:
     aggregate_rejected: str | None = None
 
 
-def check_strategy_composes(strategy: Strategy, *, user_dp: bool, secure: bool) -> None:
-    """``ConfigError`` unless ``strategy`` can run when DP-FedAvg or secure summation makes its aggregate.
-
-    Under user-level DP the aggregate is DP-FedAvg's noised mean of clipped deltas,
-    and under secure aggregation the server holds only the sum of the updates: in
-    both, ``strategy.aggregate`` (which needs every individual update) cannot run, and
-    only ``strategy.apply`` does. That is faithful only for a strategy whose
-    ``aggregate`` *is* the (weighted) mean, which it declares with a class attribute
-    ``aggregates_mean = True`` (FedAvg, FedAdam). A robust aggregator (trimmed mean,
-    median, Krum) would be silently replaced by the mean, so it is refused.
-    """
-    if not (user_dp or secure) or getattr(strategy, "aggregates_mean", False) is True:
-        return
-    mode = " and ".join(m for m, on in (("user-level DP", user_dp), ("secure aggregation", secure)) if on)
-    raise ConfigError(
-        f"server.strategy {type(strategy).__name__} cannot run under {mode}: the server only gets a "
-        "(noised) sum of the updates, so its aggregate() would be replaced by the mean; use a mean-based "
-        "strategy (fedavg, fedadam), or set aggregates_mean = True on a strategy whose aggregate is the mean"
-    )
-
-
 class FederatedServer:
     """Holds the global adapter vector and runs FedAvg-style rounds over a transport."""
 
@@ -146,6 +132,11 @@ class FederatedServer:
         self.secure_noise = secure_noise
         self.secagg = secagg if secagg is not None and secagg.enabled else None
         check_strategy_composes(strategy, user_dp=user_dp is not None, secure=self.secagg is not None)
+        # Aggregation by composition: the strategy is always called; user-level DP wraps it.
+        inner = StrategyAggregation(strategy, weighting=weighting)
+        self.aggregation: StrategyAggregation | DPFedAvgAggregation = (
+            inner if user_dp is None else DPFedAvgAggregation(inner, user_dp, dim=layout.dim, noise=self._noise)
+        )
         self.codec: FixedPointCodec | None = None
         self._rounding_slack = 0.0
         self._count_bit = 0.5
@@ -199,8 +190,11 @@ class FederatedServer:
             return None
         return max(self.user_dp.clip_norm - self._rounding_slack, 0.0)
 
-    def _validate(self, raw: bytes, *, round: int, expected: set[int]) -> ClientUpdate:
-        return validate_update(raw, round=round, expected=expected, dim=self.layout.dim)
+    def _validate(self, reply_data: bytes, *, sender: int, round: int, expected: set[int]) -> ClientUpdate:
+        update = validate_update(reply_data, round=round, expected=expected, dim=self.layout.dim)
+        if update.client_id != sender:
+            raise ProtocolError(f"an update claiming client {update.client_id} came from node {sender}")
+        return update
 
     def _apply(self, aggregate: npt.NDArray[np.floating]) -> tuple[float, str | None]:
         """Server optimizer step with the round's aggregate.
@@ -230,141 +224,173 @@ class FederatedServer:
     def _noise(self, round: int) -> NoiseSource:
         return make_noise(secure=self.secure_noise, seed=self.seed, path=("user", round))
 
+    def _result(self, round: int, cohort: list[int], aggregate: Aggregate | None, **fields: object) -> RoundResult:
+        """Apply ``aggregate`` (when there is one) and record the round."""
+        update_norm, rejected_aggregate = (0.0, None) if aggregate is None else self._apply(aggregate.delta)
+        return RoundResult(
+            round=round,
+            train_loss=float("nan") if aggregate is None else aggregate.train_loss,
+            update_norm=update_norm,
+            cohort=tuple(cohort),
+            clip_norm=None if aggregate is None else aggregate.clip_norm,
+            unclipped_fraction=None if aggregate is None else aggregate.unclipped_fraction,
+            aggregate_rejected=rejected_aggregate,
+            **fields,  # type: ignore[arg-type]
+        )
+
     def run_round(
         self, round: int, transport: Transport, *, on_client_done: Callable[[int], None] | None = None
     ) -> RoundResult:
-        """Run one round and update the global adapter in place."""
-        cohort = self.cohort(round)
-        broadcast = GlobalModel(round=round, vector=self.global_vector).to_bytes()
+        """Run one round over ``transport`` and update the global adapter in place."""
+        cohort = [int(c) for c in self.cohort(round)]
         if self.secagg is not None:
-            return self._run_secure_round(round, cohort, broadcast, transport, on_client_done)
+            return self._run_secure_round(round, cohort, transport, on_client_done)
+        broadcast = GlobalModel(round=round, vector=self.global_vector).to_bytes()
         exchange = transport.exchange(
-            broadcast=broadcast, cohort=[int(c) for c in cohort], on_client_done=on_client_done
+            dict.fromkeys(cohort, broadcast), round=round, stage="train", on_reply=on_client_done
         )
-        expected = {int(c) for c in cohort}
+        expected = set(cohort)
         accepted: list[ClientUpdate] = []
         rejected = 0
-        for raw in exchange.uploads:
+        for reply in exchange.replies:
             try:
-                update = self._validate(raw, round=round, expected=expected)
+                update = self._validate(reply.data, sender=reply.sender, round=round, expected=expected)
             except ProtocolError:
                 rejected += 1
                 continue
             expected.discard(update.client_id)  # a second reply from the same client is a replay
             accepted.append(update)
-        update_norm = 0.0
-        train_loss = float("nan")
-        dp_result = None
-        rejected_aggregate = None
-        if self.user_dp is not None:
-            # The noised sum is released every round, whoever answered.
-            deltas = np.stack([u.delta for u in accepted]) if accepted else np.zeros((0, self.layout.dim), np.float32)
-            dp_result = self.user_dp.aggregate(deltas, noise=self._noise(round))
-            update_norm, rejected_aggregate = self._apply(dp_result.mean_delta)
-            losses = np.array([u.train_loss for u in accepted])
-            if np.isfinite(losses).any():
-                train_loss = float(np.mean(losses[np.isfinite(losses)]))
-        elif accepted:
-            deltas = np.stack([u.delta for u in accepted])
-            counts = np.array([u.num_examples for u in accepted], dtype=np.float64)
-            weights = counts if self.weighting == "examples" else np.ones_like(counts)
-            aggregate = self.strategy.aggregate(deltas, weights=weights)
-            update_norm, rejected_aggregate = self._apply(aggregate)
-            losses = np.array([u.train_loss for u in accepted])
-            finite = np.isfinite(losses)
-            if finite.any():
-                train_loss = float(np.average(losses[finite], weights=weights[finite]))
-        return RoundResult(
-            round=round,
+        # Under user-level DP the noised sum is released every round, whoever answered.
+        aggregate = self.aggregation.from_updates(accepted, round=round)
+        return self._result(
+            round,
+            cohort,
+            aggregate,
             num_clients=len(accepted),
             rejected_updates=rejected,
-            train_loss=train_loss,
             bytes_up=exchange.bytes_up,
             bytes_down=exchange.bytes_down,
-            update_norm=update_norm,
-            cohort=tuple(int(c) for c in cohort),
-            clip_norm=None if dp_result is None else dp_result.clip_norm,
-            unclipped_fraction=None if dp_result is None else dp_result.unclipped_fraction,
-            aggregate_rejected=rejected_aggregate,
         )
+
+    def upload_pipeline(self) -> UploadPipeline:
+        """This round's client upload stages under secure aggregation: [clip,] append metrics, fixed point."""
+        assert self.secagg is not None and self.codec is not None
+        stages: list[ClipStage | AppendMetricsStage | FixedPointStage] = []
+        names = ["train_loss"]
+        clip = self.upload_clip_norm()
+        if clip is not None:
+            stages.append(ClipStage(max_norm=clip, count_bit=self._count_bit))
+            names.append("unclipped")
+        stages.append(AppendMetricsStage(names=names))
+        stages.append(
+            FixedPointStage(
+                bits=self.secagg.bits,
+                clip=self.secagg.clip,
+                extra_clip=self.secagg.loss_clip,
+                dim=self.layout.dim,
+                extra=len(names),
+                num_summands=self.codec.num_summands,
+            )
+        )
+        return UploadPipeline(stages)
 
     def _run_secure_round(
         self,
         round: int,
-        cohort: npt.NDArray[np.int64],
-        broadcast: bytes,
+        members: list[int],
         transport: Transport,
         on_client_done: Callable[[int], None] | None,
     ) -> RoundResult:
         """One round under SecAgg+: the server only ever holds the masked vectors and their sum."""
         assert self.secagg is not None and self.codec is not None
-        if not isinstance(transport, SecureTransport):
-            raise ProtocolError(f"{type(transport).__name__} cannot run secure aggregation")
-        members = [int(c) for c in cohort]
         if len(members) < 3:
-            exchange = SecureExchange(
-                None, (), 0, f"a cohort of {len(members)} clients is too small for secure aggregation (needs 3)", 0, 0
-            )
-            return self._finish_secure_round(round, members, exchange)
+            reason = f"a cohort of {len(members)} clients is too small for secure aggregation (needs 3)"
+            return self._finish_secure_round(round, members, None, (), 0, reason, 0, 0)
         degree = self.secagg.resolved_degree(len(members))
         graph = neighbour_graph(members, degree=degree, rng=generator(self.seed, "secagg-graph", round))
         secagg_server = SecAggServer(
             round=round,
             neighbours=graph,
-            threshold=self.secagg.resolved_threshold(len(members), clamp=True),  # Poisson cohorts vary
+            threshold=self.secagg.resolved_threshold(len(members), clamp=True),
             bits=self.secagg.bits,
             dim=self._upload_dim,
             session=generator(self.seed, "secagg-session", round).bytes(16),  # public, per round
         )
-        dropouts = DropoutPlan.random(
-            members, rate=self.secagg.dropout_rate, rng=generator(self.seed, "secagg-dropout", round)
+        pipeline = self.upload_pipeline()
+        stages_json = pipeline.to_json()
+        declined: set[int] = set()
+        refused_by_server: set[int] = set()
+        down = up = 0
+        try:
+            outbox = secagg_server.start()
+            for index, stage in enumerate(SECAGG_STAGES):
+                if index == 0:  # the opening message carries the model and the upload stages
+                    messages = {
+                        cid: SecureRoundRequest(
+                            round=round, vector=self.global_vector, stages=stages_json, setup=setup
+                        ).to_bytes()
+                        for cid, setup in outbox.items()
+                    }
+                else:
+                    messages = {cid: m for cid, m in outbox.items() if cid not in refused_by_server}
+                exchange = transport.exchange(
+                    messages, round=round, stage=stage, on_reply=on_client_done if index == 0 else None
+                )
+                down, up = down + exchange.bytes_down, up + exchange.bytes_up
+                seen: set[int] = set()
+                for reply in exchange.replies:
+                    if reply.sender in seen or reply.sender not in messages:
+                        continue  # one reply per addressee and stage; later ones are replays
+                    seen.add(reply.sender)
+                    if index == 0 and message_kind(reply.data) == Decline.KIND:
+                        declined.add(reply.sender)  # no usable update (e.g. not finite): out of the protocol
+                        continue
+                    try:
+                        secagg_server.receive(reply.data)
+                    except ProtocolError:
+                        refused_by_server.add(reply.sender)  # forged, altered or malformed: a dropout
+                outbox = secagg_server.finish_stage()
+        except ProtocolError as exc:  # SecAggAborted, or a stage the server cannot finish safely
+            return self._finish_secure_round(round, members, None, (), len(declined), str(exc), down, up)
+        assert secagg_server.result is not None
+        return self._finish_secure_round(
+            round, members, secagg_server.result, secagg_server.contributors, len(declined), None, down, up
         )
-        exchange = transport.secure_exchange(
-            broadcast=broadcast,
-            server=secagg_server,
-            codec=self.codec,
-            dropouts=dropouts,
-            clip_norm=self.upload_clip_norm(),
-            count_bit=self._count_bit,
-            on_client_done=on_client_done,
-        )
-        return self._finish_secure_round(round, members, exchange)
 
-    def _finish_secure_round(self, round: int, members: list[int], exchange: SecureExchange) -> RoundResult:
-        assert self.codec is not None
-        contributors = len(exchange.contributors)
-        update_norm, train_loss = 0.0, float("nan")
-        dp_result = None
-        rejected_aggregate = None
+    def _finish_secure_round(
+        self,
+        round: int,
+        members: list[int],
+        result: npt.NDArray[np.unsignedinteger] | None,
+        contributors: tuple[int, ...],
+        declined: int,
+        abort_reason: str | None,
+        bytes_down: int,
+        bytes_up: int,
+    ) -> RoundResult:
         d = self.layout.dim
-        if self.user_dp is not None:
-            # Clients clipped before masking (to C - rounding slack); the server noises the secure sum.
-            sums = self.codec.decode_sum(exchange.result) if exchange.result is not None else np.zeros(d + 2)
-            dp_result = self.user_dp.from_sums(
-                clipped_sum=sums[:d],
-                centred_count=float(sums[d + 1]),
-                count_scale=0.5 / self._count_bit,
-                noise=self._noise(round),
-            )
-            if contributors:
-                train_loss = float(sums[d] / contributors)
-            update_norm, rejected_aggregate = self._apply(dp_result.mean_delta)
-        elif exchange.result is not None and contributors:
-            mean = self.codec.decode_sum(exchange.result) / contributors
-            train_loss = float(mean[d])
-            update_norm, rejected_aggregate = self._apply(mean[:d])
-        return RoundResult(
+        pipeline = self.upload_pipeline()
+        if result is not None:
+            decoded = pipeline.decode_sum(Upload(values=result), StageContext(round=round))
+            total, metrics = decoded.values, decoded.metrics
+        else:
+            total, metrics = np.zeros(d), {}
+        aggregate = self.aggregation.from_sum(
+            total,
+            contributors=len(contributors),
+            loss_sum=float(metrics.get("train_loss", 0.0)),
             round=round,
-            num_clients=contributors,
-            rejected_updates=exchange.rejected,
-            train_loss=train_loss,
-            bytes_up=exchange.bytes_up,
-            bytes_down=exchange.bytes_down,
-            update_norm=update_norm,
-            dropped_clients=len(members) - contributors - exchange.rejected,
-            aborted=exchange.abort_reason,
-            cohort=tuple(members),
-            clip_norm=None if dp_result is None else dp_result.clip_norm,
-            unclipped_fraction=None if dp_result is None else dp_result.unclipped_fraction,
-            aggregate_rejected=rejected_aggregate,
+            centred_count=float(metrics.get("unclipped", 0.0)),
+            count_scale=0.5 / self._count_bit,
+        )
+        return self._result(
+            round,
+            members,
+            aggregate,
+            num_clients=len(contributors),
+            rejected_updates=declined,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
+            dropped_clients=len(members) - len(contributors) - declined,
+            aborted=abort_reason,
         )

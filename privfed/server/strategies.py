@@ -8,25 +8,26 @@ Pure numpy over flat ``float32`` vectors. A strategy is a small object with
 Which hooks run under each privacy mode:
 
 ============================  ======================  =====================
-mode                          ``aggregate``           ``apply``
+mode                          aggregation hook        ``apply``
 ============================  ======================  =====================
-plain / record-level DP-SGD   every round             every round
-user-level DP (DP-FedAvg)     replaced by the noised  every round
-                              mean of clipped deltas
-secure aggregation (SecAgg+)  replaced by the mean    every round
-                              of the secure sum
+plain / record-level DP-SGD   ``aggregate``           every round
+user-level DP (DP-FedAvg)     ``aggregate_sum`` of    every round
+                              the noised sum
+secure aggregation (SecAgg+)  ``aggregate_sum`` of    every round
+                              the secure sum
 ============================  ======================  =====================
 
-A strategy runs under the last two only if it declares ``aggregates_mean = True``
-(its ``aggregate`` is the weighted mean, so the replacement is faithful);
-otherwise the server refuses it with a ``ConfigError``
-(:func:`privfed.server.check_strategy_composes`).
+Under the last two the strategy is still called, through ``aggregate_sum(total, *,
+weight)``: the aggregate from a sum of deltas and their weight (DP-FedAvg's noised sum
+over the expected cohort, or the decoded secure sum over its contributors). A strategy
+that cannot work from a sum (a trimmed mean, a median) has no ``aggregate_sum`` and is
+refused with a ``ConfigError`` (:func:`privfed.server.check_strategy_composes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -41,9 +42,11 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "Strategy",
+    "SumStrategy",
     "make_strategy",
     "register_strategy",
     "strategy_names",
+    "unregister_strategy",
     "weighted_mean",
 ]
 
@@ -81,17 +84,26 @@ class Strategy(Protocol):
     def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None: ...
 
 
+class SumStrategy(Strategy, Protocol):
+    """A strategy that can aggregate from a sum (under secure aggregation or user-level DP)."""
+
+    def aggregate_sum(self, total: npt.NDArray[np.floating], *, weight: float) -> FloatVector: ...
+
+
 class FedAvg:
     """FedAvg (McMahan et al. 2017) with a server learning rate: ``x += lr * mean(delta)``."""
-
-    #: ``aggregate`` is the weighted mean, so DP-FedAvg's noised mean or a secure sum may stand in for it.
-    aggregates_mean: ClassVar[bool] = True
 
     def __init__(self, *, learning_rate: float = 1.0) -> None:
         self.learning_rate = learning_rate
 
     def aggregate(self, deltas: npt.NDArray[np.float32], *, weights: npt.ArrayLike) -> FloatVector:
         return weighted_mean(deltas, weights=weights)
+
+    def aggregate_sum(self, total: npt.NDArray[np.floating], *, weight: float) -> FloatVector:
+        """The mean from a sum of (weighted) deltas and their total weight: what a secure sum or
+        DP-FedAvg's noised sum gives (``weight``: the contributors, or DP-FedAvg's expected cohort)."""
+        mean: FloatVector = (np.asarray(total, dtype=np.float64) / weight).astype(np.float32)
+        return mean
 
     def apply(self, global_vector: FloatVector, aggregate: FloatVector) -> FloatVector:
         return (global_vector + np.float32(self.learning_rate) * aggregate).astype(np.float32)
@@ -148,6 +160,11 @@ def register_strategy(name: str, factory: _Factory, *, overwrite: bool = False) 
     ``overwrite=True`` replaces an existing registration (re-running a notebook cell).
     """
     _STRATEGIES.register(name, factory, overwrite=overwrite)
+
+
+def unregister_strategy(name: str) -> None:
+    """Remove a registered strategy (a notebook or a test cleaning up after itself)."""
+    _STRATEGIES.unregister(name)
 
 
 def strategy_names() -> tuple[str, ...]:

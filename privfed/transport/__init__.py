@@ -1,7 +1,19 @@
-"""Transports move the server's broadcast to clients and their updates back."""
+"""Transports move the server's messages to client nodes and their replies back."""
 
-from privfed.transport.base import RoundExchange, Transport
-from privfed.transport.messages import ClientUpdate, GlobalModel
+from privfed.transport.base import Exchange, Reply, Transport, make_transport, register_transport, transport_names
+from privfed.transport.messages import ClientUpdate, Decline, GlobalModel, SecureRoundRequest
 from privfed.transport.simulation import SimulationTransport
 
-__all__ = ["ClientUpdate", "GlobalModel", "RoundExchange", "SimulationTransport", "Transport"]
+__all__ = [
+    "ClientUpdate",
+    "Decline",
+    "Exchange",
+    "GlobalModel",
+    "Reply",
+    "SecureRoundRequest",
+    "SimulationTransport",
+    "Transport",
+    "make_transport",
+    "register_transport",
+    "transport_names",
+]

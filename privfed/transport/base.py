@@ -1,70 +1,101 @@
-"""The interface between the server's round logic and whatever moves bytes."""
+"""The interface between the server's round logic and whatever moves bytes.
+
+A transport delivers one message per addressee and returns the replies, each
+with the id of the node it came from; it knows nothing about training, DP or
+encodings. A plain round is one exchange (the global model out, client updates
+back); a secure-aggregation round is one exchange per SecAgg+ stage.
+Transports are chosen by ``transport.kind`` from a registry.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
-__all__ = ["RoundExchange", "SecureExchange", "SecureTransport", "Transport"]
+from privfed.errors import ConfigError
+from privfed.registry import Registry
+
+__all__ = [
+    "STAGES",
+    "Exchange",
+    "Reply",
+    "Transport",
+    "make_transport",
+    "register_transport",
+    "transport_names",
+]
+
+#: Exchanges of a round, in order: "train" (plain round), or the four SecAgg+ stages.
+STAGES = ("train", "advertise", "share", "collect", "unmask")
 
 
 @dataclasses.dataclass(frozen=True)
-class RoundExchange:
-    """What came back from one round's broadcast.
+class Reply:
+    """One reply: who sent it (as the transport knows the sender) and its bytes."""
+
+    sender: int
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Exchange:
+    """What came back from one exchange.
 
     Attributes:
-        uploads: raw bytes of each reply (to be validated by the server).
-        bytes_down: bytes sent to clients this round.
-        bytes_up: bytes received from clients this round.
+        replies: the replies received, in arrival order (a faulty network may repeat one).
+        bytes_down: bytes sent to nodes.
+        bytes_up: bytes received from nodes.
     """
 
-    uploads: tuple[bytes, ...]
+    replies: tuple[Reply, ...]
     bytes_down: int
     bytes_up: int
+
+    def answered(self) -> frozenset[int]:
+        """The nodes that replied."""
+        return frozenset(r.sender for r in self.replies)
 
 
 class Transport(Protocol):
-    """Delivers the broadcast to a cohort and collects their replies."""
+    """Delivers one message to each addressee and collects the replies."""
 
     def exchange(
-        self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
-    ) -> RoundExchange: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class SecureExchange:
-    """What a secure-aggregation round produced.
-
-    Attributes:
-        result: the modular sum of the contributors' encoded updates, or
-            ``None`` when the protocol aborted.
-        contributors: clients whose inputs are in ``result``.
-        rejected: clients that produced no usable update (e.g. non-finite).
-        abort_reason: why the protocol aborted, if it did.
-        bytes_down / bytes_up: all bytes moved (model broadcast and protocol).
-    """
-
-    result: Any
-    contributors: tuple[int, ...]
-    rejected: int
-    abort_reason: str | None
-    bytes_down: int
-    bytes_up: int
-
-
-@runtime_checkable
-class SecureTransport(Transport, Protocol):
-    """A transport that can also run a secure-aggregation round over a cohort."""
-
-    def secure_exchange(
         self,
+        messages: Mapping[int, bytes],
         *,
-        broadcast: bytes,
-        server: Any,
-        codec: Any,
-        dropouts: Any,
-        clip_norm: float | None = None,
-        count_bit: float = 0.5,
-        on_client_done: Callable[[int], None] | None = None,
-    ) -> SecureExchange: ...
+        round: int,
+        stage: str,
+        on_reply: Callable[[int], None] | None = None,
+    ) -> Exchange:
+        """Send ``messages[node]`` to each node and return whatever came back.
+
+        Args:
+            messages: ``{node id: message bytes}``.
+            round / stage: where in the protocol this exchange is (``stage`` in :data:`STAGES`);
+                for fault injection and logs only.
+            on_reply: called with a node's id when its reply is in (progress).
+        """
+        ...
+
+
+TransportFactory = Callable[..., Transport]
+_TRANSPORTS: Registry[TransportFactory] = Registry("transport", error=ConfigError, field="transport.kind")
+
+
+def register_transport(name: str, factory: TransportFactory, *, overwrite: bool = False) -> None:
+    """Register ``factory(*, nodes, config) -> Transport`` under ``name`` (``transport.kind``).
+
+    ``nodes`` is the sequence of :class:`privfed.client.node.ClientNode` of the federation, indexed by
+    client id, and ``config`` the experiment config.
+    """
+    _TRANSPORTS.register(name, factory, overwrite=overwrite)
+
+
+def transport_names() -> tuple[str, ...]:
+    return _TRANSPORTS.names()
+
+
+def make_transport(kind: str, *, nodes: Sequence[Any], config: Any) -> Transport:
+    """The transport registered as ``kind``, built for ``nodes``."""
+    return _TRANSPORTS.get(kind)(nodes=nodes, config=config)

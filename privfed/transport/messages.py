@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from privfed.errors import ProtocolError
 
-__all__ = ["ClientUpdate", "GlobalModel"]
+__all__ = ["ClientUpdate", "Decline", "GlobalModel", "SecureRoundRequest", "message_kind"]
 
 _MAGIC = b"PFD1"
 _VERSION = 1
@@ -105,3 +105,82 @@ class ClientUpdate:
         train_loss = float(raw_loss) if math.isfinite(raw_loss) else float("nan")
         delta = _payload(data, _PREFIX.size + cls._HEADER.size, dim)
         return cls(round=round_, client_id=client_id, num_examples=num_examples, train_loss=train_loss, delta=delta)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SecureRoundRequest:
+    """Server -> client: a secure-aggregation round's opening message.
+
+    Attributes:
+        round: round number.
+        vector: float32[d], the global adapter to train from.
+        stages: the upload stages to run, as :meth:`privfed.client.stages.UploadPipeline.to_json`.
+        setup: the SecAgg+ ``SetupRequest`` for this client (bytes of ``privfed.secagg``).
+    """
+
+    KIND: ClassVar[int] = 3
+    _HEADER: ClassVar[struct.Struct] = struct.Struct("<IQII")
+    MAX_STAGES_BYTES: ClassVar[int] = 1 << 16
+
+    round: int
+    vector: npt.NDArray[np.float32]
+    stages: str
+    setup: bytes
+
+    def to_bytes(self) -> bytes:
+        vec = np.ascontiguousarray(self.vector, dtype="<f4")
+        stages = self.stages.encode("utf-8")
+        header = self._HEADER.pack(self.round, vec.size, len(stages), len(self.setup))
+        return _PREFIX.pack(_MAGIC, _VERSION, self.KIND) + header + vec.tobytes() + stages + self.setup
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SecureRoundRequest:
+        round_, dim, n_stages, n_setup = _check_prefix(data, cls.KIND, cls._HEADER)
+        if n_stages > cls.MAX_STAGES_BYTES:
+            raise ProtocolError(f"secure round request: {n_stages} bytes of stages (at most {cls.MAX_STAGES_BYTES})")
+        data = bytes(data)
+        start = _PREFIX.size + cls._HEADER.size
+        size = start + 4 * dim + n_stages + n_setup
+        if len(data) != size:
+            raise ProtocolError(f"secure round request has {len(data)} bytes; its header says {size}")
+        vector = np.frombuffer(data[start : start + 4 * dim], dtype="<f4").astype(np.float32)
+        try:
+            stages = data[start + 4 * dim : start + 4 * dim + n_stages].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("secure round request: stages are not UTF-8") from None
+        return cls(round=round_, vector=vector, stages=stages, setup=data[start + 4 * dim + n_stages :])
+
+
+@dataclasses.dataclass(frozen=True)
+class Decline:
+    """Client -> server: no usable update this round (e.g. training diverged to non-finite values).
+
+    Attributes:
+        round: the round.
+        client_id: the sender.
+    """
+
+    KIND: ClassVar[int] = 4
+    _HEADER: ClassVar[struct.Struct] = struct.Struct("<II")
+
+    round: int
+    client_id: int
+
+    def to_bytes(self) -> bytes:
+        return _PREFIX.pack(_MAGIC, _VERSION, self.KIND) + self._HEADER.pack(self.round, self.client_id)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Decline:
+        round_, client_id = _check_prefix(data, cls.KIND, cls._HEADER)
+        if len(data) != _PREFIX.size + cls._HEADER.size:
+            raise ProtocolError("decline message has trailing bytes")
+        return cls(round=round_, client_id=client_id)
+
+
+def message_kind(data: bytes) -> int | None:
+    """The kind byte of a privfed message, or ``None`` when ``data`` is not one (e.g. a SecAgg+ message)."""
+    data = bytes(data[: _PREFIX.size])
+    if len(data) < _PREFIX.size:
+        return None
+    magic, version, kind = _PREFIX.unpack(data)
+    return int(kind) if magic == _MAGIC and version == _VERSION else None

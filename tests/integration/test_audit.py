@@ -20,7 +20,7 @@ from attacks.audit.federated import (
 from attacks.metrics import load_scores, membership_metrics
 from privfed import ClientUpdate, ConfigError, GlobalModel, dump_config
 from privfed.cli import main
-from privfed.transport import RoundExchange
+from privfed.transport import Exchange, Reply
 from tests.conftest import tiny_config
 
 
@@ -39,17 +39,18 @@ def audit_config(**overrides: object) -> object:
 
 
 class _Nobody:
-    def exchange(self, *, broadcast: bytes, cohort: list[int], on_client_done: object = None) -> RoundExchange:
-        return RoundExchange(uploads=(), bytes_down=0, bytes_up=0)
+    def exchange(self, messages: dict[int, bytes], *, round: int, stage: str, on_reply: object = None) -> Exchange:
+        return Exchange(replies=(), bytes_down=0, bytes_up=0)
 
 
 def test_canary_transport_answers_for_canaries_only() -> None:
     direction = np.ones(4, np.float32) / 2
     transport = CanaryTransport(_Nobody(), {3: direction}, norm=0.5, num_examples=7)
     broadcast = GlobalModel(round=1, vector=np.zeros(4, np.float32)).to_bytes()
-    exchange = transport.exchange(broadcast=broadcast, cohort=[1, 3])
-    (raw,) = exchange.uploads
-    update = ClientUpdate.from_bytes(raw)
+    exchange = transport.exchange(dict.fromkeys([1, 3], broadcast), round=1, stage="train")
+    (reply,) = exchange.replies
+    update = ClientUpdate.from_bytes(reply.data)
+    assert reply.sender == 3
     assert update.client_id == 3 and update.num_examples == 7
     assert np.allclose(update.delta, 0.25) and np.isclose(np.linalg.norm(update.delta), 0.5)
     assert transport.participations == {3: 1} and transport.initial is not None
@@ -187,21 +188,24 @@ def test_whitebox_one_run_audit_of_the_gaussian_mechanism_is_valid_and_strong() 
 
 
 class _TwoClients:
-    def exchange(self, *, broadcast: bytes, cohort: list[int], on_client_done: object = None) -> RoundExchange:
+    def exchange(self, messages: dict[int, bytes], *, round: int, stage: str, on_reply: object = None) -> Exchange:
         ups = [
-            ClientUpdate(
-                round=1, client_id=c, num_examples=5, train_loss=0.1, delta=np.full(4, c, np.float32)
-            ).to_bytes()
-            for c in cohort
+            Reply(
+                sender=c,
+                data=ClientUpdate(
+                    round=1, client_id=c, num_examples=5, train_loss=0.1, delta=np.full(4, c, np.float32)
+                ).to_bytes(),
+            )
+            for c in messages
         ]
-        return RoundExchange(uploads=tuple(ups), bytes_down=0, bytes_up=0)
+        return Exchange(replies=tuple(ups), bytes_down=0, bytes_up=0)
 
 
 def test_automatic_canary_norm_is_the_median_real_update_norm() -> None:
     transport = CanaryTransport(_TwoClients(), {9: np.array([1, 0, 0, 0], np.float32)}, norm=None)
     broadcast = GlobalModel(round=1, vector=np.zeros(4, np.float32)).to_bytes()
-    exchange = transport.exchange(broadcast=broadcast, cohort=[1, 2, 3, 9])
-    canary = ClientUpdate.from_bytes(exchange.uploads[-1])
+    exchange = transport.exchange(dict.fromkeys([1, 2, 3, 9], broadcast), round=1, stage="train")
+    canary = ClientUpdate.from_bytes(exchange.replies[-1].data)
     assert canary.client_id == 9
     assert transport.norm == pytest.approx(4.0)  # real norms 2, 4, 6
     assert np.allclose(canary.delta, [4.0, 0, 0, 0])

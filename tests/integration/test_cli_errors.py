@@ -15,7 +15,7 @@ from privfed.cli import main
 from privfed.config import dump_config
 from privfed.errors import ConfigError
 from privfed.experiments import RunDirectory, run_experiment
-from privfed.transport.base import RoundExchange
+from privfed.transport.base import Exchange, Reply
 from tests.conftest import tiny_config
 
 
@@ -156,11 +156,11 @@ class _RejectEverything:
     def __init__(self, inner: Any, rounds: set[int] | None) -> None:
         self.inner, self.rounds, self.round = inner, rounds, 0
 
-    def exchange(self, **kwargs: Any) -> RoundExchange:
+    def exchange(self, messages: Any, **kwargs: Any) -> Exchange:
         self.round += 1
-        got: RoundExchange = self.inner.exchange(**kwargs)
+        got: Exchange = self.inner.exchange(messages, **kwargs)
         if self.rounds is None or self.round in self.rounds:
-            return RoundExchange(tuple(b"garbage" for _ in got.uploads), got.bytes_down, got.bytes_up)
+            return Exchange(tuple(Reply(r.sender, b"garbage") for r in got.replies), got.bytes_down, got.bytes_up)
         return got
 
 
@@ -184,11 +184,11 @@ def test_run_where_no_round_applied_an_update_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before: summary said completed: true, nothing else, and the CLI exited 0.
-    from privfed.transport.simulation import SimulationTransport
+    from privfed.transport.base import make_transport
 
     monkeypatch.setattr(
-        "privfed.experiments.runner.SimulationTransport",
-        lambda **kw: _RejectEverything(SimulationTransport(**kw), None),
+        "privfed.experiments.runner.make_transport",
+        lambda kind, **kw: _RejectEverything(make_transport(kind, **kw), None),
     )
     config = write_config(tmp_path)
     out = tmp_path / "run"

@@ -6,6 +6,7 @@ import csv
 import json
 import random
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -125,8 +126,18 @@ register_dataset(DatasetSpec("plugged", "text", "classification", _load, "a plug
 """
 
 
+@pytest.fixture
+def forget_plugged() -> Iterator[None]:
+    """The plugin registers a dataset: remove it afterwards so other tests see only the shipped ones."""
+    yield
+    from privfed.data.registry import _DATASETS
+
+    if "plugged" in _DATASETS:
+        _DATASETS.unregister("plugged")
+
+
 def test_plugins_register_before_the_config_is_validated(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, forget_plugged: None
 ) -> None:
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(PLUGIN, encoding="utf-8")

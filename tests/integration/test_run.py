@@ -174,7 +174,9 @@ def test_cli_run_quiet_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["run", str(config_path), "--out", str(out), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "rounds" not in captured.err  # no progress bar
-    assert json.loads(captured.out.split("\n", 1)[1])["rounds"] == 2
+    body, final = captured.out.split("\n", 1)[1].rstrip("\n").rsplit("\n", 1)
+    assert json.loads(body)["rounds"] == 2
+    assert final.startswith("final: 2 round(s), accuracy ") and final.endswith("not private (no ε)")
     assert main(["run", "--resume", str(out), "--quiet"]) == 0  # already complete: nothing to redo
     assert len(metrics(out)) == 2
     assert main(["run", str(config_path), "--out", str(out), "--quiet"]) == 2

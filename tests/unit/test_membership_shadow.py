@@ -132,11 +132,12 @@ def test_settings_validate_at_the_boundary() -> None:
 
 def test_local_model_transport_keeps_only_what_the_server_would_accept() -> None:
     """Malformed, wrong-round, unexpected, replayed, non-finite or wrong-size uploads never enter the view."""
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from attacks.membership import LocalModelTransport
     from privfed import ClientUpdate, GlobalModel
-    from privfed.transport import RoundExchange
+    from privfed.errors import ProtocolError
+    from privfed.transport import Exchange, Reply
 
     start = np.arange(4, dtype=np.float32)
 
@@ -154,15 +155,27 @@ def test_local_model_transport_keeps_only_what_the_server_would_accept() -> None
     )
     cohorts: list[list[int]] = []
 
+    def sender(raw: bytes) -> int:
+        try:
+            return ClientUpdate.from_bytes(raw).client_id
+        except ProtocolError:
+            return 3
+
     class Inner:
         def exchange(
-            self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
-        ) -> RoundExchange:
-            cohorts.append(list(cohort))
-            return RoundExchange(uploads=replies, bytes_down=0, bytes_up=0)
+            self,
+            messages: dict[int, bytes],
+            *,
+            round: int,
+            stage: str,
+            on_reply: Callable[[int], None] | None = None,
+        ) -> Exchange:
+            cohorts.append(list(messages))
+            return Exchange(replies=tuple(Reply(sender(r), r) for r in replies), bytes_down=0, bytes_up=0)
 
     transport = LocalModelTransport(Inner(), frozenset({4}))
-    transport.exchange(broadcast=GlobalModel(round=2, vector=start).to_bytes(), cohort=[0, 1, 2, 3, 4])
+    broadcast = GlobalModel(round=2, vector=start).to_bytes()
+    transport.exchange(dict.fromkeys([0, 1, 2, 3, 4], broadcast), round=2, stage="train")
     assert cohorts == [[0, 1, 2, 3]]  # the absent client is never asked
     assert sorted(transport.local_models) == [0]
     np.testing.assert_array_equal(transport.local_models[0], start + 1)

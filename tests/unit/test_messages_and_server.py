@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from privfed.adapters import AdapterLayout
 from privfed.errors import ProtocolError
 from privfed.server import FedAvg, FederatedServer, sample_cohort
-from privfed.transport import ClientUpdate, GlobalModel, RoundExchange
+from privfed.transport import ClientUpdate, Exchange, GlobalModel, Reply
 
 
 def update(round: int, client: int, delta: np.ndarray, n: int = 10, loss: float = 1.0) -> bytes:
@@ -61,10 +61,24 @@ class ScriptedTransport:
         self.replies = replies
 
     def exchange(
-        self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
-    ) -> RoundExchange:
-        uploads = self.replies(cohort)
-        return RoundExchange(tuple(uploads), len(broadcast) * len(cohort), sum(map(len, uploads)))
+        self,
+        messages: dict[int, bytes],
+        *,
+        round: int,
+        stage: str,
+        on_reply: Callable[[int], None] | None = None,
+    ) -> Exchange:
+        uploads = self.replies(list(messages))
+        replies = tuple(Reply(claimed_sender(u, fallback=min(messages)), u) for u in uploads)
+        return Exchange(replies, sum(map(len, messages.values())), sum(map(len, uploads)))
+
+
+def claimed_sender(raw: bytes, *, fallback: int) -> int:
+    """The node a reply comes from: the client it names, as an honest network would deliver it."""
+    try:
+        return ClientUpdate.from_bytes(raw).client_id
+    except ProtocolError:
+        return fallback
 
 
 def make_server(dim: int = 4) -> FederatedServer:
@@ -127,3 +141,19 @@ def test_cohorts_depend_only_on_seed_and_round() -> None:
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert all(len(np.unique(x)) == 10 for x in a)
     assert not all(np.array_equal(a[0], x) for x in a[1:])
+
+
+def test_an_update_claiming_another_client_is_rejected() -> None:
+    """The transport knows who sent a reply; an update naming another cohort member is refused."""
+    server = make_server()
+    cohort = [int(c) for c in sample_cohort(seed=0, round=1, num_clients=5, clients_per_round=3)]
+    forged = update(1, cohort[1], np.full(4, 100.0, dtype=np.float32))
+
+    class Impersonation:
+        def exchange(self, messages: dict[int, bytes], *, round: int, stage: str, on_reply: object = None) -> Exchange:
+            honest = [Reply(c, update(1, c, np.ones(4, dtype=np.float32))) for c in messages if c != cohort[1]]
+            return Exchange((Reply(cohort[0], forged), *honest), 0, 0)
+
+    result = server.run_round(1, Impersonation())
+    assert result.num_clients == 2 and result.rejected_updates == 1
+    np.testing.assert_array_equal(server.global_vector, np.ones(4, dtype=np.float32))

@@ -7,12 +7,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from privfed.adapters import AdapterLayout
+from privfed.client.node import ClientNode
 from privfed.client.trainer import LocalResult
-from privfed.compression import FixedPointCodec
 from privfed.config import SecAggConfig
 from privfed.errors import ConfigError, ProtocolError
-from privfed.secagg import DropoutPlan, SecAggServer, neighbour_graph
-from privfed.transport.messages import GlobalModel
+from privfed.secagg import SecAggServer
+from privfed.server import FedAvg, FederatedServer
 from privfed.transport.simulation import SimulationTransport
 from tests.conftest import tiny_config
 
@@ -51,22 +52,29 @@ class _StubTrainer:
         return LocalResult(delta=delta, num_examples=4, train_loss=0.5, steps=1)
 
 
-class _FailingServer(SecAggServer):
-    def finish_stage(self) -> dict[int, bytes]:
+def test_a_protocol_error_in_finish_stage_aborts_the_round_instead_of_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = SecAggServer.finish_stage
+
+    def failing(self: SecAggServer) -> dict[int, bytes]:
         if self.stage == "unmask":
             raise ProtocolError("malformed Shamir share")  # what a high-byte flip used to raise here
-        return super().finish_stage()
+        return original(self)
 
-
-def test_a_protocol_error_in_finish_stage_aborts_the_round_instead_of_the_run() -> None:
-    graph = neighbour_graph(range(5), degree=4, rng=np.random.default_rng(0))
-    server = _FailingServer(round=1, neighbours=graph, threshold=3, bits=32, dim=5, session=bytes(16))
-    transport = SimulationTransport(trainer=_StubTrainer(), client_data=[None] * 5, seed=0)  # type: ignore[arg-type,list-item]
-    exchange = transport.secure_exchange(
-        broadcast=GlobalModel(round=1, vector=np.zeros(4, np.float32)).to_bytes(),
-        server=server,
-        codec=FixedPointCodec(bits=32, clip=1.0, num_summands=5),
-        dropouts=DropoutPlan(),
+    monkeypatch.setattr(SecAggServer, "finish_stage", failing)
+    nodes = [ClientNode(client_id=i, trainer=_StubTrainer(), data=None, seed=0) for i in range(5)]  # type: ignore[arg-type]
+    server = FederatedServer(
+        layout=AdapterLayout.from_shapes([("w", (4,))]),
+        global_vector=np.zeros(4, np.float32),
+        strategy=FedAvg(),
+        num_clients=5,
+        clients_per_round=5,
+        seed=0,
+        weighting="uniform",
+        secagg=SecAggConfig(enabled=True),
     )
-    assert exchange.result is None and exchange.contributors == ()
-    assert exchange.abort_reason == "malformed Shamir share"
+    result = server.run_round(1, SimulationTransport(nodes=nodes))
+    assert result.aborted == "malformed Shamir share" and result.num_clients == 0
+    assert result.update_norm == 0.0
+    np.testing.assert_array_equal(server.global_vector, np.zeros(4, np.float32))

@@ -14,7 +14,8 @@ from privfed.config import SecAggConfig, ServerConfig
 from privfed.errors import ConfigError
 from privfed.privacy import DPFedAvgServer
 from privfed.server import FedAdam, FedAvg, FederatedServer, make_strategy, register_strategy
-from privfed.transport import ClientUpdate, RoundExchange
+from privfed.server.strategies import strategy_names, unregister_strategy
+from privfed.transport import ClientUpdate, Exchange, Reply
 
 
 class TrimmedMean:
@@ -45,10 +46,15 @@ class Scripted:
         self.replies = replies
 
     def exchange(
-        self, *, broadcast: bytes, cohort: Sequence[int], on_client_done: Callable[[int], None] | None = None
-    ) -> RoundExchange:
-        uploads = self.replies(cohort)
-        return RoundExchange(tuple(uploads), 0, 0)
+        self,
+        messages: dict[int, bytes],
+        *,
+        round: int,
+        stage: str,
+        on_reply: Callable[[int], None] | None = None,
+    ) -> Exchange:
+        uploads = self.replies(list(messages))
+        return Exchange(tuple(Reply(ClientUpdate.from_bytes(u).client_id, u) for u in uploads), 0, 0)
 
 
 def server(strategy: object, *, user_dp: bool = False, secagg: bool = False, dim: int = 4) -> FederatedServer:
@@ -101,7 +107,11 @@ def test_register_strategy_is_public_and_overwritable() -> None:
     with pytest.raises(ConfigError, match="already registered"):
         register_strategy("trimmed_mean_test", lambda cfg: TrimmedMean())
     register_strategy("trimmed_mean_test", lambda cfg: FedAvg(), overwrite=True)  # a notebook re-runs its cell
-    assert isinstance(make_strategy(ServerConfig(strategy="trimmed_mean_test")), FedAvg)
+    try:
+        assert isinstance(make_strategy(ServerConfig(strategy="trimmed_mean_test")), FedAvg)
+    finally:
+        unregister_strategy("trimmed_mean_test")
+    assert "trimmed_mean_test" not in strategy_names()
 
 
 class NaNApply(FedAvg):
@@ -129,3 +139,30 @@ def test_a_non_finite_aggregate_is_not_applied() -> None:
     assert result.aggregate_rejected == "the aggregate has non-finite values"
     assert result.update_norm == 0.0
     np.testing.assert_array_equal(s.global_vector, np.zeros(4, dtype=np.float32))
+
+
+class CountingFedAvg(FedAvg):
+    """FedAvg that counts which aggregation hook the server called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def aggregate(self, deltas: npt.NDArray[np.float32], *, weights: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        self.calls.append("aggregate")
+        return super().aggregate(deltas, weights=weights)
+
+    def aggregate_sum(self, total: npt.NDArray[np.floating], *, weight: float) -> npt.NDArray[np.float32]:
+        self.calls.append(f"aggregate_sum/{weight:g}")
+        return super().aggregate_sum(total, weight=weight)
+
+
+def test_user_dp_wraps_the_strategy_instead_of_replacing_it() -> None:
+    """DP-FedAvg hands its noised sum to the strategy's aggregate_sum, over the expected cohort (3)."""
+    strategy = CountingFedAvg()
+    s = server(strategy, user_dp=True)
+    s.run_round(1, Scripted(replies(lambda c: np.ones(4, dtype=np.float32))))
+    assert strategy.calls == ["aggregate_sum/3"]
+    plain = CountingFedAvg()
+    server(plain).run_round(1, Scripted(replies(lambda c: np.ones(4, dtype=np.float32))))
+    assert plain.calls == ["aggregate"]

@@ -1,0 +1,114 @@
+"""A client node: turns the server's messages (bytes) into its replies (bytes).
+
+One node per client, written once and used by every engine: the in-process
+simulation calls :meth:`ClientNode.handle` directly, a distributed engine
+calls it from whatever process holds the client's data. A node keeps no state
+between rounds; within a secure-aggregation round it keeps its SecAgg+ client
+state machine until the round's last stage.
+
+Messages a node handles:
+
+* :class:`~privfed.transport.messages.GlobalModel` (a plain round): local training
+  from the broadcast, reply :class:`~privfed.transport.messages.ClientUpdate`.
+* :class:`~privfed.transport.messages.SecureRoundRequest`: local training, then the
+  round's upload stages (clip, append metrics, fixed point, ...) and the SecAgg+
+  setup; reply the first SecAgg+ message (``AdvertiseKeys``), or
+  :class:`~privfed.transport.messages.Decline` when the update is not finite.
+* SecAgg+ messages of the round in progress: the SecAgg+ client's reply.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from privfed.client.data import ExampleSet
+from privfed.client.stages import StageContext, Upload, UploadPipeline
+from privfed.client.trainer import ClientTrainer, LocalResult
+from privfed.errors import ProtocolError
+from privfed.rng import derive_seed, generator
+from privfed.secagg.client import SecAggClient
+from privfed.secagg.crypto import RandomSource, system_random
+from privfed.transport.messages import ClientUpdate, Decline, GlobalModel, SecureRoundRequest, message_kind
+
+__all__ = ["ClientNode"]
+
+
+class ClientNode:
+    """One client of the federation.
+
+    Args:
+        client_id: this client's id.
+        trainer: the local trainer (DP-SGD when configured); may be shared by nodes of one process.
+        data: this client's examples.
+        seed: experiment seed; training in round ``r`` uses ``derive_seed(seed, "local", r, client_id)``
+            and fixed-point rounding ``generator(seed, "quantize", r, client_id)``.
+        crypto_random: randomness for SecAgg+ keys, seeds and nonces.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: int,
+        trainer: ClientTrainer,
+        data: ExampleSet,
+        seed: int,
+        crypto_random: RandomSource = system_random,
+    ) -> None:
+        self.client_id = client_id
+        self.trainer = trainer
+        self.data = data
+        self.seed = seed
+        self.crypto_random = crypto_random
+        self._secagg: SecAggClient | None = None
+
+    def _train(self, round: int, vector: np.ndarray) -> LocalResult:
+        return self.trainer.train(
+            global_vector=vector, data=self.data, seed=derive_seed(self.seed, "local", round, self.client_id)
+        )
+
+    def handle(self, data: bytes) -> bytes | None:
+        """The reply to one server message, or ``None`` when the node stays silent.
+
+        Raises:
+            ProtocolError: a malformed message, or one the node refuses (an unsafe
+                SecAgg+ request, a message of no round in progress).
+        """
+        kind = message_kind(data)
+        if kind == GlobalModel.KIND:
+            self._secagg = None
+            return self._plain_round(GlobalModel.from_bytes(data))
+        if kind == SecureRoundRequest.KIND:
+            self._secagg = None
+            return self._secure_round(SecureRoundRequest.from_bytes(data))
+        if kind is not None:
+            raise ProtocolError(f"a client node does not handle message kind {kind}")
+        if self._secagg is None:
+            raise ProtocolError(f"client {self.client_id} has no secure-aggregation round in progress")
+        return self._secagg.step(data)
+
+    def _plain_round(self, message: GlobalModel) -> bytes:
+        result = self._train(message.round, message.vector)
+        return ClientUpdate(
+            round=message.round,
+            client_id=self.client_id,
+            num_examples=result.num_examples,
+            train_loss=result.train_loss,
+            delta=result.delta,
+        ).to_bytes()
+
+    def _secure_round(self, message: SecureRoundRequest) -> bytes:
+        pipeline = UploadPipeline.from_json(message.stages)
+        result = self._train(message.round, message.vector)
+        upload = Upload(values=result.delta.astype(np.float64), metrics={"train_loss": result.train_loss})
+        if not (np.isfinite(upload.values).all() and np.isfinite(result.train_loss)):
+            return Decline(round=message.round, client_id=self.client_id).to_bytes()
+        ctx = StageContext(
+            round=message.round,
+            client_id=self.client_id,
+            rng=generator(self.seed, "quantize", message.round, self.client_id),
+        )
+        encoded = pipeline.encode(upload, ctx)
+        self._secagg = SecAggClient(
+            client_id=self.client_id, round=message.round, values=encoded.values, random=self.crypto_random
+        )
+        return self._secagg.step(message.setup)

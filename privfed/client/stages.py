@@ -1,0 +1,290 @@
+"""Upload stages: what a client does to its update between training and the wire, and how the server undoes it.
+
+A client's update leaves training as a float delta plus a few named per-client
+scalars (its training loss; under adaptive clipping its centred unclipped bit).
+An ordered list of stages turns that into what is uploaded, e.g.
+
+    clip to C  ->  append metrics  ->  fixed point mod 2^bits  ->  (SecAgg+ masks)
+
+and the server runs the matching ``decode_sum`` of each stage in reverse over
+the *sum* of the clients' encodings (under secure aggregation it never holds one
+encoding alone). Every stage is pure numpy; randomness comes from the
+``StageContext``'s generator, keyed by (seed, purpose, round, client) like every
+other draw. A stage is one small class plus :func:`register_upload_stage`, built
+from a JSON-able ``params`` mapping, so the same stage list can be described in
+a round's instructions and rebuilt identically on both ends of any transport.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from privfed.compression.quantize import FixedPointCodec
+from privfed.errors import ConfigError, ProtocolError
+from privfed.privacy.dpfedavg import clip_to_norm
+from privfed.registry import Registry
+
+__all__ = [
+    "AppendMetricsStage",
+    "ClipStage",
+    "FixedPointStage",
+    "StageContext",
+    "StageSpec",
+    "Upload",
+    "UploadPipeline",
+    "UploadStage",
+    "register_upload_stage",
+    "upload_stage_names",
+]
+
+
+@dataclasses.dataclass
+class Upload:
+    """The working record that flows through the stages.
+
+    Attributes:
+        values: the vector being encoded (float64[d] at first; residues after fixed point).
+            On the server, the (decoded) *sum* of the clients' vectors.
+        metrics: per-client named scalars on the client (``train_loss``, ``unclipped``);
+            their sums over the clients on the server, once a stage has split them off.
+    """
+
+    values: npt.NDArray[Any]
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What a stage may know about the round.
+
+    Attributes:
+        round: the round number.
+        client_id: the encoding client (``None`` on the server).
+        rng: a generator keyed by (seed, "quantize", round, client) on the client; ``None`` on the server.
+    """
+
+    round: int
+    client_id: int | None = None
+    rng: np.random.Generator | None = None
+
+
+class UploadStage(Protocol):
+    """One step of the upload pipeline."""
+
+    name: ClassVar[str]
+
+    def params(self) -> dict[str, Any]:
+        """JSON-able parameters from which ``type(self)(**params)`` rebuilds this stage."""
+        ...
+
+    def encode(self, upload: Upload, ctx: StageContext) -> Upload:
+        """Client side: transform one client's upload."""
+        ...
+
+    def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
+        """Server side: undo :meth:`encode` on the sum of the clients' encodings."""
+        ...
+
+
+_StageFactory = Callable[..., UploadStage]
+_STAGES: Registry[_StageFactory] = Registry("upload stage", error=ConfigError)
+
+
+def register_upload_stage(name: str, factory: _StageFactory, *, overwrite: bool = False) -> None:
+    """Register ``factory(**params) -> UploadStage`` under ``name`` (the name a :class:`StageSpec` carries)."""
+    _STAGES.register(name, factory, overwrite=overwrite)
+
+
+def upload_stage_names() -> tuple[str, ...]:
+    return _STAGES.names()
+
+
+def _finite(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError(f"stage parameter {name} must be a finite number; got {value!r}")
+    if not low <= float(value) <= high:
+        raise ProtocolError(f"stage parameter {name} must be in [{low:g}, {high:g}]; got {value!r}")
+    return float(value)
+
+
+class ClipStage:
+    """Clip the delta to L2 norm ``max_norm`` and record the centred unclipped bit.
+
+    The bit (``+count_bit`` if the delta was within ``max_norm``, else ``-count_bit``)
+    goes to ``metrics["unclipped"]`` for adaptive clipping (Andrew et al. 2021);
+    ``count_bit`` is 1/2 less one quantization step so that the bit stays within
+    1/2 after rounding (see :meth:`privfed.server.FederatedServer.upload_clip_norm`).
+    """
+
+    name: ClassVar[str] = "clip"
+
+    def __init__(self, *, max_norm: float, count_bit: float = 0.5) -> None:
+        self.max_norm = _finite("max_norm", max_norm, low=0.0)
+        self.count_bit = _finite("count_bit", count_bit, low=0.0, high=0.5)
+
+    def params(self) -> dict[str, Any]:
+        return {"max_norm": self.max_norm, "count_bit": self.count_bit}
+
+    def encode(self, upload: Upload, ctx: StageContext) -> Upload:
+        clipped, norm = clip_to_norm(upload.values, max_norm=self.max_norm)
+        metrics = dict(upload.metrics)
+        metrics["unclipped"] = self.count_bit if norm <= self.max_norm else -self.count_bit
+        return Upload(values=clipped.astype(np.float64), metrics=metrics)
+
+    def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
+        return upload  # the sum of clipped deltas is what the server wants
+
+
+class AppendMetricsStage:
+    """Carry named per-client scalars as extra coordinates, so that they are summed with the delta."""
+
+    name: ClassVar[str] = "append_metrics"
+
+    def __init__(self, *, names: Sequence[str]) -> None:
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) and n for n in names):
+            raise ProtocolError(f"stage parameter names must be a list of metric names; got {names!r}")
+        if len(set(names)) != len(names) or len(names) > 16:
+            raise ProtocolError(f"stage parameter names must be at most 16 distinct names; got {names!r}")
+        self.names = tuple(names)
+
+    def params(self) -> dict[str, Any]:
+        return {"names": list(self.names)}
+
+    def encode(self, upload: Upload, ctx: StageContext) -> Upload:
+        missing = [n for n in self.names if n not in upload.metrics]
+        if missing:
+            raise ProtocolError(f"no metric {missing[0]!r} to append (have {sorted(upload.metrics)})")
+        tail = np.array([upload.metrics[n] for n in self.names], dtype=np.float64)
+        return Upload(values=np.concatenate([upload.values.astype(np.float64), tail]), metrics={})
+
+    def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
+        k = len(self.names)
+        values = np.asarray(upload.values)
+        if values.shape[0] < k:
+            raise ProtocolError(f"a sum of {values.shape[0]} values cannot hold {k} metrics")
+        metrics = dict(upload.metrics)
+        metrics.update({n: float(v) for n, v in zip(self.names, values[values.shape[0] - k :], strict=True)})
+        return Upload(values=values[: values.shape[0] - k], metrics=metrics)
+
+
+class FixedPointStage:
+    """Clip per coordinate, scale and stochastically round into residues mod ``2**bits``.
+
+    Coordinates are the delta's ``dim`` values (range ``[-clip, clip]``) and then
+    ``extra`` metric coordinates (range ``[-extra_clip, extra_clip]``); the scale
+    leaves room for ``num_summands`` encodings to be added without wrapping.
+    """
+
+    name: ClassVar[str] = "fixed_point"
+
+    def __init__(self, *, bits: int, clip: float, extra_clip: float, dim: int, extra: int, num_summands: int) -> None:
+        for key, value, low, high in (
+            ("bits", bits, 2, 62),
+            ("dim", dim, 1, 1 << 40),
+            ("extra", extra, 0, 16),
+            ("num_summands", num_summands, 1, 1 << 40),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ProtocolError(f"stage parameter {key} must be an integer in [{low}, {high}]; got {value!r}")
+        self.bits, self.dim, self.extra, self.num_summands = bits, dim, extra, num_summands
+        self.clip = _finite("clip", clip, low=1e-300)
+        self.extra_clip = _finite("extra_clip", extra_clip, low=1e-300)
+        ranges = np.full(dim + extra, self.clip, dtype=np.float64)
+        ranges[dim:] = self.extra_clip
+        try:
+            self.codec = FixedPointCodec(bits=bits, clip=ranges, num_summands=num_summands)
+        except ValueError as exc:
+            raise ProtocolError(f"fixed-point stage: {exc}") from None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "clip": self.clip,
+            "extra_clip": self.extra_clip,
+            "dim": self.dim,
+            "extra": self.extra,
+            "num_summands": self.num_summands,
+        }
+
+    def encode(self, upload: Upload, ctx: StageContext) -> Upload:
+        if ctx.rng is None:
+            raise ProtocolError("fixed-point encoding needs the client's rounding generator")
+        if upload.values.shape != (self.dim + self.extra,):
+            raise ProtocolError(f"fixed-point stage expects {self.dim + self.extra} values; got {upload.values.shape}")
+        return Upload(values=self.codec.encode(upload.values, rng=ctx.rng), metrics=upload.metrics)
+
+    def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
+        return Upload(values=self.codec.decode_sum(upload.values), metrics=upload.metrics)
+
+
+register_upload_stage(ClipStage.name, ClipStage)
+register_upload_stage(AppendMetricsStage.name, AppendMetricsStage)
+register_upload_stage(FixedPointStage.name, FixedPointStage)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """A stage by name and parameters: what travels in a round's instructions."""
+
+    name: str
+    params: Mapping[str, Any]
+
+
+class UploadPipeline:
+    """An ordered list of stages: ``encode`` runs them in order, ``decode_sum`` in reverse."""
+
+    def __init__(self, stages: Sequence[UploadStage]) -> None:
+        self.stages = tuple(stages)
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[StageSpec]) -> UploadPipeline:
+        """Rebuild stages from their specs; an unknown stage or bad parameter is a ``ProtocolError``."""
+        stages = []
+        for spec in specs:
+            if spec.name not in _STAGES:
+                raise ProtocolError(f"unknown upload stage {spec.name!r} (known: {', '.join(upload_stage_names())})")
+            try:
+                stages.append(_STAGES.get(spec.name)(**dict(spec.params)))
+            except TypeError as exc:
+                raise ProtocolError(f"upload stage {spec.name!r}: {exc}") from None
+        return cls(stages)
+
+    def specs(self) -> tuple[StageSpec, ...]:
+        return tuple(StageSpec(name=s.name, params=s.params()) for s in self.stages)
+
+    def to_json(self) -> str:
+        return json.dumps([{"name": s.name, "params": s.params} for s in self.specs()], sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> UploadPipeline:
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(f"upload stages are not valid JSON: {exc}") from None
+        if not isinstance(raw, list) or len(raw) > 32:
+            raise ProtocolError("upload stages must be a list of at most 32 stages")
+        specs = []
+        for item in raw:
+            if not isinstance(item, dict) or set(item) != {"name", "params"}:
+                raise ProtocolError(f"an upload stage must be {{name, params}}; got {item!r}"[:200])
+            if not isinstance(item["name"], str) or not isinstance(item["params"], dict):
+                raise ProtocolError("an upload stage's name must be a string and its params a mapping")
+            specs.append(StageSpec(name=item["name"], params=item["params"]))
+        return cls.from_specs(specs)
+
+    def encode(self, upload: Upload, ctx: StageContext) -> Upload:
+        for stage in self.stages:
+            upload = stage.encode(upload, ctx)
+        return upload
+
+    def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
+        for stage in reversed(self.stages):
+            upload = stage.decode_sum(upload, ctx)
+        return upload
