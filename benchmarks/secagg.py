@@ -9,7 +9,7 @@ Prints one JSON object:
   masks) and the raw AES-128-CTR keystream for the same bytes;
   ``masking_fraction_of_prg`` = keystream time / masking time (1.0 = masking
   is as fast as generating the keystream). With ``flwr`` installed
-  (``pip install -e .[bench]``), Flower 1.42's own SecAgg+ masking code at the
+  (the ``flower`` extra, in requirements.lock), Flower 1.42's own SecAgg+ masking code at the
   same d and k (quantize, P-384 key agreement, self + pairwise masks, mod):
   ``speedup_vs_flower`` = Flower's time / ours.
 * ``server_unmasking``: N clients, 10% dropping before the masked-input stage.
