@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 from privfed.config import ExperimentConfig, config_to_dict
-from privfed.errors import ConfigError
 
 __all__ = ["LevelPlan", "PrivacyPlanReport", "applicable_config", "client_sizes", "format_plan", "privacy_plan"]
 
@@ -70,32 +69,9 @@ def client_sizes(config: ExperimentConfig) -> list[int]:
         DataError: the data cannot be loaded.
     """
     from privfed.data.files import load_data
-    from privfed.data.partition import PartitionInputs, partition, stratified_split
-    from privfed.experiments.runner import _subsample
-    from privfed.rng import generator
+    from privfed.experiments.runner import split_data
 
-    dataset = load_data(config.data)
-    seed = config.seed
-    train, _ = stratified_split(dataset.labels, eval_fraction=config.data.eval_fraction, rng=generator(seed, "split"))
-    train = _subsample(train, config.data.max_train_examples, generator(seed, "subsample", "train"))
-    p = config.partition
-    try:
-        parts = partition(
-            p.method,
-            PartitionInputs(
-                labels=dataset.labels[train],
-                groups=None if dataset.groups is None else dataset.groups[train],
-                num_clients=p.num_clients,
-                alpha=p.alpha,
-                shards_per_client=p.shards_per_client,
-                min_examples=p.min_examples_per_client,
-            ),
-            generator(seed, "partition"),
-        )
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"partition: {exc}") from None
+    _, _, parts = split_data(config, load_data(config.data))
     return [len(part) for part in parts]
 
 

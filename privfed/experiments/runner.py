@@ -112,17 +112,16 @@ def _subsample(indices: IndexArray, limit: int, rng: np.random.Generator) -> Ind
     return np.sort(rng.choice(indices, size=limit, replace=False)).astype(np.int64)
 
 
-def build_experiment(config: ExperimentConfig) -> Experiment:
-    """Load data and model, split, partition and tokenize, as ``config`` says.
+def split_data(config: ExperimentConfig, dataset: Dataset) -> tuple[IndexArray, IndexArray, list[IndexArray]]:
+    """Rows of ``dataset`` for training, held-out evaluation, and each client, as ``config`` says.
+
+    Stratified hold-out, then the subsample limits, then the partitioner, each from its own
+    generator keyed by the seed (so ``privfed validate`` gets the run's exact client sizes).
 
     Raises:
-        ConfigError: if model and dataset do not fit together or the partition is impossible.
+        ConfigError: the partition is impossible for this data.
     """
-    _check_compatible(config)
-    apply_determinism(device=config.model.device)
     seed = config.seed
-    dataset = load_data(config.data)
-    assert dataset.texts is not None
     train, held = stratified_split(
         dataset.labels, eval_fraction=config.data.eval_fraction, rng=generator(seed, "split")
     )
@@ -143,8 +142,24 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             generator(seed, "partition"),
         )
     except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(f"partition: {exc}") from None
-    client_indices = [train[part] for part in parts]
+    return train, held, [train[part] for part in parts]
+
+
+def build_experiment(config: ExperimentConfig) -> Experiment:
+    """Load data and model, split, partition and tokenize, as ``config`` says.
+
+    Raises:
+        ConfigError: if model and dataset do not fit together or the partition is impossible.
+    """
+    _check_compatible(config)
+    apply_determinism(device=config.model.device)
+    seed = config.seed
+    dataset = load_data(config.data)
+    assert dataset.texts is not None
+    train, held, client_indices = split_data(config, dataset)
 
     spec = get_model_spec(config.model.name)
     device = resolve_device(config.model.device)  # before the (slow) load

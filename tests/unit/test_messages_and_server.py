@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from privfed.adapters import AdapterLayout
 from privfed.errors import ProtocolError
 from privfed.server import FedAvg, FederatedServer, sample_cohort
 from privfed.transport import ClientUpdate, Exchange, GlobalModel, Reply
+from tests.fakes import ScriptedTransport
 
 
 def update(round: int, client: int, delta: np.ndarray, n: int = 10, loss: float = 1.0) -> bytes:
@@ -52,33 +53,6 @@ def test_random_bytes_only_ever_raise_protocol_error(data: bytes) -> None:
     for cls in (ClientUpdate, GlobalModel):
         with contextlib.suppress(ProtocolError):
             cls.from_bytes(data)
-
-
-class ScriptedTransport:
-    """Returns pre-built replies, as a faulty or malicious network might."""
-
-    def __init__(self, replies: Callable[[Sequence[int]], list[bytes]]) -> None:
-        self.replies = replies
-
-    def exchange(
-        self,
-        messages: dict[int, bytes],
-        *,
-        round: int,
-        stage: str,
-        on_reply: Callable[[int], None] | None = None,
-    ) -> Exchange:
-        uploads = self.replies(list(messages))
-        replies = tuple(Reply(claimed_sender(u, fallback=min(messages)), u) for u in uploads)
-        return Exchange(replies, sum(map(len, messages.values())), sum(map(len, uploads)))
-
-
-def claimed_sender(raw: bytes, *, fallback: int) -> int:
-    """The node a reply comes from: the client it names, as an honest network would deliver it."""
-    try:
-        return ClientUpdate.from_bytes(raw).client_id
-    except ProtocolError:
-        return fallback
 
 
 def make_server(dim: int = 4) -> FederatedServer:

@@ -15,7 +15,8 @@ from privfed.errors import ConfigError
 from privfed.privacy import DPFedAvgServer
 from privfed.server import FedAdam, FedAvg, FederatedServer, make_strategy, register_strategy
 from privfed.server.strategies import strategy_names, unregister_strategy
-from privfed.transport import ClientUpdate, Exchange, Reply
+from privfed.transport import ClientUpdate
+from tests.fakes import ScriptedTransport
 
 
 class TrimmedMean:
@@ -39,22 +40,6 @@ class TrimmedMean:
 
     def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None:
         return None
-
-
-class Scripted:
-    def __init__(self, replies: Callable[[Sequence[int]], list[bytes]]) -> None:
-        self.replies = replies
-
-    def exchange(
-        self,
-        messages: dict[int, bytes],
-        *,
-        round: int,
-        stage: str,
-        on_reply: Callable[[int], None] | None = None,
-    ) -> Exchange:
-        uploads = self.replies(list(messages))
-        return Exchange(tuple(Reply(ClientUpdate.from_bytes(u).client_id, u) for u in uploads), 0, 0)
 
 
 def server(strategy: object, *, user_dp: bool = False, secagg: bool = False, dim: int = 4) -> FederatedServer:
@@ -82,7 +67,7 @@ def replies(values: Callable[[int], np.ndarray]) -> Callable[[Sequence[int]], li
 def test_a_robust_strategy_runs_in_a_plain_round() -> None:
     strategy = TrimmedMean()
     s = server(strategy)
-    s.run_round(1, Scripted(replies(lambda c: np.full(4, float(c), dtype=np.float32))))
+    s.run_round(1, ScriptedTransport(replies(lambda c: np.full(4, float(c), dtype=np.float32))))
     assert strategy.aggregate_calls == 1
 
 
@@ -123,7 +108,7 @@ class NaNApply(FedAvg):
 
 def test_a_non_finite_model_from_the_strategy_is_not_applied() -> None:
     s = server(NaNApply())
-    result = s.run_round(1, Scripted(replies(lambda c: np.ones(4, dtype=np.float32))))
+    result = s.run_round(1, ScriptedTransport(replies(lambda c: np.ones(4, dtype=np.float32))))
     assert result.aggregate_rejected is not None and "finite" in result.aggregate_rejected
     np.testing.assert_array_equal(s.global_vector, np.zeros(4, dtype=np.float32))
 
@@ -135,7 +120,7 @@ class HugeMean(FedAvg):
 
 def test_a_non_finite_aggregate_is_not_applied() -> None:
     s = server(HugeMean())
-    result = s.run_round(1, Scripted(replies(lambda c: np.ones(4, dtype=np.float32))))
+    result = s.run_round(1, ScriptedTransport(replies(lambda c: np.ones(4, dtype=np.float32))))
     assert result.aggregate_rejected == "the aggregate has non-finite values"
     assert result.update_norm == 0.0
     np.testing.assert_array_equal(s.global_vector, np.zeros(4, dtype=np.float32))
@@ -161,8 +146,8 @@ def test_user_dp_wraps_the_strategy_instead_of_replacing_it() -> None:
     """DP-FedAvg hands its noised sum to the strategy's aggregate_sum, over the expected cohort (3)."""
     strategy = CountingFedAvg()
     s = server(strategy, user_dp=True)
-    s.run_round(1, Scripted(replies(lambda c: np.ones(4, dtype=np.float32))))
+    s.run_round(1, ScriptedTransport(replies(lambda c: np.ones(4, dtype=np.float32))))
     assert strategy.calls == ["aggregate_sum/3"]
     plain = CountingFedAvg()
-    server(plain).run_round(1, Scripted(replies(lambda c: np.ones(4, dtype=np.float32))))
+    server(plain).run_round(1, ScriptedTransport(replies(lambda c: np.ones(4, dtype=np.float32))))
     assert plain.calls == ["aggregate"]
