@@ -35,6 +35,7 @@ from privfed.errors import ConfigError
 __all__ = [
     "AdapterConfig",
     "ClientConfig",
+    "CompressionConfig",
     "DataConfig",
     "EvalConfig",
     "ExperimentConfig",
@@ -289,6 +290,12 @@ class TransportConfig:
     """How messages move between server and clients."""
 
     kind: str = _f("simulation", choices=_choices_from(_transport_names))  # a registered transport
+    # Distributed engines (Flower): seconds to wait for the replies of one exchange; a node
+    # that has not answered by then counts as dropped for the rest of the round.
+    reply_timeout: float = _f(120.0, gt=0.0, le=86400.0)
+    # Flower Simulation Engine: Ray resources reserved per client (a fraction of a GPU is allowed).
+    num_cpus: float = _f(1.0, gt=0.0, le=1024.0)
+    num_gpus: float = _f(0.0, ge=0.0, le=64.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +308,7 @@ class SecAggConfig:
     """
 
     enabled: bool = _f(False)
-    bits: int = _f(32, ge=8, le=62)  # modulus 2**bits
+    bits: int = _f(32, ge=2, le=62)  # modulus 2**bits; must hold a sum of the whole cohort
     # Per-coordinate range of a client's delta. Bounded so that the codec's scale
     # (2**(bits-1) - 1) / (summands * clip) is a positive finite number for every bits and
     # cohort a config accepts (1e308 used to make it 0 and the model NaN).
@@ -342,6 +349,33 @@ class SecAggConfig:
                 f"{minimum}, or 0 for that minimum; got {self.threshold}"
             )
         return self.threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionConfig:
+    """Upload compression: stages between a client's delta and the wire (issue 16).
+
+    Under secure aggregation the stages run before the masks (``secagg.bits`` is the
+    code width and ``secagg.clip`` the per-coordinate range); without it they make
+    plain uploads smaller (``bits`` and ``clip`` below). Decoding is the server's.
+    """
+
+    # Randomized Hadamard rotation (public per-round signs, zero padding to a power of two)
+    # before quantization: flattens the coordinates so a small per-coordinate range rarely clips.
+    rotation: bool = _f(False)
+    # Fraction of coordinates not uploaded (after rotation). 0 = upload all.
+    sparsity: float = _f(0.0, ge=0.0, lt=1.0)
+    # How the kept coordinates are chosen: "random" (one shared subset per round for every
+    # client, unbiased, works with SecAgg) or "topk" (each client's largest; plain uploads only).
+    sparsify: str = _f("random", choices=lambda: ("random", "topk"))
+    # Plain uploads only: code width in bits per coordinate (2..32), 0 = float32 values.
+    bits: int = _f(0, off=0, ge=2, le=32)
+    # Plain uploads with bits: per-coordinate range of the delta (values beyond are clipped).
+    clip: float = _f(1.0, ge=1e-6, le=1e6)
+    # Conditional randomized rounding (Kairouz, Liu, Steinke 2021): re-draw the rounding until the
+    # rounded delta's L2 norm is within a bound much tighter than the worst case, which the user-level
+    # DP sensitivity then uses. Needs secagg.enabled and user-level DP (a known L2 clip).
+    conditional_rounding: bool = _f(False)
 
 
 # epsilon above 100 bounds the likelihood ratio by e**100 (~1e43): no protection at all, and
@@ -435,6 +469,7 @@ class ExperimentConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     transport: TransportConfig = dataclasses.field(default_factory=TransportConfig)
     secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
+    compression: CompressionConfig = dataclasses.field(default_factory=CompressionConfig)
     privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
@@ -448,7 +483,27 @@ class ExperimentConfig:
             self._check_secagg()
             self._check_secagg_codec()
         self._check_privacy()
+        self._check_compression()
         self._check_model_positions()
+
+    def _check_compression(self) -> None:
+        c, secure = self.compression, self.secagg.enabled
+        if secure and c.sparsify == "topk" and c.sparsity > 0:
+            raise ConfigError(
+                "compression.sparsify = 'topk' cannot be used with secagg.enabled: each client would keep different "
+                "coordinates, so the masked vectors would not line up for the secure sum; use 'random' (one shared "
+                "subset per round)"
+            )
+        if secure and c.bits:
+            raise ConfigError(
+                f"compression.bits is for plain uploads; under secagg.enabled the code width is secagg.bits; "
+                f"got compression.bits = {c.bits}"
+            )
+        if c.conditional_rounding and not (secure and self.privacy.user_level):
+            raise ConfigError(
+                "compression.conditional_rounding needs secagg.enabled and user-level DP (privacy.mode 'user' or "
+                "'both'): it bounds the rounded norm of an L2-clipped update"
+            )
 
     def _check_model_positions(self) -> None:
         from privfed.models.registry import get_model_spec

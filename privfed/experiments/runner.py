@@ -389,6 +389,16 @@ def _summary(
     summary["aggregate_rejected_rounds"] = sum(1 for r in records if r.get("aggregate_rejected"))
     summary["trained"] = bool(records) and len(no_update) < len(records)
     summary["warnings"] = warnings
+    # Uplink per client that took part in a round (accepted, rejected/declined or dropped mid-SecAgg),
+    # against the whole base model in float32 (issue 16).
+    client_rounds = sum(
+        int(r["num_clients"]) + int(r.get("rejected_updates", 0)) + int(r.get("dropped_clients", 0)) for r in records
+    )
+    per_client = summary["bytes_up_total"] / client_rounds if client_rounds else None
+    summary["uplink_bytes_per_client_round"] = per_client
+    summary["uplink_ratio_vs_fp32_model"] = (
+        per_client / (4 * exp.base_params) if per_client is not None and exp.base_params else None
+    )
     summary["provenance"] = collect_provenance(device=config.model.device, fingerprints=exp.fingerprints)
     return summary
 
@@ -570,6 +580,7 @@ def _prepare_privacy(exp: Experiment) -> _Privacy:
         secagg=config.secagg,
         user_dp=user_dp,
         secure_noise=privacy.secure_noise,
+        compression=config.compression,
     )
     return _Privacy(plan=plan, ledger=ledger, user_dp=user_dp, trainer=trainer, server=server)
 
@@ -708,6 +719,7 @@ def _execute(
         ClientNode(client_id=i, trainer=trainer, data=data, seed=config.seed) for i, data in enumerate(exp.client_data)
     ]
     transport = make_transport(config.transport.kind, nodes=nodes, config=config)
+    close = getattr(transport, "close", None)  # a distributed engine holds processes (and a hook may wrap it)
     if transport_hook is not None:
         transport = transport_hook(transport)
     total = config.server.rounds
@@ -752,6 +764,8 @@ def _execute(
             progress.end_round(record)
     finally:
         progress.close()
+        if callable(close):
+            close()
 
     records = run_dir.read_metrics()
     summary = _summary(exp, records, state, ledger, plan)

@@ -186,7 +186,7 @@ def test_transport_kind_selects_a_registered_transport() -> None:
     assert "simulation" in transport_names()
     config = tiny_config()
     assert isinstance(make_transport("simulation", nodes=nodes(2), config=config), SimulationTransport)
-    with pytest.raises(ConfigError, match=r"transport\.kind must be one of 'simulation'"):
+    with pytest.raises(ConfigError, match=r"transport\.kind must be one of .*'simulation'"):
         make_transport("carrier-pigeon", nodes=nodes(2), config=config)
     with pytest.raises(ConfigError, match=r"transport\.kind"):
         tiny_config(**{"transport.kind": "carrier-pigeon"})

@@ -1,0 +1,200 @@
+"""The privfed ``ClientApp``: one :class:`~privfed.client.node.ClientNode` per Flower node.
+
+Each message carries privfed's bytes and the experiment config (TOML). A node is
+the client whose id is its ``partition-id`` (``--node-config`` in a deployment; set
+per virtual node by the Simulation Engine). The experiment built from a config
+(model, data, trainer) is cached per process, keyed by the config's SHA-256: a Ray
+actor builds it once however many messages it serves; a deployment starts a fresh
+ClientApp process per message and rebuilds it (seconds on the tiny models).
+
+Secure aggregation spans four messages, which may reach different processes (Ray
+actors are shared by all virtual nodes; a deployment has no long-lived process), so
+the node's SecAgg+ state lives in Flower's per-node ``context.state``, as Flower's
+own ``secaggplus_mod`` keeps its state: the round's encoded input, its setup message,
+the messages received so far and a 32-byte secret from the OS that keys the round's
+randomness. A later stage rebuilds the SecAgg+ client by replaying them; the
+replay draws exactly the keys and nonces of the first pass. The state never leaves
+the client's machine (in a deployment ``context.state`` is kept by its SuperNode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from privfed.client.data import ExampleSet
+from privfed.client.node import ClientNode
+from privfed.client.trainer import ClientTrainer
+from privfed.config import ExperimentConfig, config_from_dict
+from privfed.errors import ProtocolError
+from privfed.secagg.client import SecAggClient
+from privfed.secagg.crypto import KEY_BYTES
+from privfed.transport.base import STAGES
+from privfed.transport.flower.grid import RECORD, field
+from privfed.transport.messages import SecureRoundRequest, message_kind
+
+__all__ = ["app", "client_side"]
+
+app = ClientApp()
+
+_SECAGG_STATE = "privfed-secagg"
+
+
+@dataclasses.dataclass(eq=False)
+class ClientSide:
+    """What one process needs to serve a client: its config, examples and a trainer."""
+
+    config: ExperimentConfig
+    client_data: list[ExampleSet]
+    trainer: ClientTrainer
+
+
+_CACHE: dict[str, ClientSide] = {}
+
+
+def client_side(config_toml: str) -> ClientSide:
+    """The client side of the experiment ``config_toml`` describes, built once per process."""
+    import tomllib
+
+    digest = hashlib.sha256(config_toml.encode()).hexdigest()
+    cached = _CACHE.get(digest)
+    if cached is not None:
+        return cached
+    from privfed.experiments.runner import _prepare_privacy, build_experiment
+
+    config = config_from_dict(tomllib.loads(config_toml))
+    exp = build_experiment(config)
+    # The trainer exactly as the in-process run builds it (DP-SGD with the calibrated sigma).
+    trainer = _prepare_privacy(exp).trainer
+    _CACHE.clear()  # one experiment per process
+    _CACHE[digest] = built = ClientSide(config=config, client_data=exp.client_data, trainer=trainer)
+    return built
+
+
+class _RoundRandom:
+    """The SecAgg+ client's randomness for one round: SHAKE-256 keyed by a 32-byte OS secret.
+
+    Call ``i`` returns ``SHAKE256(secret || i)[:n]``; replaying the same calls gives the
+    same bytes, which is how a later stage rebuilds the client's keys.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != KEY_BYTES:
+            raise ValueError(f"secret must be {KEY_BYTES} bytes; got {len(secret)}")
+        self._secret = secret
+        self._calls = 0
+
+    def __call__(self, n: int) -> bytes:
+        out = hashlib.shake_256(self._secret + self._calls.to_bytes(8, "little")).digest(n)
+        self._calls += 1
+        return out
+
+
+def _client_id(context: Context) -> int:
+    value = context.node_config.get("partition-id")
+    if value is None:
+        raise ProtocolError("this Flower node has no partition-id in its node config (--node-config partition-id=K)")
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        raise ProtocolError(f"partition-id in this Flower node's config must be an integer >= 0; got {value!r}")
+    return int(value)
+
+
+def _reply(msg: Message, fields: dict[str, Any]) -> Message:
+    return Message(RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Build the client (warm-up) and say which client this node is."""
+    record = msg.content.config_records[RECORD]
+    client_id = _client_id(context)
+    side = client_side(field(record, "config", str))
+    if not 0 <= client_id < len(side.client_data):
+        raise ProtocolError(f"partition-id {client_id} is not a client of this run (0..{len(side.client_data) - 1})")
+    return _reply(msg, {"client-id": client_id, "pid": os.getpid()})
+
+
+def _save_secagg(context: Context, *, secret: bytes, request: bytes, client: SecAggClient) -> None:
+    values = np.ascontiguousarray(client.values)
+    context.state.config_records[_SECAGG_STATE] = ConfigRecord(
+        {
+            "round": client.round,
+            "secret": secret,
+            "values": values.tobytes(),
+            "dtype": values.dtype.str,
+            "setup": SecureRoundRequest.from_bytes(request).setup,
+            "messages": [],
+        }
+    )
+
+
+def _secagg_step(context: Context, client_id: int, data: bytes) -> bytes:
+    state = context.state.config_records.get(_SECAGG_STATE)
+    if state is None:
+        raise ProtocolError(f"client {client_id} has no secure-aggregation round in progress")
+    values = np.frombuffer(field(state, "values", bytes), dtype=np.dtype(field(state, "dtype", str))).copy()
+    client = SecAggClient(
+        client_id=client_id,
+        round=field(state, "round", int),
+        values=values,
+        random=_RoundRandom(field(state, "secret", bytes)),
+    )
+    client.step(field(state, "setup", bytes))
+    received = [bytes(m) for m in field(state, "messages", list)]
+    for earlier in received:
+        client.step(earlier)
+    reply = client.step(data)  # ProtocolError leaves the stored state as it was
+    state["messages"] = [*received, data]
+    return reply
+
+
+def _serve(msg: Message, context: Context) -> Message:
+    record = msg.content.config_records[RECORD]
+    client_id = _client_id(context)
+    addressee = field(record, "client-id", int)
+    if addressee != client_id:
+        raise ProtocolError(f"message for client {addressee} reached client {client_id}")
+    side = client_side(field(record, "config", str))
+    data = field(record, "data", bytes)
+    try:
+        if message_kind(data) is None:  # a SecAgg+ message of the round in progress
+            reply = _secagg_step(context, client_id, data)
+        else:
+            context.state.config_records.pop(_SECAGG_STATE, None)
+            secret = os.urandom(KEY_BYTES)
+            node = ClientNode(
+                client_id=client_id,
+                trainer=side.trainer,
+                data=side.client_data[client_id],
+                seed=side.config.seed,
+                crypto_random=_RoundRandom(secret),
+            )
+            answer = node.handle(data)
+            secagg = node._secagg  # set by a SecureRoundRequest (none after a Decline)
+            if secagg is not None:
+                _save_secagg(context, secret=secret, request=data, client=secagg)
+            if answer is None:
+                return _reply(msg, {"client-id": client_id})
+            reply = answer
+    except ProtocolError:
+        # The node refuses (an unsafe SecAgg+ request, a forged key): it stays silent.
+        return _reply(msg, {"client-id": client_id})
+    return _reply(msg, {"client-id": client_id, "data": reply})
+
+
+def _register(stage: str) -> None:
+    def handler(msg: Message, context: Context) -> Message:
+        return _serve(msg, context)
+
+    handler.__name__ = f"serve_{stage}"
+    app.train(stage)(handler)
+
+
+for _stage in STAGES:
+    _register(_stage)

@@ -1,0 +1,248 @@
+"""privfed exchanges over a Flower ``Grid`` (shared by the Simulation and Deployment Engines).
+
+One exchange = one Flower ``Message`` per addressee (``message_type = "train.<stage>"``,
+privfed's bytes in the ``ConfigRecord`` ``"privfed"``), then a push/pull loop until every
+addressee has answered or ``reply_timeout`` seconds have passed. Error replies (a
+``ClientApp`` that raised, a node the SuperLink reports unavailable) and missing replies
+are both "no reply": the server treats the node as dropped. Error replies made by the
+SuperLink carry the SuperLink as their source, so replies are attributed through
+``reply_to_message_id`` to the node the request went to.
+
+Node ids: each node states its privfed client id (its ``partition-id``) in the
+``query.hello`` exchange that opens a run; privfed addresses clients, this module maps
+them to Flower node ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from privfed.config import ExperimentConfig, dump_config
+from privfed.errors import ConfigError, ProtocolError
+from privfed.transport.base import Exchange, Reply
+
+__all__ = [
+    "HELLO",
+    "RECORD",
+    "GridExchanger",
+    "GridTransport",
+    "active_grid_transport",
+    "field",
+    "message_type_for",
+    "serving_grid",
+]
+
+#: Name of the ConfigRecord that carries privfed's payload in both directions.
+RECORD = "privfed"
+#: The exchange that opens a run: each node builds its client and states its client id.
+HELLO = "query.hello"
+_POLL_SECONDS = 0.02
+_V = TypeVar("_V")
+
+
+def field(record: ConfigRecord, key: str, kind: type[_V]) -> _V:
+    """``record[key]`` if it is a ``kind``; ``ProtocolError`` (one line) otherwise."""
+    value = record.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"Flower record field {key!r} must be {kind.__name__}; got {type(value).__name__}")
+    return value
+
+
+def message_type_for(stage: str) -> str:
+    """Flower message type of a privfed stage: ``train.<stage>`` (routed to one ClientApp handler)."""
+    return f"train.{stage}"
+
+
+class GridExchanger:
+    """Moves privfed exchanges over ``grid``.
+
+    Args:
+        grid: the ServerApp's grid.
+        config: the experiment config, sent to every node (TOML) with each message.
+        reply_timeout: seconds to wait for the replies of one exchange.
+    """
+
+    def __init__(self, grid: Grid, *, config: ExperimentConfig, reply_timeout: float) -> None:
+        self.grid = grid
+        self.config_toml = dump_config(config)
+        self.config_sha256 = hashlib.sha256(self.config_toml.encode()).hexdigest()
+        self.reply_timeout = reply_timeout
+        self.node_of: dict[int, int] = {}  # privfed client id -> Flower node id
+
+    def _content(self, *, client_id: int, round: int, stage: str, data: bytes) -> RecordDict:
+        return RecordDict(
+            {
+                RECORD: ConfigRecord(
+                    {
+                        "data": data,
+                        "client-id": client_id,
+                        "round": round,
+                        "stage": stage,
+                        "config": self.config_toml,
+                        "config-sha256": self.config_sha256,
+                    }
+                )
+            }
+        )
+
+    def discover(self, *, num_clients: int, timeout: float) -> dict[int, int]:
+        """Wait for ``num_clients`` nodes, have each build its client, learn their client ids.
+
+        Raises:
+            ProtocolError: fewer nodes within ``timeout`` seconds, a client id out of range or twice.
+        """
+        end = time.monotonic() + timeout
+        while len(nodes := sorted(self.grid.get_node_ids())) < num_clients and time.monotonic() < end:
+            time.sleep(0.2)
+        if len(nodes) < num_clients:
+            raise ProtocolError(
+                f"{len(nodes)} Flower nodes connected within {timeout:g} s; partition.num_clients = {num_clients}"
+            )
+        messages = [
+            Message(self._content(client_id=-1, round=0, stage="hello", data=b""), dst_node_id=n, message_type=HELLO)
+            for n in nodes
+        ]
+        self.grid.push_messages(messages)  # sets the message ids in place
+        dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        replies = self._pull(list(dst_of), timeout=max(1.0, end - time.monotonic()))
+        node_of: dict[int, int] = {}
+        failures = []
+        for reply in replies:
+            node = dst_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.has_error():
+                failures.append(f"node {node}: {reply.error.reason}")
+                continue
+            client_id = field(reply.content.config_records[RECORD], "client-id", int)
+            if not 0 <= client_id < num_clients or client_id in node_of:
+                raise ProtocolError(
+                    f"Flower node {node} says it is client {client_id}; allowed: one node per client id "
+                    f"0..{num_clients - 1} (set partition-id in each SuperNode's --node-config)"
+                )
+            node_of[client_id] = node
+        if len(node_of) < num_clients:
+            missing = sorted(set(range(num_clients)) - set(node_of))
+            detail = f"; errors: {'; '.join(failures)[:500]}" if failures else ""
+            raise ProtocolError(f"clients {missing} did not answer the opening exchange{detail}")
+        self.node_of = node_of
+        return node_of
+
+    def exchange(
+        self,
+        messages: Mapping[int, bytes],
+        *,
+        round: int,
+        stage: str,
+        on_reply: Callable[[int], None] | None = None,
+    ) -> Exchange:
+        """Send ``messages[client id]`` to each client's node; return the replies within the timeout."""
+        out: list[Message] = []
+        client_of_node: dict[int, int] = {}
+        down = 0
+        for client_id, data in messages.items():
+            node = self.node_of.get(client_id)
+            down += len(data)
+            if node is None:  # no such node (it never said hello): it cannot answer
+                continue
+            client_of_node[node] = client_id
+            out.append(
+                Message(
+                    self._content(client_id=client_id, round=round, stage=stage, data=data),
+                    dst_node_id=node,
+                    message_type=message_type_for(stage),
+                    group_id=str(round),
+                    ttl=self.reply_timeout + 60.0,
+                )
+            )
+        dst_of: dict[str, int] = {}
+
+        def report(reply: Message) -> None:
+            if on_reply is not None and not reply.has_error():
+                client = client_of_node.get(dst_of.get(reply.metadata.reply_to_message_id, -1))
+                if client is not None:
+                    on_reply(client)
+
+        replies_in: list[Message] = []
+        if out:
+            self.grid.push_messages(out)  # sets the message ids in place
+            dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in out}
+            replies_in = self._pull(list(dst_of), timeout=self.reply_timeout, report=report)
+        replies: list[Reply] = []
+        up = 0
+        for reply in replies_in:
+            node = dst_of.get(reply.metadata.reply_to_message_id)
+            if node is None or reply.has_error():
+                continue
+            record = reply.content.config_records.get(RECORD)
+            payload = None if record is None else record.get("data")
+            if not isinstance(payload, bytes):
+                continue  # the node stayed silent (it refused the message)
+            up += len(payload)
+            replies.append(Reply(sender=client_of_node[node], data=payload))
+        return Exchange(replies=tuple(replies), bytes_down=down, bytes_up=up)
+
+    def _pull(
+        self, ids: list[str], *, timeout: float, report: Callable[[Message], None] | None = None
+    ) -> list[Message]:
+        """Pull replies to ``ids`` every 20 ms until all are in or ``timeout`` s have passed.
+
+        ``grid.send_and_receive`` does the same, but the deployment grid sleeps 3 s between pulls.
+        """
+        pending, got = set(ids), []
+        end = time.monotonic() + timeout
+        while pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                got.append(reply)
+                pending.discard(reply.metadata.reply_to_message_id)
+                if report is not None:
+                    report(reply)
+            if not pending or time.monotonic() >= end:
+                break
+            time.sleep(_POLL_SECONDS)
+        return got
+
+
+class GridTransport:
+    """The privfed transport of a ServerApp: exchanges over the grid it runs on."""
+
+    def __init__(self, exchanger: GridExchanger) -> None:
+        self.exchanger = exchanger
+
+    def exchange(
+        self,
+        messages: Mapping[int, bytes],
+        *,
+        round: int,
+        stage: str,
+        on_reply: Callable[[int], None] | None = None,
+    ) -> Exchange:
+        return self.exchanger.exchange(messages, round=round, stage=stage, on_reply=on_reply)
+
+
+_ACTIVE: list[GridExchanger] = []
+
+
+@contextlib.contextmanager
+def serving_grid(exchanger: GridExchanger) -> Iterator[GridExchanger]:
+    """Within this block, ``transport.kind = "flower-deployment"`` exchanges over ``exchanger``."""
+    _ACTIVE.append(exchanger)
+    try:
+        yield exchanger
+    finally:
+        _ACTIVE.remove(exchanger)
+
+
+def active_grid_transport(*, config: Any) -> GridTransport:
+    """The transport of the ServerApp this runs in (``transport.kind = "flower-deployment"``)."""
+    if not _ACTIVE:
+        raise ConfigError(
+            "transport.kind = 'flower-deployment' runs only inside privfed's Flower ServerApp "
+            "(flwr run examples/flower_app); use 'simulation' or 'flower-simulation' here"
+        )
+    return GridTransport(_ACTIVE[-1])
