@@ -14,6 +14,9 @@ Messages a node handles:
   round's upload stages (clip, append metrics, fixed point, ...) and the SecAgg+
   setup; reply the first SecAgg+ message (``AdvertiseKeys``), or
   :class:`~privfed.transport.messages.Decline` when the update is not finite.
+* :class:`~privfed.transport.messages.CompressedRoundRequest` (a plain round with upload
+  compression): local training, then the round's stages (rotate, sparsify/top-k, fixed
+  point); reply :class:`~privfed.transport.messages.EncodedUpdate`, or ``Decline``.
 * SecAgg+ messages of the round in progress: the SecAgg+ client's reply.
 """
 
@@ -22,13 +25,22 @@ from __future__ import annotations
 import numpy as np
 
 from privfed.client.data import ExampleSet
-from privfed.client.stages import StageContext, Upload, UploadPipeline
+from privfed.client.stages import FixedPointStage, StageContext, Upload, UploadPipeline
 from privfed.client.trainer import ClientTrainer, LocalResult
+from privfed.compression.quantize import ConditionalRoundingError
 from privfed.errors import ProtocolError
 from privfed.rng import derive_seed, generator
 from privfed.secagg.client import SecAggClient
 from privfed.secagg.crypto import RandomSource, system_random
-from privfed.transport.messages import ClientUpdate, Decline, GlobalModel, SecureRoundRequest, message_kind
+from privfed.transport.messages import (
+    ClientUpdate,
+    CompressedRoundRequest,
+    Decline,
+    EncodedUpdate,
+    GlobalModel,
+    SecureRoundRequest,
+    message_kind,
+)
 
 __all__ = ["ClientNode"]
 
@@ -80,6 +92,9 @@ class ClientNode:
         if kind == SecureRoundRequest.KIND:
             self._secagg = None
             return self._secure_round(SecureRoundRequest.from_bytes(data))
+        if kind == CompressedRoundRequest.KIND:
+            self._secagg = None
+            return self._compressed_round(CompressedRoundRequest.from_bytes(data))
         if kind is not None:
             raise ProtocolError(f"a client node does not handle message kind {kind}")
         if self._secagg is None:
@@ -96,6 +111,30 @@ class ClientNode:
             delta=result.delta,
         ).to_bytes()
 
+    def _compressed_round(self, message: CompressedRoundRequest) -> bytes:
+        pipeline = UploadPipeline.from_json(message.stages)
+        result = self._train(message.round, message.vector)
+        if not (np.isfinite(result.delta).all() and np.isfinite(result.train_loss)):
+            return Decline(round=message.round, client_id=self.client_id).to_bytes()
+        ctx = StageContext(
+            round=message.round,
+            client_id=self.client_id,
+            rng=generator(self.seed, "quantize", message.round, self.client_id),
+        )
+        encoded = pipeline.encode(Upload(values=result.delta.astype(np.float64)), ctx)
+        last = pipeline.stages[-1] if pipeline.stages else None
+        bits = last.bits if isinstance(last, FixedPointStage) else 0
+        support = np.zeros(0, dtype=np.uint32) if encoded.support is None else encoded.support.astype(np.uint32)
+        return EncodedUpdate(
+            round=message.round,
+            client_id=self.client_id,
+            num_examples=result.num_examples,
+            train_loss=result.train_loss,
+            bits=bits,
+            values=encoded.values if bits else encoded.values.astype(np.float32),
+            support=support,
+        ).to_bytes()
+
     def _secure_round(self, message: SecureRoundRequest) -> bytes:
         pipeline = UploadPipeline.from_json(message.stages)
         result = self._train(message.round, message.vector)
@@ -107,7 +146,10 @@ class ClientNode:
             client_id=self.client_id,
             rng=generator(self.seed, "quantize", message.round, self.client_id),
         )
-        encoded = pipeline.encode(upload, ctx)
+        try:
+            encoded = pipeline.encode(upload, ctx)
+        except ConditionalRoundingError:  # no rounding within the norm bound: sit the round out
+            return Decline(round=message.round, client_id=self.client_id).to_bytes()
         self._secagg = SecAggClient(
             client_id=self.client_id, round=message.round, values=encoded.values, random=self.crypto_random
         )

@@ -4,7 +4,7 @@ A client's update leaves training as a float delta plus a few named per-client
 scalars (its training loss; under adaptive clipping its centred unclipped bit).
 An ordered list of stages turns that into what is uploaded, e.g.
 
-    clip to C  ->  append metrics  ->  fixed point mod 2^bits  ->  (SecAgg+ masks)
+    clip to C  ->  rotate  ->  sparsify  ->  append metrics  ->  fixed point mod 2^bits  ->  (SecAgg+ masks)
 
 and the server runs the matching ``decode_sum`` of each stage in reverse over
 the *sum* of the clients' encodings (under secure aggregation it never holds one
@@ -26,17 +26,23 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from privfed.compression.quantize import FixedPointCodec
+from privfed.compression.quantize import FixedPointCodec, rounded_l2_norm_bound
+from privfed.compression.rotation import inverse_rotate, padded_dim, random_signs, rotate
+from privfed.compression.sparsify import kept_count, shared_subset, top_k_indices
 from privfed.errors import ConfigError, ProtocolError
 from privfed.privacy.dpfedavg import clip_to_norm
 from privfed.registry import Registry
+from privfed.rng import generator
 
 __all__ = [
     "AppendMetricsStage",
     "ClipStage",
     "FixedPointStage",
+    "RotateStage",
+    "SparsifyStage",
     "StageContext",
     "StageSpec",
+    "TopKStage",
     "Upload",
     "UploadPipeline",
     "UploadStage",
@@ -54,10 +60,13 @@ class Upload:
             On the server, the (decoded) *sum* of the clients' vectors.
         metrics: per-client named scalars on the client (``train_loss``, ``unclipped``);
             their sums over the clients on the server, once a stage has split them off.
+        support: int64[k], the coordinates ``values`` stand for when a client chose them itself
+            (top-k; plain uploads only, so the server decodes one client's upload at a time).
     """
 
     values: npt.NDArray[Any]
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    support: npt.NDArray[np.int64] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +77,14 @@ class StageContext:
         round: the round number.
         client_id: the encoding client (``None`` on the server).
         rng: a generator keyed by (seed, "quantize", round, client) on the client; ``None`` on the server.
+        contributors: on the server, how many clients' encodings the sum holds (``None``: as many as
+            the stages leave room for); lets the fixed-point stage tell a wrapped sum from a true one.
     """
 
     round: int
     client_id: int | None = None
     rng: np.random.Generator | None = None
+    contributors: int | None = None
 
 
 class UploadStage(Protocol):
@@ -136,7 +148,7 @@ class ClipStage:
         clipped, norm = clip_to_norm(upload.values, max_norm=self.max_norm)
         metrics = dict(upload.metrics)
         metrics["unclipped"] = self.count_bit if norm <= self.max_norm else -self.count_bit
-        return Upload(values=clipped.astype(np.float64), metrics=metrics)
+        return dataclasses.replace(upload, values=clipped.astype(np.float64), metrics=metrics)
 
     def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
         return upload  # the sum of clipped deltas is what the server wants
@@ -162,7 +174,7 @@ class AppendMetricsStage:
         if missing:
             raise ProtocolError(f"no metric {missing[0]!r} to append (have {sorted(upload.metrics)})")
         tail = np.array([upload.metrics[n] for n in self.names], dtype=np.float64)
-        return Upload(values=np.concatenate([upload.values.astype(np.float64), tail]), metrics={})
+        return dataclasses.replace(upload, values=np.concatenate([upload.values.astype(np.float64), tail]), metrics={})
 
     def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
         k = len(self.names)
@@ -171,7 +183,7 @@ class AppendMetricsStage:
             raise ProtocolError(f"a sum of {values.shape[0]} values cannot hold {k} metrics")
         metrics = dict(upload.metrics)
         metrics.update({n: float(v) for n, v in zip(self.names, values[values.shape[0] - k :], strict=True)})
-        return Upload(values=values[: values.shape[0] - k], metrics=metrics)
+        return dataclasses.replace(upload, values=values[: values.shape[0] - k], metrics=metrics)
 
 
 class FixedPointStage:
@@ -180,22 +192,47 @@ class FixedPointStage:
     Coordinates are the delta's ``dim`` values (range ``[-clip, clip]``) and then
     ``extra`` metric coordinates (range ``[-extra_clip, extra_clip]``); the scale
     leaves room for ``num_summands`` encodings to be added without wrapping.
+
+    With ``conditional_norm`` (the L2 norm the delta coordinates are known to stay
+    within, e.g. the clip norm) the rounding is *conditional* (Kairouz, Liu, Steinke
+    2021, Sec. 4.1): re-drawn until the rounded delta's norm is within
+    :func:`~privfed.compression.quantize.rounded_l2_norm_bound` at ``beta`` (at most
+    ``max_tries`` draws, then :class:`~privfed.compression.quantize.ConditionalRoundingError`).
+    ``decode_sum`` refuses a sum that ``ctx.contributors`` honest encodings cannot produce.
     """
 
     name: ClassVar[str] = "fixed_point"
 
-    def __init__(self, *, bits: int, clip: float, extra_clip: float, dim: int, extra: int, num_summands: int) -> None:
+    def __init__(
+        self,
+        *,
+        bits: int,
+        clip: float,
+        extra_clip: float,
+        dim: int,
+        extra: int,
+        num_summands: int,
+        conditional_norm: float | None = None,
+        beta: float = math.exp(-0.5),
+        max_tries: int = 64,
+    ) -> None:
         for key, value, low, high in (
             ("bits", bits, 2, 62),
             ("dim", dim, 1, 1 << 40),
             ("extra", extra, 0, 16),
             ("num_summands", num_summands, 1, 1 << 40),
+            ("max_tries", max_tries, 1, 1 << 16),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ProtocolError(f"stage parameter {key} must be an integer in [{low}, {high}]; got {value!r}")
         self.bits, self.dim, self.extra, self.num_summands = bits, dim, extra, num_summands
+        self.max_tries = max_tries
         self.clip = _finite("clip", clip, low=1e-300)
         self.extra_clip = _finite("extra_clip", extra_clip, low=1e-300)
+        self.conditional_norm = (
+            None if conditional_norm is None else _finite("conditional_norm", conditional_norm, low=0)
+        )
+        self.beta = _finite("beta", beta, low=0.0, high=0.999999)
         ranges = np.full(dim + extra, self.clip, dtype=np.float64)
         ranges[dim:] = self.extra_clip
         try:
@@ -204,7 +241,7 @@ class FixedPointStage:
             raise ProtocolError(f"fixed-point stage: {exc}") from None
 
     def params(self) -> dict[str, Any]:
-        return {
+        params: dict[str, Any] = {
             "bits": self.bits,
             "clip": self.clip,
             "extra_clip": self.extra_clip,
@@ -212,21 +249,164 @@ class FixedPointStage:
             "extra": self.extra,
             "num_summands": self.num_summands,
         }
+        if self.conditional_norm is not None:  # only when used: plain fixed point keeps its old instructions
+            params.update(conditional_norm=self.conditional_norm, beta=self.beta, max_tries=self.max_tries)
+        return params
+
+    def norm_bound(self) -> float | None:
+        """L2 bound (input units) of the decoded delta coordinates of one encoding under conditional rounding."""
+        if self.conditional_norm is None:
+            return None
+        step = float(np.asarray(self.codec.scale).reshape(-1)[0])
+        bound = rounded_l2_norm_bound(self.conditional_norm * step, dim=self.dim, beta=self.beta)
+        return bound / step
 
     def encode(self, upload: Upload, ctx: StageContext) -> Upload:
         if ctx.rng is None:
             raise ProtocolError("fixed-point encoding needs the client's rounding generator")
         if upload.values.shape != (self.dim + self.extra,):
             raise ProtocolError(f"fixed-point stage expects {self.dim + self.extra} values; got {upload.values.shape}")
-        return Upload(values=self.codec.encode(upload.values, rng=ctx.rng), metrics=upload.metrics)
+        bound = None
+        if self.conditional_norm is not None:
+            step = float(np.asarray(self.codec.scale).reshape(-1)[0])
+            bound = rounded_l2_norm_bound(self.conditional_norm * step, dim=self.dim, beta=self.beta)
+        codes = self.codec.encode(
+            upload.values, rng=ctx.rng, norm_bound=bound, norm_dim=self.dim, max_tries=self.max_tries
+        )
+        return dataclasses.replace(upload, values=codes)
 
     def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
-        return Upload(values=self.codec.decode_sum(upload.values), metrics=upload.metrics)
+        values = self.codec.decode_sum(upload.values, contributors=ctx.contributors)
+        return dataclasses.replace(upload, values=values)
+
+
+class RotateStage:
+    """Randomized Hadamard rotation of the ``dim`` delta values, zero-padded to a power of two.
+
+    The signs come from ``generator(seed, "rotation", round)``: ``seed`` is public (the
+    server puts it in the stage parameters), so every client of a round and the server
+    use the same rotation, and the server rotates the *sum* back (linearity). Norms are
+    preserved (orthonormal), so an L2 clip before rotation still holds after it; the
+    rounding that follows acts on ``padded_dim(dim)`` coordinates.
+    """
+
+    name: ClassVar[str] = "rotate"
+
+    def __init__(self, *, dim: int, seed: int) -> None:
+        for key, value, high in (("dim", dim, 1 << 40), ("seed", seed, (1 << 63) - 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                raise ProtocolError(f"stage parameter {key} must be an integer in [0, {high}]; got {value!r}")
+        if dim < 1:
+            raise ProtocolError(f"stage parameter dim must be >= 1; got {dim}")
+        self.dim, self.seed = dim, seed
+        self.padded = padded_dim(dim)
+
+    def params(self) -> dict[str, Any]:
+        return {"dim": self.dim, "seed": self.seed}
+
+    def _signs(self, round: int) -> npt.NDArray[np.float64]:
+        return random_signs(self.padded, rng=generator(self.seed, "rotation", round))
+
+    def encode(self, upload: Upload, ctx: StageContext) -> Upload:
+        if upload.values.shape != (self.dim,):
+            raise ProtocolError(f"rotate stage expects {self.dim} values; got {upload.values.shape}")
+        return dataclasses.replace(upload, values=rotate(upload.values, signs=self._signs(ctx.round)))
+
+    def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
+        if np.shape(upload.values) != (self.padded,):
+            raise ProtocolError(f"rotate stage expects a sum of {self.padded} values; got {np.shape(upload.values)}")
+        values = inverse_rotate(upload.values, signs=self._signs(ctx.round), dim=self.dim)
+        return dataclasses.replace(upload, values=values)
+
+
+class SparsifyStage:
+    """Shared-seed random sparsification: keep the same ``kept`` of ``dim`` coordinates for every client.
+
+    The subset comes from ``generator(seed, "sparsify", round)`` (a public seed), so
+    encodings line up under secure aggregation. ``decode_sum`` scatters the summed
+    subset back and multiplies by ``dim / kept`` (each coordinate is kept with
+    probability ``kept / dim``), so the decoded sum is unbiased over the subset draw.
+    The scaling is server-side post-processing: it never enlarges what a client sends,
+    but it does enlarge the decoded sum's L2 sensitivity by up to ``dim / kept``.
+    """
+
+    name: ClassVar[str] = "sparsify"
+
+    def __init__(self, *, dim: int, kept: int, seed: int) -> None:
+        for key, value, low, high in (
+            ("dim", dim, 1, 1 << 40),
+            ("kept", kept, 1, dim),
+            ("seed", seed, 0, (1 << 63) - 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ProtocolError(f"stage parameter {key} must be an integer in [{low}, {high}]; got {value!r}")
+        self.dim, self.kept, self.seed = dim, kept, seed
+
+    @classmethod
+    def with_sparsity(cls, *, dim: int, sparsity: float, seed: int) -> SparsifyStage:
+        return cls(dim=dim, kept=kept_count(dim, sparsity=sparsity), seed=seed)
+
+    def params(self) -> dict[str, Any]:
+        return {"dim": self.dim, "kept": self.kept, "seed": self.seed}
+
+    def subset(self, round: int) -> npt.NDArray[np.int64]:
+        return shared_subset(self.dim, kept=self.kept, rng=generator(self.seed, "sparsify", round))
+
+    def encode(self, upload: Upload, ctx: StageContext) -> Upload:
+        if upload.values.shape != (self.dim,):
+            raise ProtocolError(f"sparsify stage expects {self.dim} values; got {upload.values.shape}")
+        return dataclasses.replace(upload, values=upload.values[self.subset(ctx.round)])
+
+    def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
+        if np.shape(upload.values) != (self.kept,):
+            raise ProtocolError(f"sparsify stage expects a sum of {self.kept} values; got {np.shape(upload.values)}")
+        out = np.zeros(self.dim, dtype=np.float64)
+        out[self.subset(ctx.round)] = np.asarray(upload.values, dtype=np.float64) * (self.dim / self.kept)
+        return dataclasses.replace(upload, values=out)
+
+
+class TopKStage:
+    """Keep each client's ``kept`` largest-magnitude coordinates and say which (plain uploads only).
+
+    Every client picks its own coordinates, so encodings do not line up and cannot be
+    summed under secure aggregation (the server refuses that combination); the server
+    decodes one client's upload at a time, from its ``support``. Biased, as top-k is.
+    """
+
+    name: ClassVar[str] = "topk"
+
+    def __init__(self, *, dim: int, kept: int) -> None:
+        for key, value, low, high in (("dim", dim, 1, 1 << 40), ("kept", kept, 1, dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ProtocolError(f"stage parameter {key} must be an integer in [{low}, {high}]; got {value!r}")
+        self.dim, self.kept = dim, kept
+
+    def params(self) -> dict[str, Any]:
+        return {"dim": self.dim, "kept": self.kept}
+
+    def encode(self, upload: Upload, ctx: StageContext) -> Upload:
+        if upload.values.shape != (self.dim,):
+            raise ProtocolError(f"topk stage expects {self.dim} values; got {upload.values.shape}")
+        support = top_k_indices(upload.values, kept=self.kept)
+        return dataclasses.replace(upload, values=upload.values[support], support=support)
+
+    def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
+        support = upload.support
+        if support is None or np.shape(support) != (self.kept,) or np.shape(upload.values) != (self.kept,):
+            raise ProtocolError(f"a top-k upload needs {self.kept} values and their {self.kept} coordinates")
+        if np.any(support < 0) or np.any(support >= self.dim) or np.unique(support).size != self.kept:
+            raise ProtocolError(f"top-k coordinates must be {self.kept} distinct indices below {self.dim}")
+        out = np.zeros(self.dim, dtype=np.float64)
+        out[support] = np.asarray(upload.values, dtype=np.float64)
+        return dataclasses.replace(upload, values=out, support=None)
 
 
 register_upload_stage(ClipStage.name, ClipStage)
 register_upload_stage(AppendMetricsStage.name, AppendMetricsStage)
 register_upload_stage(FixedPointStage.name, FixedPointStage)
+register_upload_stage(RotateStage.name, RotateStage)
+register_upload_stage(SparsifyStage.name, SparsifyStage)
+register_upload_stage(TopKStage.name, TopKStage)
 
 
 @dataclasses.dataclass(frozen=True)

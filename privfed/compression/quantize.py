@@ -1,9 +1,21 @@
 """Fixed-point encoding of float vectors into residues modulo 2**bits.
 
 Stochastic rounding is unbiased (``E[decode(encode(x))] = x`` inside the clip
-range), and the scale leaves room for ``num_summands`` clipped inputs to be
-added modulo ``2**bits`` without wrapping, so the decoded modular sum is the
-true sum up to rounding (at most ``num_summands / scale`` per coordinate).
+range). Each client's code lies in ``[-k, k]`` with ``k = floor((2**(bits-1) - 1) /
+num_summands)``, so ``num_summands`` encodings add up modulo ``2**bits`` without
+wrapping, and the decoded modular sum is the true sum up to rounding (at most
+``num_summands / scale`` per coordinate). A sum outside ``[-m k, m k]`` for ``m``
+contributors cannot come from honest encodings: :meth:`FixedPointCodec.decode_sum`
+reports it instead of decoding a wrapped value (the "modular clipping" failure that
+Kairouz, Liu, Steinke 2021 accept with small probability cannot happen here, because
+clients clip each coordinate before rounding; what remains detectable is a forged
+or corrupted sum).
+
+Conditional randomized rounding (Kairouz, Liu, Steinke 2021, Sec. 4.1 and Theorem 1
+of arXiv:2102.06387; TFF's ``rounded_l2_norm_bound``): re-draw the rounding until the
+rounded integer vector's L2 norm is within :func:`rounded_l2_norm_bound`, which is
+much tighter than the worst case ``c + sqrt(d)`` and is what the DP sensitivity after
+rounding may use.
 
 Pure numpy; the generator for rounding is injected.
 """
@@ -11,14 +23,55 @@ Pure numpy; the generator for rounding is injected.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from privfed.errors import PrivfedError, ProtocolError
 from privfed.secagg.crypto import mask_dtype
 
-__all__ = ["FixedPointCodec"]
+__all__ = ["ConditionalRoundingError", "FixedPointCodec", "max_norm_before_rounding", "rounded_l2_norm_bound"]
+
+
+class ConditionalRoundingError(PrivfedError, RuntimeError):
+    """Conditional randomized rounding found no rounding within its norm bound in the allowed tries."""
+
+
+def rounded_l2_norm_bound(norm: float, *, dim: int, beta: float) -> float:
+    """L2 bound, in integer units, of a vector of norm ``norm`` (already scaled) after conditional rounding.
+
+    ``min(c + sqrt(d), sqrt(c^2 + d/4 + sqrt(2 log(1/beta)) (c + sqrt(d)/2)))``
+    (Kairouz, Liu, Steinke 2021, Theorem 1 of arXiv:2102.06387). Each unconditional
+    draw is within the second bound with probability at least ``1 - beta``; ``beta = 0``
+    gives the worst case ``c + sqrt(d)`` (which any rounding satisfies).
+    """
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1); got {beta}")
+    if dim < 1 or norm < 0:
+        raise ValueError(f"need dim >= 1 and norm >= 0; got dim={dim}, norm={norm}")
+    worst = norm + math.sqrt(dim)
+    if beta == 0.0:
+        return worst
+    squared = norm**2 + dim / 4 + math.sqrt(2 * math.log(1 / beta)) * (norm + math.sqrt(dim) / 2)
+    return min(worst, math.sqrt(squared))
+
+
+def max_norm_before_rounding(target: float, *, dim: int, beta: float) -> float:
+    """The largest scaled norm ``c >= 0`` with ``rounded_l2_norm_bound(c) <= target`` (0 if none).
+
+    Inverts both branches of :func:`rounded_l2_norm_bound` in closed form: ``c + sqrt(d) <= T``
+    and the quadratic ``c^2 + a c + (d/4 + a sqrt(d)/2 - T^2) <= 0`` with ``a = sqrt(2 log 1/beta)``.
+    """
+    best = max(target - math.sqrt(dim), 0.0)
+    if 0.0 < beta < 1.0:
+        a = math.sqrt(2 * math.log(1 / beta))
+        disc = a * a - 4 * (dim / 4 + a * math.sqrt(dim) / 2 - target * target)
+        if disc >= 0:
+            best = max(best, (-a + math.sqrt(disc)) / 2)
+    # One part in 1e9 below the exact root absorbs float rounding in the check.
+    return max(best * (1 - 1e-9), 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,10 +79,11 @@ class FixedPointCodec:
     """Signed fixed point in two's complement modulo ``2**bits``.
 
     Attributes:
-        bits: word size of the residues (the SecAgg modulus is ``2**bits``).
+        bits: word size of the residues (the SecAgg modulus is ``2**bits``), 2..62.
         clip: per-coordinate bound: inputs are clipped to ``[-clip, clip]``;
             a scalar or float64[d].
-        num_summands: how many encoded vectors may be added before decoding.
+        num_summands: how many encoded vectors may be added before decoding; at most
+            ``2**(bits-1) - 1`` (each needs at least one code step).
     """
 
     bits: int
@@ -43,11 +97,18 @@ class FixedPointCodec:
             raise ValueError(f"bits must be between 2 and 62; got {self.bits}")
         if self.num_summands < 1:
             raise ValueError("num_summands must be >= 1")
+        if self.max_code < 1:
+            raise ValueError(
+                f"a modulus of 2**{self.bits} cannot hold a sum of {self.num_summands} codes: the signed range "
+                f"+-{2 ** (self.bits - 1) - 1} needs at least {(self.num_summands).bit_length() + 1} bits"
+            )
         clip = np.asarray(self.clip, dtype=np.float64)
         if not np.all(np.isfinite(clip)) or np.any(clip <= 0):
             raise ValueError("clip must be finite and > 0")
         scale = self.scale
-        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        # A sum of num_summands values at the clip must itself be a finite float (1e308 * 10 is not).
+        span = clip * float(self.num_summands)
+        if not np.all(np.isfinite(span)) or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
             # e.g. clip = 1e308: the scale underflows to 0 and every decoded sum would be NaN.
             raise ValueError(
                 f"clip {float(np.max(clip)):g} with {self.num_summands} summands leaves no fixed-point resolution "
@@ -55,18 +116,19 @@ class FixedPointCodec:
             )
 
     @property
-    def scale(self) -> npt.NDArray[np.float64]:
-        """Integer units per unit of input, per coordinate (float64[] or [d])."""
-        top = float(2 ** (self.bits - 1) - 1)
-        return np.asarray(top / (self.num_summands * np.asarray(self.clip, dtype=np.float64)), dtype=np.float64)
+    def max_code(self) -> int:
+        """``k``: each client's code lies in ``[-k, k]``, so ``num_summands`` of them never wrap."""
+        return int((2 ** (self.bits - 1) - 1) // self.num_summands)
 
-    def encode(self, values: npt.ArrayLike, *, rng: np.random.Generator) -> npt.NDArray[np.unsignedinteger]:
-        """Clip, scale, stochastically round, and wrap into ``[0, 2**bits)``."""
-        x = np.asarray(values, dtype=np.float64).reshape(-1)
+    @property
+    def scale(self) -> npt.NDArray[np.float64]:
+        """Integer units per unit of input, per coordinate (float64[] or [d]): ``k / clip``."""
+        return np.asarray(float(self.max_code) / np.asarray(self.clip, dtype=np.float64), dtype=np.float64)
+
+    def _rounded(self, x: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.int64]:
         clip = np.broadcast_to(np.asarray(self.clip, dtype=np.float64), x.shape)
         scale = np.broadcast_to(self.scale, x.shape)
-        out = np.empty(x.shape, dtype=mask_dtype(self.bits))
-        modulus_mask = (1 << self.bits) - 1
+        out = np.empty(x.shape, dtype=np.int64)
         # Work in cache-sized chunks: the float64 temporaries of a whole vector
         # would cost more in memory traffic than the arithmetic itself.
         for start in range(0, x.size, self._CHUNK):
@@ -78,10 +140,51 @@ class FixedPointCodec:
             # they allow is below 2**-24 of one quantization step.
             y += rng.random(stop - start, dtype=np.float32)
             np.floor(y, out=y)
-            rounded = y.astype(np.int64)
-            rounded &= modulus_mask
-            out[start:stop] = rounded
-        return out.reshape(np.shape(values))
+            # |y| <= k before rounding and k is an integer, so the code stays in [-k, k].
+            out[start:stop] = y.astype(np.int64)
+        return out
+
+    def encode(
+        self,
+        values: npt.ArrayLike,
+        *,
+        rng: np.random.Generator,
+        norm_bound: float | None = None,
+        norm_dim: int | None = None,
+        max_tries: int = 64,
+    ) -> npt.NDArray[np.unsignedinteger]:
+        """Clip, scale, stochastically round, and wrap into ``[0, 2**bits)``.
+
+        Args:
+            values: float[d].
+            rng: the rounding generator.
+            norm_bound: conditional rounding: re-draw until the L2 norm of the first
+                ``norm_dim`` integer codes is at most this (integer units), see
+                :func:`rounded_l2_norm_bound`. ``None``: one unconditional draw.
+            norm_dim: how many leading coordinates the bound covers (default all).
+            max_tries: draws before giving up.
+
+        Raises:
+            ConditionalRoundingError: no draw within ``norm_bound`` in ``max_tries``.
+        """
+        x = np.asarray(values, dtype=np.float64).reshape(-1)
+        signed = self._rounded(x, rng)
+        if norm_bound is not None:
+            head = x.size if norm_dim is None else norm_dim
+            for _ in range(max_tries - 1):
+                codes = signed[:head].astype(np.float64)
+                if math.sqrt(float(codes @ codes)) <= norm_bound:
+                    break
+                signed = self._rounded(x, rng)
+            else:
+                codes = signed[:head].astype(np.float64)
+                if math.sqrt(float(codes @ codes)) > norm_bound:
+                    raise ConditionalRoundingError(
+                        f"conditional rounding: no rounding of {head} coordinates within L2 norm {norm_bound:.6g} "
+                        f"(integer units) in {max_tries} tries"
+                    )
+        signed &= (1 << self.bits) - 1
+        return signed.astype(mask_dtype(self.bits)).reshape(np.shape(values))
 
     def rounding_error_bound(self) -> npt.NDArray[np.float64]:
         """Per-coordinate bound on ``|decode(encode(x)) - clip(x)|`` for one encoded vector (float64[] or [d]).
@@ -96,10 +199,31 @@ class FixedPointCodec:
         bound: npt.NDArray[np.float64] = (1.0 + 1e-9) / self.scale
         return bound
 
-    def decode_sum(self, residues: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """Read a (sum of) encoded vector(s) back as signed values in input units."""
+    def decode_sum(self, residues: npt.ArrayLike, *, contributors: int | None = None) -> npt.NDArray[np.float64]:
+        """Read a (sum of) encoded vector(s) back as signed values in input units.
+
+        Args:
+            residues: the modular sum, integers in ``[0, 2**bits)``.
+            contributors: how many encodings were summed (default ``num_summands``). A
+                coordinate outside ``[-contributors k, contributors k]`` cannot be a sum of
+                honest codes (it wrapped, or a code was forged).
+
+        Raises:
+            ProtocolError: some coordinates are out of that range (their count is named);
+                the sum is not decoded, so it is never averaged in.
+        """
         r = np.asarray(residues).astype(np.int64) & ((1 << self.bits) - 1)
         half = 1 << (self.bits - 1)
-        signed = np.where(r >= half, r - (1 << self.bits), r).astype(np.float64)
-        decoded: npt.NDArray[np.float64] = signed / self.scale
+        signed = np.where(r >= half, r - (1 << self.bits), r)
+        m = self.num_summands if contributors is None else contributors
+        if not 0 <= m <= self.num_summands:
+            raise ProtocolError(f"a sum of {m} encodings; the codec has room for at most {self.num_summands}")
+        limit = m * self.max_code
+        beyond = int(np.count_nonzero(np.abs(signed) > limit))
+        if beyond:
+            raise ProtocolError(
+                f"decoded sum has {beyond} of {signed.size} coordinates beyond +-{limit}, the most {m} clients can "
+                f"add up to at {self.bits} bits: a wrapped or forged sum, not decoded"
+            )
+        decoded: npt.NDArray[np.float64] = signed.astype(np.float64) / self.scale
         return decoded

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
 from privfed.adapters.layout import AdapterLayout
-from privfed.client.stages import AppendMetricsStage, ClipStage, FixedPointStage, StageContext, Upload, UploadPipeline
-from privfed.compression.quantize import FixedPointCodec
-from privfed.config import SecAggConfig
+from privfed.client.stages import (
+    AppendMetricsStage,
+    ClipStage,
+    FixedPointStage,
+    RotateStage,
+    SparsifyStage,
+    StageContext,
+    TopKStage,
+    Upload,
+    UploadPipeline,
+    UploadStage,
+)
+from privfed.compression.quantize import FixedPointCodec, max_norm_before_rounding
+from privfed.compression.rotation import padded_dim
+from privfed.compression.sparsify import kept_count
+from privfed.config import CompressionConfig, SecAggConfig
 from privfed.errors import ConfigError, ProtocolError
 from privfed.privacy.dpfedavg import DPFedAvgServer
 from privfed.privacy.noise import NoiseSource, make_noise
-from privfed.rng import generator
+from privfed.rng import derive_seed, generator
 from privfed.secagg.driver import STAGES as SECAGG_STAGES
 from privfed.secagg.graph import neighbour_graph
 from privfed.secagg.server import SecAggServer
@@ -27,7 +41,18 @@ from privfed.server.aggregation import (
 )
 from privfed.server.strategies import Strategy
 from privfed.transport.base import Transport
-from privfed.transport.messages import ClientUpdate, Decline, GlobalModel, SecureRoundRequest, message_kind
+from privfed.transport.messages import (
+    ClientUpdate,
+    CompressedRoundRequest,
+    Decline,
+    EncodedUpdate,
+    GlobalModel,
+    SecureRoundRequest,
+    message_kind,
+)
+
+# Conditional rounding's per-draw failure probability bound (Kairouz, Liu, Steinke 2021 use e^-0.5).
+_CONDITIONAL_BETA = math.exp(-0.5)
 
 __all__ = ["FederatedServer", "RoundResult", "check_strategy_composes", "sample_cohort", "validate_update"]
 
@@ -120,6 +145,7 @@ class FederatedServer:
         secagg: SecAggConfig | None = None,
         user_dp: DPFedAvgServer | None = None,
         secure_noise: bool = False,
+        compression: CompressionConfig | None = None,
     ) -> None:
         self.layout = layout
         self.global_vector = layout.check_vector(global_vector).copy()
@@ -140,39 +166,61 @@ class FederatedServer:
         self.codec: FixedPointCodec | None = None
         self._rounding_slack = 0.0
         self._count_bit = 0.5
+        self.compression = compression if compression is not None else CompressionConfig()
+        c = self.compression
+        # Geometry of the compressed delta: rotation pads to a power of two, then a subset is kept.
+        self._rotated_dim = padded_dim(layout.dim) if c.rotation else layout.dim
+        self._kept = kept_count(self._rotated_dim, sparsity=c.sparsity) if c.sparsity > 0 else self._rotated_dim
+        # Public seeds of the shared rotation signs and sparsification subsets (per round inside the stages).
+        self._stage_seed = derive_seed(seed, "upload-stages")
+        self._compressed_plain = self.secagg is None and bool(c.rotation or c.sparsity > 0 or c.bits)
+        if self.secagg is not None and c.sparsify == "topk" and c.sparsity > 0:
+            raise ConfigError(
+                "compression.sparsify = 'topk' cannot be used with secagg.enabled: each client would keep different "
+                "coordinates, so the masked vectors would not line up for the secure sum; use 'random'"
+            )
+        if c.conditional_rounding and (self.secagg is None or user_dp is None):
+            raise ConfigError("compression.conditional_rounding needs secagg.enabled and user-level DP")
         if self.secagg is not None:
             # The loss rides along as one extra coordinate with its own range.
             # Extra coordinates: the local loss, and (user-level DP) the "unclipped" bit.
             extra = 2 if user_dp is not None else 1
-            clip = np.full(layout.dim + extra, self.secagg.clip, dtype=np.float64)
-            clip[layout.dim :] = self.secagg.loss_clip
+            clip = np.full(self._kept + extra, self.secagg.clip, dtype=np.float64)
+            clip[self._kept :] = self.secagg.loss_clip
             # Poisson cohorts (user-level DP) can exceed clients_per_round: leave room for everyone.
             summands = num_clients if user_dp is not None else clients_per_round
-            self.codec = FixedPointCodec(bits=self.secagg.bits, clip=clip, num_summands=summands)
-            self._upload_dim = layout.dim + extra
+            try:
+                self.codec = FixedPointCodec(bits=self.secagg.bits, clip=clip, num_summands=summands)
+            except ValueError as exc:
+                raise ConfigError(f"secagg.bits = {self.secagg.bits}: {exc}") from None
+            self._upload_dim = self._kept + extra
             if user_dp is not None:
                 self._plan_rounding(user_dp)
 
     def _plan_rounding(self, user_dp: DPFedAvgServer) -> None:
         """Keep the user-level DP sensitivities true *after* stochastic rounding (issue: rounding adds
-        up to one quantization step per coordinate, up to sqrt(d) / scale in L2 norm).
+        up to one quantization step per coordinate, up to sqrt(k) / scale in L2 norm over the k
+        coordinates that are rounded).
 
-        Clients clip their delta to ``C - slack`` (``slack`` bounds the rounding error's L2
-        norm over the delta coordinates), so the decoded delta has norm below C; and they send
-        the centred unclipped bit as ``+-(1/2 - step)``, so the decoded bit stays within 1/2.
+        Clients clip their delta to a bound ``C'`` (:meth:`upload_clip_norm`) below C so that the
+        decoded delta has norm at most C: the rounding error (worst case ``sqrt(k)`` steps, or
+        the conditional-rounding bound of Kairouz, Liu, Steinke 2021) is accounted over the
+        ``k`` coordinates that travel (rotation pads to a power of two; sparsification keeps a
+        subset and the server scales its sum by ``rotated / kept``, which multiplies the
+        sensitivity by as much). The centred unclipped bit is sent as ``+-(1/2 - step)``, so the
+        decoded bit stays within 1/2.
         """
-        assert self.codec is not None
-        d = self.layout.dim
+        assert self.codec is not None and self.secagg is not None
         step = np.broadcast_to(self.codec.rounding_error_bound(), (self._upload_dim,))
-        self._rounding_slack = float(np.linalg.norm(step[:d]))
-        self._count_bit = 0.5 - float(step[d + 1])
-        assert self.secagg is not None
-        if self._rounding_slack >= user_dp.clip_norm:
+        self._rounding_slack = float(np.linalg.norm(step[: self._kept]))
+        self._count_bit = 0.5 - float(step[-1])
+        if self.upload_clip_norm() == 0.0:
             raise ConfigError(
                 f"secagg.bits = {self.secagg.bits} leaves a rounding error of up to {self._rounding_slack:.3g} "
-                f"(L2, over {d} coordinates, with room for {self.codec.num_summands} summands), not below "
-                f"privacy.user.clip_norm ({user_dp.clip_norm:g}): every update would be clipped to zero; "
-                "raise secagg.bits or lower secagg.clip"
+                f"(L2, over {self._kept} coordinates, with room for {self.codec.num_summands} summands), not below "
+                f"privacy.user.clip_norm ({user_dp.clip_norm:g}) after sparsification's rescaling "
+                f"({self._rotated_dim}/{self._kept}): every update would be clipped to zero; raise secagg.bits or "
+                "lower secagg.clip or compression.sparsity"
             )
         if self._count_bit <= 0:
             raise ConfigError(
@@ -184,11 +232,18 @@ class FederatedServer:
     def upload_clip_norm(self) -> float | None:
         """The L2 bound clients clip their delta to before encoding (user-level DP under SecAgg), else ``None``.
 
-        ``C - slack`` so that the decoded delta, rounding included, has norm at most C.
+        The largest ``C'`` whose decoded delta, rounding and sparsification's rescaling included, has
+        norm at most the current clip norm C: ``C kept / rotated - slack`` (``slack`` the worst-case
+        rounding error), or under conditional rounding the inverse of its norm bound.
         """
         if self.user_dp is None or self.secagg is None:
             return None
-        return max(self.user_dp.clip_norm - self._rounding_slack, 0.0)
+        assert self.codec is not None
+        target = self.user_dp.clip_norm * self._kept / self._rotated_dim
+        if self.compression.conditional_rounding:
+            scale = float(np.asarray(self.codec.scale).reshape(-1)[0])
+            return max_norm_before_rounding(target * scale, dim=self._kept, beta=_CONDITIONAL_BETA) / scale
+        return max(target - self._rounding_slack, 0.0)
 
     def _validate(self, reply_data: bytes, *, sender: int, round: int, expected: set[int]) -> ClientUpdate:
         update = validate_update(reply_data, round=round, expected=expected, dim=self.layout.dim)
@@ -245,6 +300,8 @@ class FederatedServer:
         cohort = [int(c) for c in self.cohort(round)]
         if self.secagg is not None:
             return self._run_secure_round(round, cohort, transport, on_client_done)
+        if self._compressed_plain:
+            return self._run_compressed_round(round, cohort, transport, on_client_done)
         broadcast = GlobalModel(round=round, vector=self.global_vector).to_bytes()
         exchange = transport.exchange(
             dict.fromkeys(cohort, broadcast), round=round, stage="train", on_reply=on_client_done
@@ -272,27 +329,119 @@ class FederatedServer:
             bytes_down=exchange.bytes_down,
         )
 
+    def _compression_stages(self) -> list[UploadStage]:
+        c, d = self.compression, self.layout.dim
+        stages: list[UploadStage] = []
+        if c.rotation:
+            stages.append(RotateStage(dim=d, seed=self._stage_seed))
+        if c.sparsity > 0 and c.sparsify == "topk":
+            stages.append(TopKStage(dim=self._rotated_dim, kept=self._kept))
+        elif c.sparsity > 0:
+            stages.append(SparsifyStage(dim=self._rotated_dim, kept=self._kept, seed=self._stage_seed))
+        return stages
+
     def upload_pipeline(self) -> UploadPipeline:
-        """This round's client upload stages under secure aggregation: [clip,] append metrics, fixed point."""
-        assert self.secagg is not None and self.codec is not None
-        stages: list[ClipStage | AppendMetricsStage | FixedPointStage] = []
+        """This round's client upload stages.
+
+        Under secure aggregation: [clip,] [rotate,] [sparsify,] append metrics, fixed point (the
+        metrics are appended after rotation, so that only the delta is rotated). Plain rounds
+        with compression: [rotate,] [sparsify or top-k,] [fixed point with one summand]; the
+        loss and example count travel in the message header.
+        """
+        if self.secagg is None:
+            stages = self._compression_stages()
+            if self.compression.bits:
+                stages.append(
+                    FixedPointStage(
+                        bits=self.compression.bits,
+                        clip=self.compression.clip,
+                        extra_clip=1.0,
+                        dim=self._kept,
+                        extra=0,
+                        num_summands=1,  # the server decodes each plain upload on its own
+                    )
+                )
+            return UploadPipeline(stages)
+        assert self.codec is not None
+        stages = []
         names = ["train_loss"]
         clip = self.upload_clip_norm()
         if clip is not None:
             stages.append(ClipStage(max_norm=clip, count_bit=self._count_bit))
             names.append("unclipped")
+        stages.extend(self._compression_stages())
         stages.append(AppendMetricsStage(names=names))
+        conditional = self.compression.conditional_rounding and clip is not None
         stages.append(
             FixedPointStage(
                 bits=self.secagg.bits,
                 clip=self.secagg.clip,
                 extra_clip=self.secagg.loss_clip,
-                dim=self.layout.dim,
+                dim=self._kept,
                 extra=len(names),
                 num_summands=self.codec.num_summands,
+                conditional_norm=clip if conditional else None,
+                beta=_CONDITIONAL_BETA,
             )
         )
         return UploadPipeline(stages)
+
+    def _decode_plain(self, raw: bytes, *, sender: int, round: int, expected: set[int]) -> ClientUpdate:
+        """One client's compressed plain upload, decoded on its own, as the update it stands for."""
+        message = EncodedUpdate.from_bytes(raw)
+        if message.round != round:
+            raise ProtocolError(f"update for round {message.round} received in round {round}")
+        if message.client_id not in expected or message.client_id != sender:
+            raise ProtocolError(f"an update claiming client {message.client_id} came from node {sender}")
+        pipeline = self.upload_pipeline()
+        last = pipeline.stages[-1] if pipeline.stages else None
+        bits = last.bits if isinstance(last, FixedPointStage) else 0
+        if message.bits != bits:
+            raise ProtocolError(f"update coded at {message.bits} bits; this round's stages use {bits}")
+        support = message.support.astype(np.int64) if message.support.size else None
+        decoded = pipeline.decode_sum(
+            Upload(values=message.values, support=support), StageContext(round=round, contributors=1)
+        )
+        update = ClientUpdate(
+            round=round,
+            client_id=message.client_id,
+            num_examples=message.num_examples,
+            train_loss=message.train_loss,
+            delta=np.asarray(decoded.values, dtype=np.float32),
+        )
+        return validate_update(update.to_bytes(), round=round, expected=expected, dim=self.layout.dim)
+
+    def _run_compressed_round(
+        self, round: int, cohort: list[int], transport: Transport, on_client_done: Callable[[int], None] | None
+    ) -> RoundResult:
+        """A plain round whose uploads go through the compression stages; ``bytes_up`` counts the encodings."""
+        broadcast = CompressedRoundRequest(
+            round=round, vector=self.global_vector, stages=self.upload_pipeline().to_json()
+        ).to_bytes()
+        exchange = transport.exchange(
+            dict.fromkeys(cohort, broadcast), round=round, stage="train", on_reply=on_client_done
+        )
+        expected = set(cohort)
+        accepted: list[ClientUpdate] = []
+        rejected = 0
+        for reply in exchange.replies:
+            try:
+                update = self._decode_plain(reply.data, sender=reply.sender, round=round, expected=expected)
+            except ProtocolError:  # malformed, replayed, forged, out of range, or a Decline
+                rejected += 1
+                continue
+            expected.discard(update.client_id)
+            accepted.append(update)
+        aggregate = self.aggregation.from_updates(accepted, round=round)
+        return self._result(
+            round,
+            cohort,
+            aggregate,
+            num_clients=len(accepted),
+            rejected_updates=rejected,
+            bytes_up=exchange.bytes_up,
+            bytes_down=exchange.bytes_down,
+        )
 
     def _run_secure_round(
         self,
@@ -370,11 +519,15 @@ class FederatedServer:
     ) -> RoundResult:
         d = self.layout.dim
         pipeline = self.upload_pipeline()
+        total, metrics = np.zeros(d), {}
         if result is not None:
-            decoded = pipeline.decode_sum(Upload(values=result), StageContext(round=round))
-            total, metrics = decoded.values, decoded.metrics
-        else:
-            total, metrics = np.zeros(d), {}
+            try:  # a sum that the contributors' codes cannot add up to (wrapped or forged) is never used
+                decoded = pipeline.decode_sum(
+                    Upload(values=result), StageContext(round=round, contributors=len(contributors))
+                )
+                total, metrics = decoded.values, decoded.metrics
+            except ProtocolError as exc:
+                abort_reason, contributors = f"secure sum refused: {exc}", ()
         aggregate = self.aggregation.from_sum(
             total,
             contributors=len(contributors),

@@ -16,9 +16,18 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from privfed.compression.packing import pack_bits, packed_size, unpack_bits
 from privfed.errors import ProtocolError
 
-__all__ = ["ClientUpdate", "Decline", "GlobalModel", "SecureRoundRequest", "message_kind"]
+__all__ = [
+    "ClientUpdate",
+    "CompressedRoundRequest",
+    "Decline",
+    "EncodedUpdate",
+    "GlobalModel",
+    "SecureRoundRequest",
+    "message_kind",
+]
 
 _MAGIC = b"PFD1"
 _VERSION = 1
@@ -175,6 +184,122 @@ class Decline:
         if len(data) != _PREFIX.size + cls._HEADER.size:
             raise ProtocolError("decline message has trailing bytes")
         return cls(round=round_, client_id=client_id)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CompressedRoundRequest:
+    """Server -> client: a plain round whose upload goes through compression stages.
+
+    Attributes:
+        round: round number.
+        vector: float32[d], the global adapter to train from.
+        stages: the upload stages to run, as :meth:`privfed.client.stages.UploadPipeline.to_json`.
+    """
+
+    KIND: ClassVar[int] = 5
+    _HEADER: ClassVar[struct.Struct] = struct.Struct("<IQI")
+    MAX_STAGES_BYTES: ClassVar[int] = 1 << 16
+
+    round: int
+    vector: npt.NDArray[np.float32]
+    stages: str
+
+    def to_bytes(self) -> bytes:
+        vec = np.ascontiguousarray(self.vector, dtype="<f4")
+        stages = self.stages.encode("utf-8")
+        header = self._HEADER.pack(self.round, vec.size, len(stages))
+        return _PREFIX.pack(_MAGIC, _VERSION, self.KIND) + header + vec.tobytes() + stages
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CompressedRoundRequest:
+        round_, dim, n_stages = _check_prefix(data, cls.KIND, cls._HEADER)
+        if n_stages > cls.MAX_STAGES_BYTES:
+            raise ProtocolError(
+                f"compressed round request: {n_stages} bytes of stages (at most {cls.MAX_STAGES_BYTES})"
+            )
+        data = bytes(data)
+        start = _PREFIX.size + cls._HEADER.size
+        if len(data) != start + 4 * dim + n_stages:
+            raise ProtocolError(
+                f"compressed round request has {len(data)} bytes; its header says {start + 4 * dim + n_stages}"
+            )
+        vector = np.frombuffer(data[start : start + 4 * dim], dtype="<f4").astype(np.float32)
+        try:
+            stages = data[start + 4 * dim :].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("compressed round request: stages are not UTF-8") from None
+        return cls(round=round_, vector=vector, stages=stages)
+
+
+def _codes_or_floats(raw: bytes, *, count: int, bits: int) -> npt.NDArray[np.generic]:
+    if bits:
+        return unpack_bits(raw, count=count, bits=bits)
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodedUpdate:
+    """Client -> server: one client's upload after the round's compression stages (plain rounds).
+
+    Attributes:
+        round: round the update belongs to.
+        client_id: the sender.
+        num_examples: examples the client trained on (FedAvg weight).
+        train_loss: mean local training loss.
+        bits: width of each code when ``values`` are fixed-point codes (2..32), packed
+            into ``ceil(n * bits / 8)`` bytes on the wire; 0 when they are float32.
+        values: uint32[n] codes below ``2**bits``, or float32[n].
+        support: uint32[n] coordinates the values stand for (top-k), or empty.
+    """
+
+    KIND: ClassVar[int] = 6
+    _HEADER: ClassVar[struct.Struct] = struct.Struct("<IIQdBQQ")
+
+    round: int
+    client_id: int
+    num_examples: int
+    train_loss: float
+    bits: int
+    values: npt.NDArray[np.generic]
+    support: npt.NDArray[np.uint32] = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
+
+    def to_bytes(self) -> bytes:
+        n = int(np.size(self.values))
+        if self.bits:
+            body = pack_bits(self.values, bits=self.bits)
+        else:
+            body = np.ascontiguousarray(self.values, dtype="<f4").tobytes()
+        support = np.ascontiguousarray(self.support, dtype="<u4")
+        header = self._HEADER.pack(
+            self.round, self.client_id, self.num_examples, self.train_loss, self.bits, n, support.size
+        )
+        return _PREFIX.pack(_MAGIC, _VERSION, self.KIND) + header + support.tobytes() + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EncodedUpdate:
+        round_, client_id, num_examples, raw_loss, bits, n, n_support = _check_prefix(data, cls.KIND, cls._HEADER)
+        if num_examples < 1:
+            raise ProtocolError(f"encoded update claims {num_examples} examples")
+        if bits != 0 and not 2 <= bits <= 32:
+            raise ProtocolError(f"encoded update: bits must be 0 (float32) or in [2, 32]; got {bits}")
+        data = bytes(data)
+        start = _PREFIX.size + cls._HEADER.size
+        body = packed_size(n, bits=bits) if bits else 4 * n
+        if n > len(data) * 8 or n_support > len(data) or len(data) != start + 4 * n_support + body:
+            raise ProtocolError(f"encoded update has {len(data)} bytes; its header does not add up to that")
+        support = np.frombuffer(data[start : start + 4 * n_support], dtype="<u4").astype(np.uint32)
+        raw = data[start + 4 * n_support :]
+        values = _codes_or_floats(raw, count=n, bits=bits)
+        train_loss = float(raw_loss) if math.isfinite(raw_loss) else float("nan")
+        return cls(
+            round=round_,
+            client_id=client_id,
+            num_examples=num_examples,
+            train_loss=train_loss,
+            bits=bits,
+            values=values,
+            support=support,
+        )
 
 
 def message_kind(data: bytes) -> int | None:

@@ -84,7 +84,7 @@ def test_aborted_round_keeps_the_global_adapter(tmp_path: Path) -> None:
         ({"server.clients_per_round": 2}, "clients_per_round >= 3"),
         ({"secagg.degree": 3}, "secagg.degree must be even"),
         ({"secagg.threshold": 9}, "secagg.threshold must be between 2 and secagg.degree + 1 (5)"),
-        ({"secagg.bits": 4}, "secagg.bits must be >= 8"),
+        ({"secagg.bits": 3}, "secagg.bits must be at least 4 to sum 5 clients"),
     ],
 )
 def test_secagg_config_errors(extra: dict[str, object], fragment: str) -> None:
