@@ -111,12 +111,22 @@ def _reply(msg: Message, fields: dict[str, Any]) -> Message:
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    """Build the client (warm-up) and say which client this node is."""
+    """Say which client this node is; with ``warm-up`` set, build the client now.
+
+    A Ray actor serves many messages, so building at hello keeps model loading out of
+    round 1; a deployment's ClientApp process serves one message, so it skips that.
+    """
     record = msg.content.config_records[RECORD]
     client_id = _client_id(context)
-    side = client_side(field(record, "config", str))
-    if not 0 <= client_id < len(side.client_data):
-        raise ProtocolError(f"partition-id {client_id} is not a client of this run (0..{len(side.client_data) - 1})")
+    config_toml = field(record, "config", str)
+    if record.get("warm-up", False):
+        num_clients = len(client_side(config_toml).client_data)
+    else:
+        import tomllib
+
+        num_clients = config_from_dict(tomllib.loads(config_toml)).partition.num_clients
+    if not 0 <= client_id < num_clients:
+        raise ProtocolError(f"partition-id {client_id} is not a client of this run (0..{num_clients - 1})")
     return _reply(msg, {"client-id": client_id, "pid": os.getpid()})
 
 
@@ -160,12 +170,12 @@ def _serve(msg: Message, context: Context) -> Message:
     addressee = field(record, "client-id", int)
     if addressee != client_id:
         raise ProtocolError(f"message for client {addressee} reached client {client_id}")
-    side = client_side(field(record, "config", str))
     data = field(record, "data", bytes)
     try:
         if message_kind(data) is None:  # a SecAgg+ message of the round in progress
             reply = _secagg_step(context, client_id, data)
         else:
+            side = client_side(field(record, "config", str))
             context.state.config_records.pop(_SECAGG_STATE, None)
             secret = os.urandom(KEY_BYTES)
             node = ClientNode(

@@ -67,10 +67,13 @@ class GridExchanger:
         grid: the ServerApp's grid.
         config: the experiment config, sent to every node (TOML) with each message.
         reply_timeout: seconds to wait for the replies of one exchange.
+        warm_up: have every node build its client in the opening exchange (long-lived
+            client processes: the Simulation Engine's Ray actors).
     """
 
-    def __init__(self, grid: Grid, *, config: ExperimentConfig, reply_timeout: float) -> None:
+    def __init__(self, grid: Grid, *, config: ExperimentConfig, reply_timeout: float, warm_up: bool = False) -> None:
         self.grid = grid
+        self.warm_up = warm_up
         self.config_toml = dump_config(config)
         self.config_sha256 = hashlib.sha256(self.config_toml.encode()).hexdigest()
         self.reply_timeout = reply_timeout
@@ -105,10 +108,11 @@ class GridExchanger:
             raise ProtocolError(
                 f"{len(nodes)} Flower nodes connected within {timeout:g} s; partition.num_clients = {num_clients}"
             )
-        messages = [
-            Message(self._content(client_id=-1, round=0, stage="hello", data=b""), dst_node_id=n, message_type=HELLO)
-            for n in nodes
-        ]
+        messages = []
+        for node in nodes:
+            content = self._content(client_id=-1, round=0, stage="hello", data=b"")
+            content.config_records[RECORD]["warm-up"] = self.warm_up
+            messages.append(Message(content, dst_node_id=node, message_type=HELLO))
         self.grid.push_messages(messages)  # sets the message ids in place
         dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         replies = self._pull(list(dst_of), timeout=max(1.0, end - time.monotonic()))

@@ -77,7 +77,9 @@ class FlowerSimulationTransport:
 
     # --- the ServerApp side (background thread) ------------------------------------------
     def _server_main(self, grid: Grid, context: Context) -> None:
-        exchanger = GridExchanger(grid, config=self.config, reply_timeout=self.config.transport.reply_timeout)
+        exchanger = GridExchanger(
+            grid, config=self.config, reply_timeout=self.config.transport.reply_timeout, warm_up=True
+        )
         try:
             exchanger.discover(num_clients=self.config.partition.num_clients, timeout=_STARTUP_SECONDS)
         except BaseException as exc:

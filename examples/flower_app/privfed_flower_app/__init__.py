@@ -1,0 +1,1 @@
+"""privfed as a Flower App (``flwr run examples/flower_app``)."""
