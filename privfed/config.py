@@ -295,7 +295,7 @@ class TransportConfig:
     reply_timeout: float = _f(120.0, gt=0.0, le=86400.0)
     # Flower Simulation Engine: Ray resources reserved per client (a fraction of a GPU is allowed).
     num_cpus: float = _f(1.0, gt=0.0, le=1024.0)
-    num_gpus: float = _f(0.0, ge=0.0, le=64.0)
+    num_gpus: float = _f(0.0, ge=0.0, le=64.0)  # Ray GPUs per client; a fraction shares one GPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,7 +308,7 @@ class SecAggConfig:
     """
 
     enabled: bool = _f(False)
-    bits: int = _f(32, ge=2, le=62)  # modulus 2**bits; must hold a sum of the whole cohort
+    bits: int = _f(32, ge=2, le=52)  # modulus 2**bits; must hold a sum of the whole cohort; float64-exact up to 52
     # Per-coordinate range of a client's delta. Bounded so that the codec's scale
     # (2**(bits-1) - 1) / (summands * clip) is a positive finite number for every bits and
     # cohort a config accepts (1e308 used to make it 0 and the model NaN).

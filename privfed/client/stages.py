@@ -217,7 +217,7 @@ class FixedPointStage:
         max_tries: int = 64,
     ) -> None:
         for key, value, low, high in (
-            ("bits", bits, 2, 62),
+            ("bits", bits, 2, 52),
             ("dim", dim, 1, 1 << 40),
             ("extra", extra, 0, 16),
             ("num_summands", num_summands, 1, 1 << 40),

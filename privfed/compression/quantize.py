@@ -79,7 +79,9 @@ class FixedPointCodec:
     """Signed fixed point in two's complement modulo ``2**bits``.
 
     Attributes:
-        bits: word size of the residues (the SecAgg modulus is ``2**bits``), 2..62.
+        bits: word size of the residues (the SecAgg modulus is ``2**bits``), 2..52: above 52
+            bits float64 cannot represent ``x * scale`` to within one quantization step, so the
+            rounding bound (and with it the DP sensitivity after rounding) would not hold.
         clip: per-coordinate bound: inputs are clipped to ``[-clip, clip]``;
             a scalar or float64[d].
         num_summands: how many encoded vectors may be added before decoding; at most
@@ -93,8 +95,8 @@ class FixedPointCodec:
     _CHUNK: ClassVar[int] = 1 << 15
 
     def __post_init__(self) -> None:
-        if not 2 <= self.bits <= 62:
-            raise ValueError(f"bits must be between 2 and 62; got {self.bits}")
+        if not 2 <= self.bits <= 52:
+            raise ValueError(f"bits must be between 2 and 52; got {self.bits}")
         if self.num_summands < 1:
             raise ValueError("num_summands must be >= 1")
         if self.max_code < 1:
@@ -140,7 +142,9 @@ class FixedPointCodec:
             # they allow is below 2**-24 of one quantization step.
             y += rng.random(stop - start, dtype=np.float32)
             np.floor(y, out=y)
-            # |y| <= k before rounding and k is an integer, so the code stays in [-k, k].
+            # |y| <= k before rounding and k is an integer, so the code stays in [-k, k]; the
+            # clamp guards the last float ulp (a sum of clients at the edge must never wrap).
+            np.clip(y, -self.max_code, self.max_code, out=y)
             out[start:stop] = y.astype(np.int64)
         return out
 

@@ -334,6 +334,13 @@ def _round_record(
         "secagg_aborted": result.aborted,
         "aggregate_rejected": getattr(result, "aggregate_rejected", None),
         "update_applied": _update_applied(result),
+        # Who took part: sampled = answered + dropped; rejected are answering clients none of
+        # whose replies was accepted; the wait for the slowest node, summed over the exchanges.
+        "clients_sampled": len(result.cohort),
+        "clients_answered": result.answered,
+        "clients_dropped": result.unanswered,
+        "clients_rejected": result.rejected_clients,
+        "seconds_waiting_slowest": result.seconds_waiting,
     }
     if evaluation is not None:
         record.update(evaluation)
@@ -759,7 +766,10 @@ def _execute(
                 },
             )
             run_dir.append_metrics(record)
-            if round % config.run.checkpoint_every == 0 or round == last:
+            # With noise from the OS CSPRNG a round cannot be re-run after a crash (its release
+            # could not be reproduced), so such runs checkpoint every round.
+            every = 1 if _private(config) and config.privacy.secure_noise else config.run.checkpoint_every
+            if round % every == 0 or round == last:
                 _save(run_dir, round, server, strategy, state, ledger, user_dp)
             progress.end_round(record)
     finally:
@@ -820,6 +830,35 @@ def run_experiment(
     )
 
 
+def _private(config: ExperimentConfig) -> bool:
+    return config.privacy.mode != "none"
+
+
+def _check_resumable(run_dir: RunDirectory, config: ExperimentConfig, checkpoint: Checkpoint | None) -> None:
+    """``CheckpointError`` where resuming would release rounds the ledger does not charge.
+
+    Metric lines without a checkpoint mean the ledger of rounds already released is gone
+    (a deleted checkpoint used to restart the run from round 1 and report a smaller epsilon).
+    Under ``secure_noise`` the noise of rounds after the last checkpoint cannot be drawn again,
+    so re-running them would release them twice while charging them once.
+    """
+    records = run_dir.read_metrics()
+    done = 0 if checkpoint is None else checkpoint.round
+    if checkpoint is None and records:
+        raise CheckpointError(
+            f"{run_dir.path} holds {len(records)} round(s) of metrics but no checkpoint: the privacy ledger "
+            "of rounds already released is gone, so resuming would under-report epsilon; start the run "
+            "again in a new directory"
+        )
+    after = sorted({int(r["round"]) for r in records if isinstance(r.get("round"), int) and r["round"] > done})
+    if after and _private(config) and config.privacy.secure_noise:
+        raise CheckpointError(
+            f"{run_dir.path}: round(s) {', '.join(map(str, after))} were released after the last checkpoint "
+            f"(round {done}) with noise from the OS CSPRNG, which cannot be drawn again: resuming would release "
+            "them twice and charge them once; start the run again in a new directory"
+        )
+
+
 def resume_experiment(
     out_dir: str | Path, *, quiet: bool = False, stop_after_round: int | None = None
 ) -> dict[str, Any]:
@@ -831,6 +870,7 @@ def resume_experiment(
     run_dir = RunDirectory(out_dir)
     config = run_dir.load_config()
     checkpoint = run_dir.load_checkpoint()
+    _check_resumable(run_dir, config, checkpoint)
     exp = build_experiment(config)
     return _execute(
         exp, _prepare_privacy(exp), run_dir, checkpoint=checkpoint, quiet=quiet, stop_after_round=stop_after_round

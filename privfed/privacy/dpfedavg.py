@@ -49,10 +49,19 @@ def centred_unclipped_bit(*, norm: float, clip_norm: float) -> float:
 
 
 def clip_to_norm(delta: npt.NDArray[np.floating], *, max_norm: float) -> tuple[npt.NDArray[np.float32], float]:
-    """``delta`` scaled down to L2 norm ``max_norm`` if longer. Returns (clipped float32, original norm)."""
+    """``delta`` scaled down to L2 norm ``max_norm`` if longer. Returns (clipped float32, original norm).
+
+    The float32 result's norm never exceeds ``max_norm`` (the sensitivity DP accounts for):
+    rounding the scaled vector to float32 can push it a few ulps past the bound (about 1 in
+    100 clipped vectors), and such a vector is shrunk by one float32 ulp per coordinate until
+    it fits. A float32 vector already within the bound is returned unchanged.
+    """
     norm = float(np.linalg.norm(delta.astype(np.float64)))
     factor = min(1.0, max_norm / norm) if norm > 0 else 1.0
-    return (delta.astype(np.float64) * factor).astype(np.float32), norm
+    clipped = (delta.astype(np.float64) * factor).astype(np.float32)
+    while float(np.linalg.norm(clipped.astype(np.float64))) > max_norm:
+        clipped = np.nextafter(clipped, np.float32(0), dtype=np.float32)
+    return clipped, norm
 
 
 def delta_noise_multiplier(*, noise_multiplier: float, count_stddev: float) -> float:
@@ -144,7 +153,9 @@ class DPFedAvgServer:
         if self.adaptive is not None:
             noised = (centred_count + float(noise.normal(std=self.adaptive.count_stddev, shape=(1,))[0])) * count_scale
             # Undo the centring: sum(b_i) / m + 1/2 estimates the unclipped fraction (Andrew et al., Alg. 1).
-            fraction = noised / self.expected_clients + COUNT_SENSITIVITY
+            # Clamped to [0, 1] as tensorflow_privacy's QuantileEstimatorQuery does (post-processing):
+            # with a small cohort one noisy round could otherwise move C by exp(lr * |noise| / m).
+            fraction = min(1.0, max(0.0, noised / self.expected_clients + COUNT_SENSITIVITY))
             self.clip_norm = c * math.exp(-self.adaptive.learning_rate * (fraction - self.adaptive.target_quantile))
         return DPFedAvgResult(
             mean_delta=mean,

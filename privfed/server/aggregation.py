@@ -123,10 +123,9 @@ class DPFedAvgAggregation:
     def from_updates(self, updates: Sequence[ClientUpdate], *, round: int) -> Aggregate:
         deltas = np.stack([u.delta for u in updates]) if updates else np.zeros((0, self.dim), np.float32)
         result = self.dp.aggregate(deltas, noise=self.noise(round))
-        losses = np.array([u.train_loss for u in updates])
-        finite = np.isfinite(losses)
-        loss = float(np.mean(losses[finite])) if finite.any() else float("nan")
-        return self._aggregate(result.noised_sum, loss, result.clip_norm, result.unclipped_fraction)
+        # The clients' training loss is not released under user-level DP: it is an exact
+        # (un-noised) function of each client's data that the ledger does not cover.
+        return self._aggregate(result.noised_sum, float("nan"), result.clip_norm, result.unclipped_fraction)
 
     def from_sum(
         self,
@@ -141,5 +140,4 @@ class DPFedAvgAggregation:
         result = self.dp.from_sums(
             clipped_sum=total, centred_count=centred_count, count_scale=count_scale, noise=self.noise(round)
         )
-        loss = loss_sum / contributors if contributors else float("nan")
-        return self._aggregate(result.noised_sum, loss, result.clip_norm, result.unclipped_fraction)
+        return self._aggregate(result.noised_sum, float("nan"), result.clip_norm, result.unclipped_fraction)

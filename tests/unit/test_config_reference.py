@@ -59,7 +59,7 @@ def test_ranges_and_choices_come_from_the_field_rules() -> None:
     rows = {f.path: f for s in sections() for f in s.fields}
     assert rows["privacy.user.noise_multiplier"].allowed == "0 (off) or ≥ 1e-6 and ≤ 10000"
     assert rows["privacy.mode"].allowed == "`none`, `sample`, `user`, `both`"
-    assert rows["secagg.bits"].allowed == "≥ 2 and ≤ 62"
+    assert rows["secagg.bits"].allowed == "≥ 2 and ≤ 52"
     assert rows["privacy.delta"].default == "1e-5"
     assert rows["adapter.target_modules"].type == "list of string"
     assert rows["adapter.target_modules"].default == "[]"

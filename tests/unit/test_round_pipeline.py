@@ -143,7 +143,7 @@ def pipeline(*, d: int, n: int, bits: int, clip_norm: float | None) -> UploadPip
 @given(
     d=st.integers(1, 64),
     n=st.integers(1, 12),
-    bits=st.integers(24, 62),
+    bits=st.integers(24, 52),
     clip_norm=st.one_of(st.none(), st.floats(0.01, 5.0)),
     seed=st.integers(0, 2**32 - 1),
 )
