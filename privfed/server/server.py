@@ -40,7 +40,7 @@ from privfed.server.aggregation import (
     check_strategy_composes,
 )
 from privfed.server.strategies import Strategy
-from privfed.transport.base import Transport
+from privfed.transport.base import Exchange, Transport
 from privfed.transport.messages import (
     ClientUpdate,
     CompressedRoundRequest,
@@ -112,6 +112,13 @@ class RoundResult:
         aggregate_rejected: why the round's aggregate was not applied (it, or the model
             the strategy made from it, was not finite), else ``None``. The global
             adapter is then left as it was.
+        answered / unanswered: cohort members that answered every message sent to them this
+            round, and those that missed one (timed out, crashed or stayed silent: dropped);
+            they add up to the cohort unless the round sent nothing (a cohort too small for
+            secure aggregation).
+        rejected_clients: answering cohort members none of whose replies was accepted
+            (malformed, wrong shape, non-finite, forged or declined).
+        seconds_waiting: seconds the round's exchanges waited for their slowest node, summed.
     """
 
     round: int
@@ -127,6 +134,21 @@ class RoundResult:
     clip_norm: float | None = None
     unclipped_fraction: float | None = None
     aggregate_rejected: str | None = None
+    answered: int = 0
+    unanswered: int = 0
+    rejected_clients: int = 0
+    seconds_waiting: float = 0.0
+
+
+def _plain_counts(exchange: Exchange, cohort: list[int], accepted: int) -> dict[str, object]:
+    """Who answered a plain round's one exchange, who was rejected, and the wait."""
+    answered = len(exchange.answered() & set(cohort))
+    return {
+        "answered": answered,
+        "unanswered": len(cohort) - answered,
+        "rejected_clients": answered - accepted,
+        "seconds_waiting": exchange.seconds_waiting,
+    }
 
 
 class FederatedServer:
@@ -327,6 +349,7 @@ class FederatedServer:
             rejected_updates=rejected,
             bytes_up=exchange.bytes_up,
             bytes_down=exchange.bytes_down,
+            **_plain_counts(exchange, cohort, len(accepted)),
         )
 
     def _compression_stages(self) -> list[UploadStage]:
@@ -441,6 +464,7 @@ class FederatedServer:
             rejected_updates=rejected,
             bytes_up=exchange.bytes_up,
             bytes_down=exchange.bytes_down,
+            **_plain_counts(exchange, cohort, len(accepted)),
         )
 
     def _run_secure_round(
@@ -469,6 +493,8 @@ class FederatedServer:
         stages_json = pipeline.to_json()
         declined: set[int] = set()
         refused_by_server: set[int] = set()
+        silent: set[int] = set()
+        waited = 0.0
         down = up = 0
         try:
             outbox = secagg_server.start()
@@ -486,6 +512,7 @@ class FederatedServer:
                     messages, round=round, stage=stage, on_reply=on_client_done if index == 0 else None
                 )
                 down, up = down + exchange.bytes_down, up + exchange.bytes_up
+                waited += exchange.seconds_waiting
                 seen: set[int] = set()
                 for reply in exchange.replies:
                     if reply.sender in seen or reply.sender not in messages:
@@ -498,12 +525,15 @@ class FederatedServer:
                         secagg_server.receive(reply.data)
                     except ProtocolError:
                         refused_by_server.add(reply.sender)  # forged, altered or malformed: a dropout
+                silent |= set(messages) - seen
                 outbox = secagg_server.finish_stage()
         except ProtocolError as exc:  # SecAggAborted, or a stage the server cannot finish safely
-            return self._finish_secure_round(round, members, None, (), len(declined), str(exc), down, up)
+            counts = _secure_counts(members, silent, declined | refused_by_server, waited)
+            return self._finish_secure_round(round, members, None, (), len(declined), str(exc), down, up, counts)
         assert secagg_server.result is not None
+        counts = _secure_counts(members, silent, declined | refused_by_server, waited)
         return self._finish_secure_round(
-            round, members, secagg_server.result, secagg_server.contributors, len(declined), None, down, up
+            round, members, secagg_server.result, secagg_server.contributors, len(declined), None, down, up, counts
         )
 
     def _finish_secure_round(
@@ -516,6 +546,7 @@ class FederatedServer:
         abort_reason: str | None,
         bytes_down: int,
         bytes_up: int,
+        counts: dict[str, object] | None = None,
     ) -> RoundResult:
         d = self.layout.dim
         pipeline = self.upload_pipeline()
@@ -546,4 +577,16 @@ class FederatedServer:
             bytes_down=bytes_down,
             dropped_clients=len(members) - len(contributors) - declined,
             aborted=abort_reason,
+            **(counts or {}),
         )
+
+
+def _secure_counts(members: list[int], silent: set[int], rejected: set[int], waited: float) -> dict[str, object]:
+    """Who answered every SecAgg+ stage they were sent, who was rejected, and the summed wait."""
+    dropped = (silent - rejected) & set(members)
+    return {
+        "answered": len(members) - len(dropped),
+        "unanswered": len(dropped),
+        "rejected_clients": len(rejected & set(members)),
+        "seconds_waiting": waited,
+    }

@@ -46,11 +46,15 @@ class Exchange:
         replies: the replies received, in arrival order (a faulty network may repeat one).
         bytes_down: bytes sent to nodes.
         bytes_up: bytes received from nodes.
+        seconds_waiting: seconds from sending the messages until the exchange stopped waiting:
+            the last reply's arrival, or the reply timeout when a node never answered (the wait
+            for the slowest node). Transports that do not measure it leave 0.
     """
 
     replies: tuple[Reply, ...]
     bytes_down: int
     bytes_up: int
+    seconds_waiting: float = 0.0
 
     def answered(self) -> frozenset[int]:
         """The nodes that replied."""

@@ -5,10 +5,15 @@ Messages still go through their byte encoding, so the simulation exercises
 exactly the wire format a distributed engine would, and byte counts are real.
 Dropouts are injected here, as a network would cause them: a node that drops
 before a stage receives that stage's message but never answers, nor later.
+
+Nodes run one after another, so a node cannot be cut off mid-answer; with a
+``reply_timeout`` a reply that took a node longer than that is discarded on arrival,
+as a distributed engine would have stopped waiting for it: the node counts as dropped.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,11 +47,21 @@ class SimulationTransport:
     Args:
         nodes: the client nodes, indexed by client id.
         dropouts: optional schedule of injected SecAgg+ dropouts (plain rounds have none).
+        reply_timeout: seconds a node may take to answer one message; a slower reply is
+            discarded (the node is dropped). ``None`` (the default, and what
+            ``transport.kind = "simulation"`` uses): wait for every node.
     """
 
-    def __init__(self, *, nodes: Sequence[ClientNode], dropouts: DropoutSchedule | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        nodes: Sequence[ClientNode],
+        dropouts: DropoutSchedule | None = None,
+        reply_timeout: float | None = None,
+    ) -> None:
         self.nodes = list(nodes)
         self.dropouts = dropouts
+        self.reply_timeout = reply_timeout
         self._plan: tuple[int, DropoutPlan] | None = None
 
     def _node(self, client_id: int) -> ClientNode:
@@ -72,11 +87,13 @@ class SimulationTransport:
         silent = self._silent(round, stage, list(messages))
         replies: list[Reply] = []
         down = up = 0
+        started = time.perf_counter()
         for client_id, message in messages.items():
             node = self._node(client_id)
             down += len(message)
             if client_id in silent:
                 continue
+            asked = time.perf_counter()
             try:
                 reply = node.handle(message)
             except ProtocolError:
@@ -84,11 +101,15 @@ class SimulationTransport:
                 continue
             if reply is None:
                 continue
+            if self.reply_timeout is not None and time.perf_counter() - asked > self.reply_timeout:
+                continue  # too late: the server stopped waiting for this node
             up += len(reply)
             replies.append(Reply(sender=client_id, data=reply))
             if on_reply is not None:
                 on_reply(client_id)
-        return Exchange(replies=tuple(replies), bytes_down=down, bytes_up=up)
+        return Exchange(
+            replies=tuple(replies), bytes_down=down, bytes_up=up, seconds_waiting=time.perf_counter() - started
+        )
 
 
 def _simulation(*, nodes: Sequence[ClientNode], config: Any) -> SimulationTransport:

@@ -173,10 +173,13 @@ class GridExchanger:
                     on_reply(client)
 
         replies_in: list[Message] = []
+        waited = 0.0
         if out:
+            started = time.monotonic()
             self.grid.push_messages(out)  # sets the message ids in place
             dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in out}
             replies_in = self._pull(list(dst_of), timeout=self.reply_timeout, report=report)
+            waited = time.monotonic() - started  # to the last reply, or to the timeout
         replies: list[Reply] = []
         up = 0
         for reply in replies_in:
@@ -189,7 +192,7 @@ class GridExchanger:
                 continue  # the node stayed silent (it refused the message)
             up += len(payload)
             replies.append(Reply(sender=client_of_node[node], data=payload))
-        return Exchange(replies=tuple(replies), bytes_down=down, bytes_up=up)
+        return Exchange(replies=tuple(replies), bytes_down=down, bytes_up=up, seconds_waiting=waited)
 
     def _pull(
         self, ids: list[str], *, timeout: float, report: Callable[[Message], None] | None = None
