@@ -2,7 +2,8 @@
 
     privfed run CONFIG.toml [--out DIR] [--quiet] [--set KEY=VALUE ...]
     privfed run --resume RUN_DIR [--quiet]
-    privfed sweep CONFIG.toml [--epsilons 1,3,8,inf] [--out DIR] [--set KEY=VALUE ...]
+    privfed sweep CONFIG.toml [--grid KEY=V1,V2 ...] [--epsilons 1,3,8,inf] [--seeds 0,1,2] [--out DIR]
+    privfed report DIR... [--out report.html]
     privfed audit | attack membership|exposure|inversion CONFIG.toml [--set KEY=VALUE ...]
     privfed reproduce RUN_DIR [--out DIR]
     privfed validate CONFIG.toml [--set KEY=VALUE ...]
@@ -125,15 +126,21 @@ def _summary_line(summary: dict[str, Any]) -> str:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from privfed.config import load_config
-    from privfed.experiments.sweep import parse_epsilons, run_sweep
+    from privfed.experiments.sweep import EPSILONS_AXIS, GridAxis, parse_epsilons, parse_grid, parse_seeds, run_grid
 
-    _quiet_libraries()
+    axes = parse_grid(args.grid or [])
+    if args.epsilons is not None or not axes:
+        epsilons = parse_epsilons(args.epsilons if args.epsilons is not None else "1,3,8,inf")
+        axes.insert(0, GridAxis(EPSILONS_AXIS, tuple("inf" if math.isinf(e) else f"{e:g}" for e in epsilons)))
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     config = load_config(args.config, overrides=args.set)
+    _quiet_libraries()
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-sweep"
-    rows = run_sweep(config, out, parse_epsilons(args.epsilons), quiet=args.quiet)
+    rows = run_grid(config, out, axes, seeds=seeds, quiet=args.quiet)
     print(f"sweep directory: {out}")
     print((out / "sweep.md").read_text(), end="")
-    print(f"plot: {out / 'privacy_utility.png'} ({len(rows)} runs)")
+    plot = next(p for p in (out / "privacy_utility.png", out / "utility.png") if p.exists())
+    print(f"plot: {plot} (+ .pdf, .svg; {len(rows)} points); results: {out / 'sweep.json'}")
     return 0
 
 
@@ -387,11 +394,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
     sweep = add(
-        sub, "sweep", parents=[overrides], help="privacy-utility grid: one run per target epsilon, table and plot"
+        sub,
+        "sweep",
+        parents=[overrides],
+        help="grid of runs (cartesian product, several seeds): tables with 95%% intervals, plot, sweep.json",
     )
-    sweep.add_argument("config", help="experiment config with privacy.mode set")
-    sweep.add_argument("--epsilons", default="1,3,8,inf", help="comma-separated targets; inf = no DP")
-    sweep.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep)")
+    sweep.add_argument("config", help="experiment config (TOML)")
+    sweep.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="KEY=V1,V2",
+        help="swept config keys (typed like --set), e.g. privacy.user.target_epsilon=1,3,8,inf adapter.rank=4,8; "
+        "inf as a target epsilon = privacy off for that point",
+    )
+    sweep.add_argument(
+        "--epsilons",
+        help="shorthand: target epsilons of every privacy level the config enables, inf = no DP "
+        "(the default without --grid: 1,3,8,inf)",
+    )
+    sweep.add_argument("--seeds", help="comma-separated seeds; each point runs once per seed (default: the config's)")
+    sweep.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep); reruns reuse/resume")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     sweep.set_defaults(func=_cmd_sweep)
     attack = add(sub, "attack", parents=[], help="privacy attacks against the pipeline")
