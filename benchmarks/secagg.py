@@ -44,7 +44,6 @@ from privfed.secagg import (
     KeyedRandom,
     SecAggClient,
     SecAggServer,
-    neighbour_graph,
     recommended_degree,
     run_secagg_round,
 )
@@ -65,7 +64,9 @@ def _client_at_delivery(d: int, k: int, seed: int = 0) -> tuple[SecAggClient, by
     }
     server = SecAggServer(
         round=1,
-        neighbours=neighbour_graph(range(n), degree=k, rng=rng),
+        cohort=range(n),
+        degree=k,
+        graph_seed=rng.bytes(16),
         threshold=n // 2 + 1,
         bits=32,
         dim=d,
@@ -179,7 +180,9 @@ def _protocol_round(
     degree = min(degree, n - 1)
     server = SecAggServer(
         round=1,
-        neighbours=neighbour_graph(range(n), degree=degree, rng=rng),
+        cohort=range(n),
+        degree=degree,
+        graph_seed=rng.bytes(16),
         threshold=(degree + 1) // 2 + 1,
         bits=32,
         dim=d,

@@ -16,11 +16,17 @@ Aggregation with (Poly)Logarithmic Overhead", CCS):
    of dropped clients; never both for the same client, across any number of requests)
 
 Every reply is signed (Bonawitz et al.'s malicious-server variant, Sec. 6).
-The client refuses a threshold ``t`` with ``2 t <= holders`` (its neighbourhood
-including itself): a server could then ask two disjoint groups of ``t``
-holders for the two secrets of one client and unmask its input (Bonawitz et
-al. 2017, Sec. 6 / App. A: active security needs ``2t > n``; Bell et al. 2020
-apply the bound per SecAgg+ neighbourhood).
+The setup is round-global (cohort, graph seed and degree, one threshold, bits,
+dim): every client rebuilds the whole SecAgg+ graph, signs the setup's digest
+in its advertisement and refuses a neighbour whose signed digest differs, so
+all holders of one client's shares agree on its neighbourhood and on ``t``.
+The client refuses ``t < 2``, fewer than :data:`MIN_NEIGHBOURS` neighbours, and
+``2 t <= holders`` for the largest neighbourhood of the graph: a server could
+then ask two disjoint groups of ``t`` holders for the two secrets of one
+client and unmask its input (Bonawitz et al. 2017, Sec. 6 / App. A: active
+security needs ``2t > n``; Bell et al. 2020 apply the bound per SecAgg+
+neighbourhood; with per-client views a server could satisfy each client's
+local check and still unmask one).
 
 A message that is malformed, for another client or round, or out of order
 raises :class:`~privfed.errors.ProtocolError` and leaves the client unchanged.
@@ -54,6 +60,7 @@ from privfed.secagg.crypto import (
     verification_key,
     verify,
 )
+from privfed.secagg.graph import harary_graph
 from privfed.secagg.keys import (
     pairwise_mask_key,
     seed_commitment,
@@ -76,24 +83,42 @@ from privfed.secagg.messages import (
     decode,
 )
 
-__all__ = ["SecAggClient"]
+__all__ = ["MIN_NEIGHBOURS", "SecAggClient", "check_threshold"]
 
 _SHARE_PLAINTEXT = 8 + 2 * shamir.SHARE_BYTES
 _S = TypeVar("_S", bound=SignedMessage)
 
 
-def check_threshold(threshold: int, *, holders: int) -> None:
-    """``ProtocolError`` unless ``holders / 2 < threshold <= holders``.
+MIN_NEIGHBOURS = 2
+"""Fewest neighbours a client accepts: with ``k`` neighbours its secrets have ``k + 1``
+holders, and a threshold ``t`` with ``2 t > k + 1`` and ``t >= 2`` needs ``k >= 2``. With
+no neighbours (``t = 1``) a Shamir share *is* the secret and revealing it unmasks the input."""
+
+
+def check_threshold(threshold: int, *, holders: int, smallest: int | None = None) -> None:
+    """``ProtocolError`` unless ``t >= 2``, ``holders / 2 < t <= smallest`` and ``smallest >= 3``.
+
+    Args:
+        threshold: the round's Shamir threshold ``t``.
+        holders: the LARGEST neighbourhood of the round (a client and its neighbours).
+        smallest: the smallest neighbourhood (default ``holders``).
 
     With ``2 t <= holders`` two disjoint groups of ``t`` holders exist; a server
     that tells one group a client survived and the other that it dropped gets
     both its self-mask seed and its mask key (Bonawitz et al. 2017, App. A;
-    Bell et al. 2020 per neighbourhood).
+    Bell et al. 2020 per neighbourhood). With ``t = 1`` a share is the secret.
     """
-    if not 1 <= threshold <= holders or 2 * threshold <= holders:
+    smallest = holders if smallest is None else smallest
+    if smallest < MIN_NEIGHBOURS + 1:
         raise ProtocolError(
-            f"threshold {threshold} must exceed half of the {holders} share holders and be at most {holders} "
-            f"(allowed: {holders // 2 + 1}..{holders})"
+            f"a neighbourhood of {smallest} (client included) is too small for secure aggregation "
+            f"(allowed: at least {MIN_NEIGHBOURS + 1})"
+        )
+    if threshold < 2 or threshold > smallest or 2 * threshold <= holders:
+        raise ProtocolError(
+            f"threshold {threshold} must be at least 2, exceed half of the largest neighbourhood ({holders} "
+            f"share holders) and be at most the smallest ({smallest}) (allowed: "
+            f"{max(2, holders // 2 + 1)}..{smallest})"
         )
 
 
@@ -138,6 +163,8 @@ class SecAggClient:
         self._signing_key: Ed25519PrivateKey | None = None
         self.stage = "setup"
         self.setup: SetupRequest | None = None
+        self.neighbours: tuple[int, ...] = ()
+        self._setup_digest = b""
         self._enc_private = b""
         self._mask_private = b""
         self._enc_key: X25519PrivateKey | None = None
@@ -183,10 +210,14 @@ class SecAggClient:
 
     # -----------------------------------------------------------------------------------
     def _on_setup(self, message: SetupRequest) -> AdvertiseKeys:
-        holders = len(message.neighbours) + 1
-        if self.client_id in message.neighbours:
-            raise ProtocolError("a client cannot be its own neighbour")
-        check_threshold(message.threshold, holders=holders)
+        if self.client_id not in message.cohort:
+            raise ProtocolError(f"client {self.client_id} is not in the setup's cohort")
+        try:
+            graph = harary_graph(message.cohort, degree=message.degree, graph_seed=message.graph_seed)
+        except ValueError as exc:
+            raise ProtocolError(f"setup graph is invalid: {exc}") from None
+        sizes = [len(peers) + 1 for peers in graph.values()]
+        check_threshold(message.threshold, holders=max(sizes), smallest=min(sizes))
         dtype = mask_dtype(message.bits)
         if self.values.dtype != dtype or self.values.shape != (message.dim,):
             have = f"{self.values.shape} {self.values.dtype}"
@@ -197,6 +228,8 @@ class SecAggClient:
         enc_private, mask_private = self.random(KEY_BYTES), self.random(KEY_BYTES)
         signer = signing_key(self._long_term_signing_key or self.random(KEY_BYTES))
         self.setup, self._enc_private, self._mask_private = message, enc_private, mask_private
+        self.neighbours = graph[self.client_id]
+        self._setup_digest = setup_digest(message.global_setup())
         self._enc_key, self._mask_key = private_key(enc_private), private_key(mask_private)
         self._signing_key = signer
         self.stage = "keys"
@@ -207,7 +240,7 @@ class SecAggClient:
                 public_key(enc_private),
                 public_key(mask_private),
                 verification_key(signer),
-                setup_digest(message.to_bytes()),
+                self._setup_digest,
                 b"",
             )
         )
@@ -222,11 +255,13 @@ class SecAggClient:
         if self.trusted_keys is not None and self.trusted_keys.get(entry.client_id) != entry.verify_key:
             raise ProtocolError(f"client {entry.client_id}'s verification key is not the pinned one")
         verify(entry.verify_key, entry.signature, entry.transcript(session), what=f"client {entry.client_id}'s keys")
+        if entry.setup_digest != self._setup_digest:
+            raise ProtocolError(f"client {entry.client_id} signed another round setup than this client's")
 
     def _on_directory(self, message: KeyDirectory) -> ShareKeys:
         setup = self._require_setup()
         directory = {entry.client_id: entry for entry in message.entries}
-        if not set(directory) <= set(setup.neighbours):
+        if not set(directory) <= set(self.neighbours):
             raise ProtocolError("key directory lists clients that are not this client's neighbours")
         if len(directory) + 1 < setup.threshold:
             raise ProtocolError(

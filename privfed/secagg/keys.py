@@ -55,6 +55,7 @@ def seed_commitment(seed: bytes, *, session: bytes, client_id: int) -> bytes:
     return hashlib.sha256(_context(session, b"seed-commitment", client_id) + seed).digest()
 
 
-def setup_digest(setup_request: bytes) -> bytes:
-    """SHA-256 of a ``SetupRequest``'s bytes, which the client signs in its key advertisement."""
-    return hashlib.sha256(b"privfed-secagg/v1/setup/" + setup_request).digest()
+def setup_digest(global_setup: bytes) -> bytes:
+    """SHA-256 of a round's global setup (``SetupRequest.global_setup()``), which every client
+    signs in its key advertisement and compares with its neighbours'."""
+    return hashlib.sha256(b"privfed-secagg/v2/global-setup/" + global_setup).digest()

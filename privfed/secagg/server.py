@@ -23,14 +23,16 @@ is never released.
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from privfed.errors import ProtocolError
 from privfed.secagg import shamir
-from privfed.secagg.crypto import KEY_BYTES, MaskAccumulator, mask_dtype, public_key, verify
+from privfed.secagg.client import MIN_NEIGHBOURS
+from privfed.secagg.crypto import KEY_BYTES, MaskAccumulator, agree, mask_dtype, private_key, public_key, verify
+from privfed.secagg.graph import harary_graph
 from privfed.secagg.keys import pairwise_mask_key, seed_commitment, self_mask_key, setup_digest
 from privfed.secagg.messages import (
     AdvertiseKeys,
@@ -49,6 +51,8 @@ __all__ = ["SecAggAborted", "SecAggServer"]
 
 # nonce (12) + src/dst ids (8) + two Shamir shares + GCM tag (16)
 _SEALED_SHARE_BYTES = 12 + 8 + 2 * shamir.SHARE_BYTES + 16
+# Any fixed scalar: exchanging with it raises on the low-order points (all-zero shared secret).
+_KEY_CHECK = private_key(bytes(range(1, 33)))
 
 
 class SecAggAborted(ProtocolError):
@@ -60,14 +64,19 @@ class SecAggServer:
 
     Args:
         round: protocol round number (carried in every message).
-        neighbours: the SecAgg+ graph, ``{client: neighbour ids}`` (symmetric);
-            the complete graph gives classic SecAgg.
+        cohort: the round's client ids.
+        degree: SecAgg+ neighbours per client: ``len(cohort) - 1`` gives classic
+            SecAgg (complete graph), else an even ``2 <= k < n - 1``.
+        graph_seed: 16 public bytes the graph is derived from
+            (:func:`~privfed.secagg.graph.harary_graph`); every client rebuilds it.
         threshold: Shamir threshold t: shares needed to rebuild a secret; also
             the minimum number of clients that must remain at every stage. It
-            must exceed half of every neighbourhood (clients refuse otherwise).
+            must be at least 2 and exceed half of every neighbourhood (clients
+            refuse otherwise).
         bits: inputs and the result are residues modulo ``2**bits``.
         dim: vector length.
-        session: 16 public random bytes binding every key to this round.
+        session: 16 public random bytes binding every key to this execution of
+            the round; draw them from the OS CSPRNG for each execution.
         trusted_keys: optional ``{client id: Ed25519 public key}`` pinned by the
             deployment; an advertisement under another key is rejected.
     """
@@ -76,27 +85,35 @@ class SecAggServer:
         self,
         *,
         round: int,
-        neighbours: dict[int, tuple[int, ...]],
+        cohort: Sequence[int],
+        degree: int,
+        graph_seed: bytes = bytes(16),
         threshold: int,
         bits: int,
         dim: int,
         session: bytes,
         trusted_keys: Mapping[int, bytes] | None = None,
     ) -> None:
-        for cid, peers in neighbours.items():
-            if cid in peers or any(cid not in neighbours.get(p, ()) for p in peers):
-                raise ValueError("the neighbour graph must be symmetric and loop-free")
+        members = tuple(sorted(int(c) for c in cohort))
+        if any(not 0 <= c < 2**32 for c in members):
+            raise ValueError("client ids must be in [0, 2**32)")
+        neighbours = harary_graph(members, degree=degree, graph_seed=graph_seed)
         smallest = min((len(p) + 1 for p in neighbours.values()), default=0)
         largest = max((len(p) + 1 for p in neighbours.values()), default=0)
-        if not max(2, largest // 2 + 1) <= threshold <= smallest:
+        low = max(2, largest // 2 + 1)
+        if smallest < MIN_NEIGHBOURS + 1 or not low <= threshold <= smallest:
             raise ValueError(
-                f"threshold must be between {max(2, largest // 2 + 1)} (more than half of the largest "
-                f"neighbourhood, {largest}) and the smallest neighbourhood ({smallest}); got {threshold}"
+                f"threshold must be between {low} (at least 2 and more than half of the largest "
+                f"neighbourhood, {largest}) and the smallest neighbourhood ({smallest}, itself at least "
+                f"{MIN_NEIGHBOURS + 1}); got {threshold}"
             )
         if len(session) != 16:
             raise ValueError("session must be 16 bytes")
         mask_dtype(bits)
         self.round = round
+        self.cohort = members
+        self.degree = degree
+        self.graph_seed = bytes(graph_seed)
         self.neighbours = neighbours
         self.threshold = threshold
         self.bits = bits
@@ -104,7 +121,7 @@ class SecAggServer:
         self.session = session
         self.trusted_keys = None if trusted_keys is None else dict(trusted_keys)
         self.stage = "new"
-        self._setup_digests: dict[int, bytes] = {}
+        self._setup_digest = b""
         self.keys: dict[int, AdvertiseKeys] = {}
         self.shares: dict[int, ShareKeys] = {}
         self.masked: dict[int, MaskedInput] = {}
@@ -112,23 +129,41 @@ class SecAggServer:
         self._requests: dict[int, UnmaskRequest] = {}
         self.result: npt.NDArray[np.unsignedinteger] | None = None
         self.contributors: tuple[int, ...] = ()
-        # Responders whose share of some secret was left out because it did not verify.
-        self.suspects: tuple[int, ...] = ()
+        # (holder, owner, "seed" | "key") of every share left out of a reconstruction because
+        # it did not fit the others. Not proof the holder lied: a malicious *dealer* can seal
+        # a bad share to an honest holder, whose share is then the one left out.
+        self.shares_left_out: tuple[tuple[int, int, str], ...] = ()
+
+    @property
+    def suspects(self) -> tuple[int, ...]:
+        """Holders with a share left out (:attr:`shares_left_out`); kept for compatibility.
+
+        Either the holder or the dealer of that share misbehaved; this does not say which.
+        """
+        return tuple(sorted({holder for holder, _, _ in self.shares_left_out}))
 
     # -----------------------------------------------------------------------------------
     def start(self) -> dict[int, bytes]:
-        """The setup message for every client."""
+        """The setup message for every client: the same global setup, addressed to each."""
         if self.stage != "new":
             raise ProtocolError("round already started")
         self.stage = "advertise"
         out = {
             cid: SetupRequest(
-                self.round, cid, self.session, tuple(sorted(peers)), self.threshold, self.bits, self.dim
-            ).to_bytes()
-            for cid, peers in sorted(self.neighbours.items())
+                self.round,
+                cid,
+                self.session,
+                self.cohort,
+                self.degree,
+                self.graph_seed,
+                self.threshold,
+                self.bits,
+                self.dim,
+            )
+            for cid in self.cohort
         }
-        self._setup_digests = {cid: setup_digest(data) for cid, data in out.items()}
-        return out
+        self._setup_digest = setup_digest(next(iter(out.values())).global_setup())
+        return {cid: message.to_bytes() for cid, message in out.items()}
 
     def receive(self, data: bytes) -> None:
         """Validate and store one client reply for the current stage.
@@ -148,8 +183,15 @@ class SecAggServer:
             verify(
                 message.verify_key, message.signature, message.transcript(self.session), what=f"client {sender}'s keys"
             )
-            if message.setup_digest != self._setup_digests[sender]:
+            if message.setup_digest != self._setup_digest:
                 raise ProtocolError(f"client {sender} answered other round parameters than it was sent")
+            # A low-order or otherwise invalid X25519 key would make every honest
+            # neighbour refuse (agree() raises): reject the sender here instead.
+            for what, key in (("encryption", message.encryption_key), ("mask", message.mask_key)):
+                try:
+                    agree(_KEY_CHECK, key)
+                except ProtocolError:
+                    raise ProtocolError(f"client {sender}'s {what} key is not a valid X25519 public key") from None
             self.keys[sender] = message
         elif self.stage == "share" and isinstance(message, ShareKeys):
             self._expect_new(sender, self.keys, self.shares)
@@ -208,10 +250,29 @@ class SecAggServer:
     def finish_stage(self) -> dict[int, bytes]:
         """Close the current stage; return the next stage's messages by client id.
 
+        Any failure while closing a stage leaves the server in stage ``"aborted"``
+        (never half-way); a ``ProtocolError`` is raised as :class:`SecAggAborted`.
+
         Raises:
             SecAggAborted: fewer than ``threshold`` clients remain (or a secret
                 cannot be rebuilt); the round is over and reveals nothing more.
+            ProtocolError: no stage to finish (round not started, done or aborted).
         """
+        if self.stage not in ("advertise", "share", "collect", "unmask"):
+            raise ProtocolError(f"no stage to finish in stage {self.stage!r}")
+        try:
+            return self._finish_stage()
+        except SecAggAborted:
+            self.stage = "aborted"
+            raise
+        except ProtocolError as exc:
+            self.stage = "aborted"
+            raise SecAggAborted(f"round aborted in a failed stage: {exc}") from exc
+        except BaseException:
+            self.stage = "aborted"
+            raise
+
+    def _finish_stage(self) -> dict[int, bytes]:
         if self.stage == "advertise":
             self._require(len(self.keys), "advertised keys")
             self.stage = "share"
@@ -279,7 +340,7 @@ class SecAggServer:
         except ProtocolError as exc:
             self.stage = "aborted"
             raise SecAggAborted(f"client {owner}'s {kind} cannot be rebuilt and verified: {exc}") from None
-        self.suspects = tuple(sorted({*self.suspects, *(x - 1 for x in excluded)}))
+        self.shares_left_out = (*self.shares_left_out, *((x - 1, owner, kind) for x in excluded))
         return secret
 
     def _unmask(self) -> None:

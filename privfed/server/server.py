@@ -31,7 +31,6 @@ from privfed.privacy.dpfedavg import DPFedAvgServer
 from privfed.privacy.noise import NoiseSource, make_noise
 from privfed.rng import derive_seed, generator
 from privfed.secagg.driver import STAGES as SECAGG_STAGES
-from privfed.secagg.graph import neighbour_graph
 from privfed.secagg.server import SecAggServer
 from privfed.server.aggregation import (
     Aggregate,
@@ -480,10 +479,12 @@ class FederatedServer:
             reason = f"a cohort of {len(members)} clients is too small for secure aggregation (needs 3)"
             return self._finish_secure_round(round, members, None, (), 0, reason, 0, 0)
         degree = self.secagg.resolved_degree(len(members))
-        graph = neighbour_graph(members, degree=degree, rng=generator(self.seed, "secagg-graph", round))
         secagg_server = SecAggServer(
             round=round,
-            neighbours=graph,
+            cohort=members,
+            degree=degree,
+            # Public; from the run's seed, so dropout patterns (and aborts) replay.
+            graph_seed=generator(self.seed, "secagg-graph", round).bytes(16),
             threshold=self.secagg.resolved_threshold(len(members), clamp=True),
             bits=self.secagg.bits,
             dim=self._upload_dim,

@@ -96,7 +96,7 @@ def test_secagg_config_errors(extra: dict[str, object], fragment: str) -> None:
 def test_server_sees_only_masked_vectors(tmp_path: Path) -> None:
     """The masked uploads the server stores are far from the clients' encoded updates."""
     from privfed.compression import FixedPointCodec
-    from privfed.secagg import SecAggClient, SecAggServer, neighbour_graph, run_secagg_round
+    from privfed.secagg import SecAggClient, SecAggServer, run_secagg_round
 
     rng = np.random.default_rng(0)
     codec = FixedPointCodec(bits=32, clip=1.0, num_summands=5)
@@ -104,7 +104,8 @@ def test_server_sees_only_masked_vectors(tmp_path: Path) -> None:
     encoded = {c: codec.encode(u, rng=rng) for c, u in updates.items()}
     server = SecAggServer(
         round=1,
-        neighbours=neighbour_graph(range(5), degree=4, rng=rng),
+        cohort=range(5),
+        degree=4,
         threshold=3,
         bits=32,
         dim=500,

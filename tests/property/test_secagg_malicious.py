@@ -37,12 +37,17 @@ def complete_round(
     n: int, threshold: int, *, bits: int = 32, dim: int = 8, seed: int = 0, **client_kwargs: Any
 ) -> tuple[SecAggServer, dict[int, SecAggClient], dict[int, np.ndarray]]:
     ids = list(range(n))
-    graph = {c: tuple(x for x in ids if x != c) for c in ids}
     rng = np.random.default_rng(seed)
     dtype = mask_dtype(bits)
     inputs = {c: rng.integers(0, 2**bits, size=dim, dtype=np.uint64).astype(dtype) for c in ids}
     server = SecAggServer(
-        round=1, neighbours=graph, threshold=threshold, bits=bits, dim=dim, session=keyed("session", seed)(16)
+        round=1,
+        cohort=ids,
+        degree=n - 1,
+        threshold=threshold,
+        bits=bits,
+        dim=dim,
+        session=keyed("session", seed)(16),
     )
     clients = {
         c: SecAggClient(client_id=c, round=1, values=inputs[c], random=keyed("client", seed, c), **client_kwargs)
@@ -117,8 +122,8 @@ def test_split_unmask_requests_with_a_low_threshold_recover_nothing(n: int, t: i
     # Before the fix the attack recovered client 0's exact input in each of these cases.
     assert not split_request_attack(n, t)
     _, clients, _ = complete_round(n, n // 2 + 1)
-    setup = SetupRequest(1, 0, bytes(16), tuple(range(1, n)), t, 32, 8).to_bytes()
-    with pytest.raises(ProtocolError, match="must exceed half"):
+    setup = SetupRequest(1, 0, bytes(16), tuple(range(n)), n - 1, bytes(16), t, 32, 8).to_bytes()
+    with pytest.raises(ProtocolError, match="exceed half of the largest"):
         clients[0].step(setup)
     assert clients[0].stage == "setup"
 

@@ -19,7 +19,6 @@ from privfed.secagg import (
     SecAggAborted,
     SecAggClient,
     SecAggServer,
-    neighbour_graph,
     run_secagg_round,
 )
 from privfed.secagg.crypto import mask_dtype
@@ -35,12 +34,19 @@ def make_round(
 ) -> tuple[SecAggServer, dict[int, SecAggClient], dict[int, np.ndarray], dict[int, tuple[int, ...]]]:
     rng = np.random.default_rng(seed)
     ids = [int(c) for c in rng.choice(10_000, size=n, replace=False)]  # ids need not be 0..n-1
-    graph = neighbour_graph(ids, degree=degree, rng=rng)
     dtype = mask_dtype(bits)
     inputs = {c: (rng.integers(0, 2**bits, size=dim, dtype=np.uint64)).astype(dtype) for c in ids}
     server = SecAggServer(
-        round=7, neighbours=graph, threshold=threshold, bits=bits, dim=dim, session=keyed("session", seed)(16)
+        round=7,
+        cohort=ids,
+        degree=degree,
+        graph_seed=keyed("graph", seed)(16),
+        threshold=threshold,
+        bits=bits,
+        dim=dim,
+        session=keyed("session", seed)(16),
     )
+    graph = server.neighbours
     clients = {c: SecAggClient(client_id=c, round=7, values=inputs[c], random=keyed("client", seed, c)) for c in ids}
     return server, clients, inputs, graph
 
