@@ -2,9 +2,14 @@
 
 One node per client, written once and used by every engine: the in-process
 simulation calls :meth:`ClientNode.handle` directly, a distributed engine
-calls it from whatever process holds the client's data. A node keeps no state
-between rounds; within a secure-aggregation round it keeps its SecAgg+ client
-state machine until the round's last stage.
+calls it from whatever process holds the client's data. Within a
+secure-aggregation round a node keeps its SecAgg+ client state machine until
+the round's last stage. Across rounds it keeps one number,
+:attr:`ClientNode.last_secure_round`: the highest secure round it has answered.
+A ``SecureRoundRequest`` for that round or an earlier one is refused: training
+and rounding are keyed by (seed, round, client), so a second execution of a
+round with one client left out would give the server that client's exact
+upload as the difference of two correct secure sums.
 
 Messages a node handles:
 
@@ -55,6 +60,9 @@ class ClientNode:
         seed: experiment seed; training in round ``r`` uses ``derive_seed(seed, "local", r, client_id)``
             and fixed-point rounding ``generator(seed, "quantize", r, client_id)``.
         crypto_random: randomness for SecAgg+ keys, seeds and nonces.
+        last_secure_round: the highest secure round this client already answered (a
+            node rebuilt per message, as in Flower, passes the value it persisted);
+            ``None``: none yet.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class ClientNode:
         data: ExampleSet,
         seed: int,
         crypto_random: RandomSource = system_random,
+        last_secure_round: int | None = None,
     ) -> None:
         self.client_id = client_id
         self.trainer = trainer
@@ -72,6 +81,12 @@ class ClientNode:
         self.seed = seed
         self.crypto_random = crypto_random
         self._secagg: SecAggClient | None = None
+        self.last_secure_round = last_secure_round
+
+    @property
+    def secagg_client(self) -> SecAggClient | None:
+        """The SecAgg+ client of the secure round in progress (``None`` when there is none)."""
+        return self._secagg
 
     def _train(self, round: int, vector: np.ndarray) -> LocalResult:
         return self.trainer.train(
@@ -91,7 +106,15 @@ class ClientNode:
             return self._plain_round(GlobalModel.from_bytes(data))
         if kind == SecureRoundRequest.KIND:
             self._secagg = None
-            return self._secure_round(SecureRoundRequest.from_bytes(data))
+            request = SecureRoundRequest.from_bytes(data)
+            if self.last_secure_round is not None and request.round <= self.last_secure_round:
+                raise ProtocolError(
+                    f"client {self.client_id} already answered secure round {self.last_secure_round}; "
+                    f"refusing round {request.round} (allowed: rounds after {self.last_secure_round})"
+                )
+            # Recorded before anything is computed: a request that fails half-way still burns its round.
+            self.last_secure_round = request.round
+            return self._secure_round(request)
         if kind == CompressedRoundRequest.KIND:
             self._secagg = None
             return self._compressed_round(CompressedRoundRequest.from_bytes(data))

@@ -44,6 +44,7 @@ __all__ = ["app", "client_side"]
 app = ClientApp()
 
 _SECAGG_STATE = "privfed-secagg"
+_ANSWERED_STATE = "privfed-answered"  # {"last-secure-round": int}: ClientNode.last_secure_round
 
 
 @dataclasses.dataclass(eq=False)
@@ -178,15 +179,23 @@ def _serve(msg: Message, context: Context) -> Message:
             side = client_side(field(record, "config", str))
             context.state.config_records.pop(_SECAGG_STATE, None)
             secret = os.urandom(KEY_BYTES)
+            answered = context.state.config_records.get(_ANSWERED_STATE)
             node = ClientNode(
                 client_id=client_id,
                 trainer=side.trainer,
                 data=side.client_data[client_id],
                 seed=side.config.seed,
                 crypto_random=_RoundRandom(secret),
+                last_secure_round=None if answered is None else field(answered, "last-secure-round", int),
             )
-            answer = node.handle(data)
-            secagg = node._secagg  # set by a SecureRoundRequest (none after a Decline)
+            try:
+                answer = node.handle(data)
+            finally:  # a refused or failed request still burns its round (re-runs reveal uploads)
+                if node.last_secure_round is not None:
+                    context.state.config_records[_ANSWERED_STATE] = ConfigRecord(
+                        {"last-secure-round": node.last_secure_round}
+                    )
+            secagg = node.secagg_client  # set by a SecureRoundRequest (none after a Decline)
             if secagg is not None:
                 _save_secagg(context, secret=secret, request=data, client=secagg)
             if answer is None:
