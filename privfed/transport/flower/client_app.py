@@ -15,13 +15,26 @@ the messages received so far and a 32-byte secret from the OS that keys the roun
 randomness. A later stage rebuilds the SecAgg+ client by replaying them; the
 replay draws exactly the keys and nonces of the first pass. The state never leaves
 the client's machine (in a deployment ``context.state`` is kept by its SuperNode).
+
+Fault injection, for tests only: the environment variable ``PRIVFED_TEST_FAULTS`` of
+a node's process (a SuperNode's, or the process that starts the Simulation Engine,
+whose Ray workers inherit it) holds a JSON list of rules ``{"client": K, "stage":
+"train", "round": R, "action": ...}`` (``round`` optional: every round). Actions:
+``"sleep"`` (``"seconds"``: before answering), ``"reply"`` (``"reply"``: ``"nan"``,
+``"garbage"``, ``"wrong-shape"`` or ``"oversized"`` replaces this client's answer), and
+``"marker"`` (``"path"``: after answering, append ``"<round> <stage>"`` to that file,
+so a test knows when to kill the node). Without the variable nothing changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +50,7 @@ from privfed.secagg.client import SecAggClient
 from privfed.secagg.crypto import KEY_BYTES
 from privfed.transport.base import STAGES
 from privfed.transport.flower.grid import RECORD, field
-from privfed.transport.messages import SecureRoundRequest, message_kind
+from privfed.transport.messages import ClientUpdate, SecureRoundRequest, message_kind
 
 __all__ = ["app", "client_side"]
 
@@ -165,9 +178,65 @@ def _secagg_step(context: Context, client_id: int, data: bytes) -> bytes:
     return reply
 
 
+#: Environment variable holding test-only fault rules (see the module docstring).
+FAULTS_ENV = "PRIVFED_TEST_FAULTS"
+
+
+def _with_delta(raw: bytes, delta: np.ndarray) -> bytes:
+    u = ClientUpdate.from_bytes(raw)
+    return ClientUpdate(
+        round=u.round, client_id=u.client_id, num_examples=u.num_examples, train_loss=u.train_loss, delta=delta
+    ).to_bytes()
+
+
+def _nan_delta(raw: bytes) -> bytes:
+    delta = ClientUpdate.from_bytes(raw).delta.copy()
+    delta[0] = np.nan
+    return _with_delta(raw, delta)
+
+
+_BAD_REPLIES: dict[str, Callable[[bytes], bytes]] = {
+    "garbage": lambda raw: b"\x00not a privfed message",
+    "nan": _nan_delta,
+    "wrong-shape": lambda raw: _with_delta(raw, ClientUpdate.from_bytes(raw).delta[:-1]),
+    "oversized": lambda raw: _with_delta(raw, np.zeros(ClientUpdate.from_bytes(raw).delta.size * 100, np.float32)),
+}
+
+
+def _fault_rules(client_id: int, round: int, stage: str) -> list[dict[str, Any]]:
+    raw = os.environ.get(FAULTS_ENV)
+    if not raw:
+        return []
+    rules = json.loads(raw)
+    return [
+        r
+        for r in rules
+        if r.get("client") == client_id and r.get("stage", "train") == stage and r.get("round", round) == round
+    ]
+
+
 def _serve(msg: Message, context: Context) -> Message:
     record = msg.content.config_records[RECORD]
     client_id = _client_id(context)
+    rules = _fault_rules(client_id, field(record, "round", int), field(record, "stage", str))
+    if not rules:
+        return _answer(msg, context, client_id)
+    for rule in rules:
+        if rule["action"] == "sleep":
+            time.sleep(float(rule["seconds"]))
+    answer = _answer(msg, context, client_id)
+    for rule in rules:
+        data = answer.content.config_records[RECORD].get("data")
+        if rule["action"] == "reply" and isinstance(data, bytes):
+            answer.content.config_records[RECORD]["data"] = _BAD_REPLIES[rule["reply"]](data)
+        elif rule["action"] == "marker":
+            with Path(rule["path"]).open("a") as f:
+                f.write(f"{field(record, 'round', int)} {field(record, 'stage', str)}\n")
+    return answer
+
+
+def _answer(msg: Message, context: Context, client_id: int) -> Message:
+    record = msg.content.config_records[RECORD]
     addressee = field(record, "client-id", int)
     if addressee != client_id:
         raise ProtocolError(f"message for client {addressee} reached client {client_id}")
