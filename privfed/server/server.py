@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -488,7 +489,8 @@ class FederatedServer:
             threshold=self.secagg.resolved_threshold(len(members), clamp=True),
             bits=self.secagg.bits,
             dim=self._upload_dim,
-            session=generator(self.seed, "secagg-session", round).bytes(16),  # public, per round
+            # Public but fresh per execution (OS CSPRNG): keys of a re-run round never repeat.
+            session=os.urandom(16),
         )
         pipeline = self.upload_pipeline()
         stages_json = pipeline.to_json()

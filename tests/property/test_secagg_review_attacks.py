@@ -349,3 +349,43 @@ def test_shares_left_out_name_the_share_and_suspects_stays_an_alias() -> None:
     assert outcome.contributors == tuple(ids)
     assert server.shares_left_out == ((honest_holder, dealer, "seed"),)
     assert server.suspects == (honest_holder,)
+
+
+# ---------------------------------------------------------------------------------------
+# S5: the session of a secure round is fresh per execution; the results do not depend on it.
+
+
+def test_each_execution_of_a_round_draws_a_fresh_session_and_results_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    import privfed.server.server as server_module
+    from privfed.adapters import AdapterLayout
+    from privfed.config import SecAggConfig
+    from privfed.server import FedAvg, FederatedServer
+    from privfed.transport.simulation import SimulationTransport
+
+    sessions: list[bytes] = []
+
+    class Recording(SecAggServer):
+        def __init__(self, **kwargs: Any) -> None:
+            sessions.append(kwargs["session"])
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(server_module, "SecAggServer", Recording)
+    outcomes = []
+    for _ in range(2):  # two executions of round 1 (fresh nodes: a restarted simulation)
+        nodes = [ClientNode(client_id=i, trainer=_DeterministicTrainer(), data=None, seed=0) for i in range(5)]  # type: ignore[arg-type]
+        server = FederatedServer(
+            layout=AdapterLayout.from_shapes([("w", (D,))]),
+            global_vector=np.zeros(D, np.float32),
+            strategy=FedAvg(),
+            num_clients=5,
+            clients_per_round=5,
+            seed=0,
+            weighting="uniform",
+            secagg=SecAggConfig(enabled=True),
+        )
+        result = server.run_round(1, SimulationTransport(nodes=nodes))
+        assert result.aborted is None and result.num_clients == 5
+        outcomes.append((server.global_vector.copy(), result.update_norm))
+    assert len(sessions) == 2 and sessions[0] != sessions[1] and all(len(s) == 16 for s in sessions)
+    np.testing.assert_array_equal(outcomes[0][0], outcomes[1][0])
+    assert outcomes[0][1] == outcomes[1][1]
