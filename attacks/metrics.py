@@ -261,33 +261,23 @@ def format_tpr(value: float | None, *, digits: int = 3, num_nonmembers: int | No
 
 
 def plot_roc(curves: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]], path: str | Path, *, title: str = "") -> Path:
-    """Log-log ROC plot (the low-FPR regime is what matters), one line per ``label: (scores, is_member)``."""
-    import matplotlib
+    """Log-log ROC plot (the low-FPR regime is what matters), one line per ``label: (scores, is_member)``,
+    with the chance diagonal; written as PNG (the path returned), PDF and SVG in privfed's plot style."""
+    from privfed.plotting import figure, place_legend, roc_axes, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = figure(width=5.0, height=3.4)
     floor = 1.0
     for label, (scores, members) in curves.items():
         fpr, tpr = roc_curve(scores, members)
         n_out = int((~np.asarray(members, dtype=bool)).sum())
         floor = min(floor, 1.0 / max(n_out, 1))
         ax.plot(np.maximum(fpr, 1e-6), np.maximum(tpr, 1e-6), label=label)
-    ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(floor / 2, 1)
-    ax.set_ylim(floor / 2, 1.05)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
+    roc_axes(ax, floor=floor)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    place_legend(ax)
     out = Path(path)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
+    save(fig, out)
     return out
 
 
