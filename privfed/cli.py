@@ -144,6 +144,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from privfed.experiments.report import write_report
+
+    path = write_report(args.dirs, args.out)
+    print(f"report: {path} ({path.stat().st_size // 1024} KiB, self-contained)")
+    return 0
+
+
 def _cmd_attack_inversion(args: argparse.Namespace) -> int:
     # The attacks package ships with privfed but is only imported on demand.
     from attacks.inversion.sweep import load_inversion_config, run_inversion_sweep
@@ -416,6 +424,15 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep); reruns reuse/resume")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     sweep.set_defaults(func=_cmd_sweep)
+    report = add(
+        sub,
+        "report",
+        parents=[plain],
+        help="one self-contained HTML file from saved run, sweep and attack/audit directories",
+    )
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="run, sweep or attack/audit directories")
+    report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    report.set_defaults(func=_cmd_report)
     attack = add(sub, "attack", parents=[], help="privacy attacks against the pipeline")
     attack_sub = attack.add_subparsers(dest="attack", required=True)
     inversion = add(

