@@ -241,7 +241,7 @@ def _load_views(path: Path) -> dict[str, tuple[np.ndarray[Any, Any], np.ndarray[
 
 
 def _audit_section(path: Path) -> str:
-    from privfed.plotting import figure, place_legend
+    from privfed.plotting import epsilon_label, figure, place_legend
 
     records = json.loads((path / "audit_results.json").read_text())
     parts = [f"<h2>Audit <small>({html.escape(str(path))})</small></h2>"]
@@ -260,8 +260,9 @@ def _audit_section(path: Path) -> str:
         ax.plot(eps, [float(r["epsilon_lower_bound_one_run"]) for r, _ in private], "o-", label="ε̂ one-run lower bound")
         top = max(eps)
         ax.plot([0, top], [0, top], "k--", linewidth=0.8, label="ε̂ = ε (a bound above it is a bug)")
-        delta = next((r.get("audit_delta", r.get("delta")) for r, _ in private), None)
-        ax.set_xlabel(f"accountant ε (δ = {delta:.3g})" if isinstance(delta, float) else "accountant ε")
+        delta = next((r.get("delta") for r, _ in private), None)
+        # The audit's ε is the user-level accountant's (canary clients); the bounds hold at the same δ.
+        ax.set_xlabel("accountant " + epsilon_label(unit="user", delta=delta if isinstance(delta, float) else None))
         ax.set_ylabel("empirical ε̂ (95% lower bound)")
         ax.set_title("audit: empirical lower bound against the accountant")
         place_legend(ax)

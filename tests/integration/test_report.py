@@ -95,3 +95,31 @@ def test_report_refuses_a_directory_without_results(tmp_path: Path) -> None:
         build_report([tmp_path])
     with pytest.raises(DataError, match="not a directory"):
         build_report([tmp_path / "missing"])
+
+
+def test_report_shows_audit_verdicts_and_roc_from_saved_files(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from attacks.metrics import save_scores
+
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    records = [
+        {"run": "1", "epsilon": 1.0, "epsilon_lower_bound_one_run": 0.4, "epsilon_estimate_one_shot": 0.7, "auc": 0.6},
+        {"run": "8", "epsilon": 8.0, "epsilon_lower_bound_one_run": 9.0, "epsilon_estimate_one_shot": 9.5, "auc": 0.9},
+        {"run": "inf", "epsilon": None, "epsilon_lower_bound_one_run": 3.0, "epsilon_estimate_one_shot": 4, "auc": 1.0},
+    ]
+    (audit / "audit_results.json").write_text(json.dumps(records))
+    members = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    scores = np.random.default_rng(0).normal(size=100) + members
+    save_scores(audit / "audit_scores.npz", {"1.white-box": (scores, members)})
+    text = build_report([audit])
+    assert re.search(r'<td class="ok">OK</td>', text) and re.search(r'<td class="bad">VIOLATED</td>', text)
+    assert "n/a (privacy off)" in text
+    alts = re.findall(r'alt="([^"]+)"', text)
+    assert alts == ["audit epsilon", "ROC audit_scores"]
+    records[0]["delta"] = 1e-5
+    (audit / "audit_results.json").write_text(json.dumps(records))
+    assert build_report([audit]).count("<img") == 2
