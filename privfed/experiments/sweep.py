@@ -481,6 +481,8 @@ def _aggregate(
 def _row(point: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for key, value in point["assignment"].items():
+        if key == EPSILONS_AXIS or key in EPSILON_KEYS:
+            value = float(value)  # a number, as callers of run_sweep have always had (inf = no DP)
         row["target_epsilon" if key == EPSILONS_AXIS else key] = value
     row["seeds"] = len(point["runs"])
     row["privacy_mode"] = point["privacy_mode"]

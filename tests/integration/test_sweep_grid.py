@@ -70,6 +70,16 @@ def test_plan_sweep_is_the_cartesian_product_typed_by_the_schema(tmp_path: Path)
         plan_sweep(base, tmp_path, parse_grid(["adapter.rank=4,four"]))
 
 
+def test_run_sweep_rows_keep_numeric_epsilons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from privfed.experiments import sweep
+
+    config = tiny_config(**{"privacy.mode": "user", "privacy.user.target_epsilon": 1.0})
+    monkeypatch.setattr(sweep, "run_sweep_point", lambda *a, **k: {"final_eval_accuracy": 0.5})
+    rows = sweep.run_sweep(config, tmp_path / "s", [1.0, math.inf], quiet=True)
+    assert [r["target_epsilon"] for r in rows] == [1.0, math.inf] and rows[0]["final_eval_accuracy"] == 0.5
+    assert rows[0]["final_eval_accuracy_ci95"] is None and rows[0]["seeds"] == 1
+
+
 def test_cli_grid_with_seeds_writes_intervals_and_reuses_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
