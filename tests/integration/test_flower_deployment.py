@@ -55,12 +55,14 @@ class _Processes:
         self.env, self.logs = env, logs
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, args: list[str], cwd: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
         proc = subprocess.Popen(
             ["timeout", str(RUN_SECONDS), *args],
             cwd=cwd,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -84,9 +86,20 @@ class _Processes:
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A SuperLink (insecure) and 4 SuperNodes with partition-id 0..3 on free loopback ports."""
+    with _deploy(tmp_path, NUM_NODES) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _deploy(
+    tmp_path: Path, num_nodes: int, node_env: dict[int, dict[str, str]] | None = None
+) -> Iterator[dict[str, Any]]:
+    """A SuperLink (insecure) and ``num_nodes`` SuperNodes (partition-id 0..n-1, ``node_env[k]`` added to
+    node k's environment); yields ``env``, ``logs``, ``cwd`` and ``procs`` (name -> process, e.g.
+    ``supernode2``), all stopped on exit."""
     home = tmp_path / "flwrhome"
     home.mkdir()
-    link_port, *node_ports = _free_ports(1 + NUM_NODES)
+    link_port, *node_ports = _free_ports(1 + num_nodes)
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
     )
@@ -104,8 +117,9 @@ def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
     link_cwd = tmp_path / "link"
     link_cwd.mkdir()
     procs = _Processes(env, logs)
+    named: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        procs.start(
+        named["superlink"] = procs.start(
             "superlink",
             [str(BIN / "flower-superlink"), "--insecure", "--port", str(link_port),
              "--disable-runtime-dependency-installation"],
@@ -121,13 +135,14 @@ def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
                     raise AssertionError((logs / "superlink.log").read_text()[-2000:]) from None
                 time.sleep(0.3)
         for k, port in enumerate(node_ports):
-            procs.start(
+            named[f"supernode{k}"] = procs.start(
                 f"supernode{k}",
                 [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
                  "--port", str(port), "--node-config", f"partition-id={k}"],
                 tmp_path,
+                (node_env or {}).get(k),
             )  # fmt: skip
-        yield {"env": env, "logs": logs, "cwd": tmp_path}
+        yield {"env": env, "logs": logs, "cwd": tmp_path, "procs": named, "daemons": procs}
     finally:
         procs.stop()
 
@@ -178,5 +193,293 @@ def test_flower_deployment_secagg_user_dp_matches_in_process(tmp_path: Path, dep
     want = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
     got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert sorted(want) == sorted(got) and want
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-5, err_msg=name)
+
+
+# --- A SuperNode killed after key sharing in a SecAgg+ round --------------------------------
+# Seed 12, 5 clients, user-level DP (Poisson, q = 4/5): round 1 samples [0, 1, 2, 3], round 2
+# [0, 1, 3]. Client 2's SuperNode is killed once it has answered round 1's "share" stage.
+KILL_SEED, KILL_NODES, VICTIM = 12, 5, 2
+
+
+def _kill_config(threshold: int) -> Any:
+    return tiny_config(
+        **{
+            "seed": KILL_SEED,
+            "server.rounds": 2,
+            "partition.num_clients": KILL_NODES,
+            "server.clients_per_round": 4,
+            "server.weighting": "uniform",
+            "secagg.enabled": True,
+            "secagg.threshold": threshold,
+            "privacy.mode": "user",
+            "privacy.delta": 1e-2,
+            "privacy.user.target_epsilon": 3.0,
+            "transport.reply_timeout": 60.0,
+        }
+    )
+
+
+def _victim_drops_before_collect(round: int, cohort: Any) -> Any:
+    from privfed.secagg.driver import DropoutPlan
+
+    return DropoutPlan({"collect": frozenset({VICTIM})} if round == 1 else {})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("threshold", "recovers"), [(0, True), (4, False)], ids=["survivors-reach-threshold", "below-threshold"]
+)
+def test_supernode_killed_after_key_sharing(tmp_path: Path, threshold: int, recovers: bool) -> None:
+    from privfed.server import sample_cohort
+    from privfed.transport.simulation import SimulationTransport
+
+    cohorts = [
+        [
+            int(c)
+            for c in sample_cohort(seed=KILL_SEED, round=r, num_clients=KILL_NODES, clients_per_round=4, poisson=True)
+        ]
+        for r in (1, 2)
+    ]
+    assert cohorts == [[0, 1, 2, 3], [0, 1, 3]]
+    config = _kill_config(threshold)
+    config_path = tmp_path / "experiment.toml"
+    config_path.write_text(dump_config(config))
+    marker = tmp_path / "victim-shared"
+    faults = [
+        {"client": VICTIM, "round": 1, "stage": "share", "action": "marker", "path": str(marker)},
+        # never answers "collect" on its own, however late the kill lands
+        {"client": VICTIM, "round": 1, "stage": "collect", "action": "sleep", "seconds": 300},
+    ]
+    out = tmp_path / "flower_run"
+    app = tmp_path / "app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    started = time.monotonic()
+    with _deploy(tmp_path, KILL_NODES, {VICTIM: {"PRIVFED_TEST_FAULTS": json.dumps(faults)}}) as dep:
+        run = dep["daemons"].start(
+            "flwr-run",
+            [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
+             "--run-config", f"config='{config_path}' out-dir='{out}'"],
+            dep["cwd"],
+        )  # fmt: skip
+        killed_at = None
+        deadline = time.monotonic() + RUN_SECONDS - 30
+        while run.poll() is None and time.monotonic() < deadline:
+            if killed_at is None and marker.exists():
+                time.sleep(5.0)  # let the node's "share" reply reach the SuperLink
+                os.killpg(dep["procs"][f"supernode{VICTIM}"].pid, signal.SIGKILL)
+                killed_at = time.monotonic() - started
+            time.sleep(0.5)
+        log = (dep["logs"] / "flwr-run.log").read_text(errors="replace")
+        assert run.poll() == 0, log[-3000:]
+    seconds = time.monotonic() - started
+    assert killed_at is not None and marker.read_text() == "1 share\n", log[-3000:]
+    records = _records(out)
+    print(f"kill test ({'recovers' if recovers else 'aborts'}): {seconds:.1f} s, killed at {killed_at:.1f} s; "
+          f"rounds: {[round(r['seconds'], 1) for r in records]}")  # fmt: skip
+    r1, r2 = records
+    assert r1["clients_sampled"] == 4 and r1["clients_dropped"] == 1 and r1["clients_answered"] == 3
+    if recovers:  # dropout recovery: the 3 survivors' sum, each counted once
+        assert r1["secagg_aborted"] is None and r1["num_clients"] == 3 and r1["update_applied"]
+    else:
+        assert r1["secagg_aborted"] and r1["num_clients"] == 0 and not r1["update_applied"]
+    # the next round proceeds without the dead node (not sampled) and completes
+    assert r2["secagg_aborted"] is None and r2["num_clients"] == 3 and r2["clients_dropped"] == 0
+
+    # The same run in process, with the victim dropping before "collect" in round 1.
+    reference = tmp_path / "in_process"
+    run_experiment(
+        replace_path(config, "transport.kind", "simulation"),
+        reference,
+        quiet=True,
+        transport_hook=lambda t: SimulationTransport(nodes=t.nodes, dropouts=_victim_drops_before_collect),  # type: ignore[attr-defined]
+    )
+    for a, b in zip(_records(reference), records, strict=True):
+        assert (b["num_clients"], b["secagg_aborted"] is None) == (a["num_clients"], a["secagg_aborted"] is None)
+        # the ledger charged exactly the same rounds: every round released a (noised) model once
+        assert b["epsilon_user"] == pytest.approx(a["epsilon_user"], rel=1e-12)
+        assert b["update_norm"] == pytest.approx(a["update_norm"], rel=1e-4, abs=1e-7)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] and summary["rounds"] == 2
+    want = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
+    got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-5, err_msg=name)
+
+
+# --- TLS: a SuperNode that does not trust the SuperLink's certificate never joins -----------
+def _certificates(where: Path) -> None:
+    """A CA and a SuperLink certificate for localhost/127.0.0.1 signed by it; an unrelated CA."""
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True, timeout=60)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=privfed-test-ca")  # fmt: skip
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (where / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "wrong.key", "-out", "wrong_ca.crt", "-days", "2",
+        "-subj", "/CN=someone-else")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tls_supernode_with_the_wrong_ca_is_refused(tmp_path: Path) -> None:
+    """Flower's TLS authenticates the SuperLink to the nodes: a node given another CA fails the
+    handshake and exits without registering; a node with the right CA registers. (A SuperLink
+    refusing unknown nodes needs Flower's SuperNode authentication, which this does not test.)"""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    _certificates(certs)
+    link_port, good_port, bad_port = _free_ports(3)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(tmp_path)}
+    procs = _Processes(env, logs)
+    started = time.monotonic()
+    try:
+        procs.start(
+            "superlink",
+            [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+             "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
+             "--port", str(link_port), "--disable-runtime-dependency-installation"],
+            tmp_path,
+        )  # fmt: skip
+        import ssl as _ssl
+
+        context = _ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"https://localhost:{link_port}/health", timeout=2, context=context):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError((logs / "superlink.log").read_text()[-2000:]) from None
+                time.sleep(0.3)
+
+        def node(name: str, ca: str, port: int) -> subprocess.Popen[bytes]:
+            return procs.start(
+                name,
+                [str(BIN / "flower-supernode"), "--root-certificates", str(certs / ca),
+                 "--superlink", f"localhost:{link_port}", "--port", str(port), "--node-config", "partition-id=0"],
+                tmp_path,
+            )  # fmt: skip
+
+        good = node("good", "ca.crt", good_port)
+        bad = node("bad", "wrong_ca.crt", bad_port)
+        deadline = time.monotonic() + 90
+        while bad.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        bad_log = (logs / "bad.log").read_text(errors="replace")
+        assert bad.poll() not in (None, 0), bad_log[-2000:]  # exited with an error
+        assert "CERTIFICATE_VERIFY_FAILED" in bad_log, bad_log[-2000:]
+        link_log = (logs / "superlink.log").read_text(errors="replace")
+        deadline = time.monotonic() + 60
+        while "Activated node_id" not in link_log and time.monotonic() < deadline:
+            time.sleep(0.5)
+            link_log = (logs / "superlink.log").read_text(errors="replace")
+        assert good.poll() is None, (logs / "good.log").read_text()[-2000:]
+        assert link_log.count("Activated node_id") == 1, link_log[-3000:]  # only the node that trusts the link
+        print(f"TLS test: bad node exited {bad.returncode} after {time.monotonic() - started:.1f} s")
+    finally:
+        procs.stop()
+
+
+# --- The ServerApp killed between rounds, then resumed ----------------------------------------
+def _serverapp_pids(ancestor: int) -> list[int]:
+    """Processes running ``flwr-serverapp`` that descend from process ``ancestor`` (the SuperLink's)."""
+    parent, command = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def descends(pid: int) -> bool:
+        for _ in range(64):
+            if pid == ancestor:
+                return True
+            if pid not in parent or pid <= 1:
+                return False
+            pid = parent[pid]
+        return False
+
+    return [pid for pid, cmd in command.items() if b"flwr-serverapp" in cmd and descends(pid)]
+
+
+@pytest.mark.slow
+def test_serverapp_killed_between_rounds_resumes_to_the_same_result(tmp_path: Path, deployment: dict[str, Any]) -> None:
+    config = tiny_config(
+        **{
+            "server.rounds": 2,
+            "partition.num_clients": NUM_NODES,
+            "server.clients_per_round": NUM_NODES,
+            "server.weighting": "uniform",
+            "secagg.enabled": True,
+            "privacy.mode": "user",
+            "privacy.delta": 1e-2,
+            "privacy.user.target_epsilon": 3.0,
+            "transport.reply_timeout": 180.0,
+        }
+    )
+    config_path = tmp_path / "experiment.toml"
+    config_path.write_text(dump_config(config))
+    out = tmp_path / "flower_run"
+    app = tmp_path / "app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    link = deployment["procs"]["superlink"]
+    daemons = deployment["daemons"]
+
+    def flwr_run(name: str, extra: str) -> subprocess.Popen[bytes]:
+        return daemons.start(
+            name,
+            [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
+             "--run-config", f"config='{config_path}' out-dir='{out}'{extra}"],
+            deployment["cwd"],
+        )  # fmt: skip
+
+    started = time.monotonic()
+    first = flwr_run("flwr-run-1", "")
+    deadline = time.monotonic() + RUN_SECONDS - 60
+    while not (out / "checkpoint.safetensors").exists():  # written after round 1's metrics
+        assert first.poll() is None and time.monotonic() < deadline, (deployment["logs"] / "flwr-run-1.log").read_text()
+        time.sleep(0.2)
+    pids = _serverapp_pids(link.pid)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
+    killed_at = time.monotonic() - started
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        first.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(first.pid, signal.SIGKILL)
+    assert len(_records(out)) == 1 and not (out / "summary.json").exists()  # it died after round 1
+
+    second = flwr_run("flwr-run-2", " resume=true")
+    second.wait(timeout=RUN_SECONDS)
+    seconds = time.monotonic() - started
+    log = (deployment["logs"] / "flwr-run-2.log").read_text(errors="replace")
+    assert second.returncode == 0 and (out / "summary.json").exists(), log[-3000:]
+    print(f"resume test: {seconds:.1f} s, ServerApp killed at {killed_at:.1f} s")
+
+    reference = tmp_path / "in_process"
+    run_experiment(replace_path(config, "transport.kind", "simulation"), reference, quiet=True)
+    want_records, got_records = _records(reference), _records(out)
+    assert [r["round"] for r in got_records] == [1, 2]
+    for a, b in zip(want_records, got_records, strict=True):
+        assert b["epsilon_user"] == pytest.approx(a["epsilon_user"], rel=1e-12)  # each round charged once
+        assert b["num_clients"] == a["num_clients"] and b["secagg_aborted"] is None
+        assert b["update_norm"] == pytest.approx(a["update_norm"], rel=1e-4, abs=1e-7)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] and summary["rounds"] == 2
+    want = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
+    got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     for name, value in want.items():
         np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-5, err_msg=name)
