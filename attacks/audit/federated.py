@@ -39,6 +39,7 @@ import numpy.typing as npt
 from attacks._tables import table_values
 from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_directions, one_shot_epsilon
 from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
+from attacks.provenance import attack_provenance, save_attack_config, settings_table, write_provenance
 from privfed import (
     ClientUpdate,
     ConfigError,
@@ -491,9 +492,13 @@ def run_audit(
     """Audit ``config`` at every ``settings.epsilons`` into ``out/eps-<value>/``.
 
     Finished runs are reused (their record is kept in ``audit_results.json``);
-    writes ``audit_results.json`` and ``audit.png``.
+    writes ``audit_results.json`` and ``audit.png``, the config it was run from as
+    ``audit.toml`` (``privfed audit audit.toml`` re-runs it) and ``provenance.json``
+    (:mod:`attacks.provenance`; the result file stays a list of records).
     """
     out.mkdir(parents=True, exist_ok=True)
+    table = settings_table(settings)
+    save_attack_config(out, kind="audit", table=table, config=config)
     results_path = out / "audit_results.json"
     done: dict[str, dict[str, Any]] = {}
     if results_path.exists():
@@ -523,6 +528,10 @@ def run_audit(
             print(json.dumps(record))
     atomic_write_text(results_path, json.dumps(records, indent=1))  # drops records of epsilons no longer asked for
     _collect_scores(out, [str(r["run"]) for r in records])
+    run_dirs = [out / f"eps-{r['run']}" for r in records]
+    write_provenance(
+        out, attack_provenance(out, device=config.model.device, table=table, config=config, run_dirs=run_dirs)
+    )
     plot_audit(records, out / "audit.png")
     for record in records:
         print(audit_verdict(record))

@@ -11,6 +11,8 @@ writes, in ``DIR``:
   atomically after every record so an interrupted sweep resumes where it
   stopped (finished records are kept, keyed by their configuration);
 - ``inversion_results.csv`` and ``inversion_results.md``;
+- ``inversion.toml`` (the sweep as run; ``privfed reproduce DIR`` re-runs it) and
+  ``provenance.json`` (:mod:`attacks.provenance`);
 - ``image_reconstructions.png`` (originals over reconstructions) and
   ``inversion_vs_defence.png`` (recovery against batch size, DP noise,
   SecAgg cohort and quantization bits).
@@ -38,6 +40,7 @@ from attacks._tables import table_values
 from attacks.inversion.text import Target, text_span_attack
 from attacks.inversion.victim import TextBatch, TextVictim
 from attacks.metrics import rouge_scores, token_recovery
+from attacks.provenance import attack_provenance, save_attack_config, settings_table, write_provenance
 from privfed import ConfigError, load_dataset
 from privfed.config import read_config_file
 from privfed.experiments import atomic_write_text
@@ -381,8 +384,15 @@ def run_inversion_sweep(
     progress: Callable[[str], None] | None = None,
     image_records: Callable[..., Iterator[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the sweep into ``out`` (created if needed; finished records are reused)."""
+    """Run the sweep into ``out`` (created if needed; finished records are reused).
+
+    Also writes the sweep it was run from as ``inversion.toml`` (``privfed attack inversion
+    inversion.toml`` re-runs it) and ``provenance.json`` (:mod:`attacks.provenance`; the
+    result file stays a list of records).
+    """
     out.mkdir(parents=True, exist_ok=True)
+    table = settings_table(sweep)
+    save_attack_config(out, kind="inversion", table=table, config=None)
     results_path = out / "inversion_results.json"
     done: dict[tuple[Any, ...], dict[str, Any]] = {}
     if results_path.exists():
@@ -415,6 +425,8 @@ def run_inversion_sweep(
                 keys = ", ".join(f"{k}={record[k]}" for k in KEY_FIELDS[1:-1])
                 progress(f"[{len(records)}] {record['modality']} {keys}: {metric}")
     write_tables(records, out)
+    # The attacks run on the CPU (attacks.inversion.victim); no federation, so no run directories.
+    write_provenance(out, attack_provenance(out, device="cpu", table=table, config=None))
     if records:
         plot_defence_curves(records, out / "inversion_vs_defence.png")
     return records

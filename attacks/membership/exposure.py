@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attacks.metrics import save_scores
+from attacks.provenance import attack_provenance, save_attack_config, settings_table
 from privfed import (
     ConfigError,
     Dataset,
@@ -137,11 +138,15 @@ def run_exposure(
     before and after training; and ``out/exposure_scores.npz`` (views ``before``
     and ``after``: the log-perplexities of the secrets, label True, then of the
     candidates, label False; :func:`attacks.metrics.save_scores`), from which
-    every exposure recomputes.
+    every exposure recomputes. The record's ``provenance`` key is the attack's provenance
+    (:mod:`attacks.provenance`); the config it was run from is saved as ``exposure.toml``
+    (``privfed attack exposure exposure.toml`` re-runs it).
     """
     name, values = _canaried(config.data.name, settings, config.seed)
     cfg = replace_path(config, "data.name", name)
     out.mkdir(parents=True, exist_ok=True)
+    table = settings_table(settings)
+    save_attack_config(out, kind="exposure", table=table, config=config)
     summary = run_experiment(cfg, out / "run", quiet=quiet)
     checkpoint = RunDirectory(out / "run").load_checkpoint()
     if checkpoint is None:
@@ -180,6 +185,9 @@ def run_exposure(
         "max_exposure": float(np.log2(len(candidates) + 1)),
         "final_eval_perplexity": summary.get("final_eval_perplexity"),
         "secrets": results,
+        "provenance": attack_provenance(
+            out, device=config.model.device, table=table, config=config, run_dirs=[out / "run"]
+        ),
     }
     views = {
         stage: (

@@ -73,6 +73,7 @@ from attacks.membership.scores import (
     rmia_scores,
 )
 from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
+from attacks.provenance import attack_provenance, save_attack_config, settings_table, write_provenance
 from privfed import ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
 from privfed.client import ExampleSet
 from privfed.config import replace_paths
@@ -628,12 +629,20 @@ def run_membership(
 
     ``membership.png``: the log-log ROC of online LiRA per variant, for the
     final model and, where recorded, one client's update.
+
+    Also writes the config it was run from as ``membership.toml`` (``privfed attack membership
+    membership.toml`` re-runs it) and ``provenance.json`` (:mod:`attacks.provenance`; the result
+    file stays a list of records).
     """
     out.mkdir(parents=True, exist_ok=True)
+    table = settings_table(settings)
+    save_attack_config(out, kind="membership", table=table, config=config)
+    run_dirs = []
     records, curves = [], {}
     all_views: dict[str, tuple[_F64, npt.NDArray[np.bool_]]] = {}
     for name, cfg in settings.resolved_variants(config):
         record, scores, members = run_variant(name, cfg, settings, out / name, quiet=quiet)
+        run_dirs += [out / name / f"model-{m}" for m in range(settings.num_models)]
         records.append(record)
         all_views |= {f"{name}.{a}": (v, members) for a, v in scores.items()}
         curves[f"{name} (acc {100 * record['eval_accuracy_mean']:.1f}%)"] = (scores["lira_online"], members)
@@ -653,4 +662,7 @@ def run_membership(
     atomic_write_text(out / "membership_results.md", membership_table(records))
     save_scores(out / SCORES_FILE, all_views)  # every AUC/TPR of membership_results.json recomputes from these
     plot_roc(curves, out / "membership.png", title="online LiRA, shadow federations")
+    write_provenance(
+        out, attack_provenance(out, device=config.model.device, table=table, config=config, run_dirs=run_dirs)
+    )
     return records
