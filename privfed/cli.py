@@ -5,7 +5,7 @@
     privfed sweep CONFIG.toml [--grid KEY=V1,V2 ...] [--epsilons 1,3,8,inf] [--seeds 0,1,2] [--out DIR]
     privfed report DIR... [--out report.html]
     privfed audit | attack membership|exposure|inversion CONFIG.toml [--set KEY=VALUE ...]
-    privfed reproduce RUN_DIR [--out DIR]
+    privfed reproduce DIR [--out DIR]   (a run, or an attack/audit directory)
     privfed validate CONFIG.toml [--set KEY=VALUE ...]
     privfed models | datasets
 
@@ -343,11 +343,25 @@ def _one_line(exc: BaseException) -> str:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
+    from privfed.errors import CheckpointError
     from privfed.experiments.reproduce import format_report, reproduce
+    from privfed.experiments.run_dir import RunDirectory
 
     source = Path(args.run_dir)
     out = Path(args.out) if args.out else source.with_name(f"{source.name}-reproduce-{time.strftime('%Y%m%d-%H%M%S')}")
     _quiet_libraries()
+    if not (source / RunDirectory.CONFIG).exists():
+        # Not a run directory: an attack or audit directory (its result file and the config it was run from).
+        from attacks.reproduce import attack_kind, format_attack_report, reproduce_attack
+
+        if attack_kind(source) is None:
+            raise CheckpointError(
+                f"{str(source)!r} is not a finished run directory ({RunDirectory.CONFIG} + summary.json) or "
+                "an attack/audit directory (audit_, membership_, exposure_ or inversion_results.json)"
+            )
+        attack_report = reproduce_attack(source, out=out, quiet=args.quiet)
+        print(format_attack_report(attack_report))
+        return 0 if attack_report.identical else 3
     report = reproduce(source, out=out, quiet=args.quiet)
     print(format_report(report))
     return 0 if report.identical else 3
@@ -470,10 +484,12 @@ def _parser() -> argparse.ArgumentParser:
         sub,
         "reproduce",
         parents=[plain],
-        help="re-run a finished run from its resolved config and compare metrics round by round",
+        help="re-run a finished run (or attack/audit) from its saved config and compare the results",
     )
-    repro.add_argument("run_dir", help="a finished run directory")
-    repro.add_argument("--out", help="where the re-run goes (default: RUN_DIR-reproduce-<time>); must be new")
+    repro.add_argument(
+        "run_dir", metavar="DIR", help="a finished run directory, or an audit/membership/exposure/inversion directory"
+    )
+    repro.add_argument("--out", help="where the re-run goes (default: DIR-reproduce-<time>); must be new")
     repro.add_argument("--quiet", action="store_true", help="no progress bars")
     repro.set_defaults(func=_cmd_reproduce)
     validate = add(
