@@ -133,3 +133,24 @@ def test_audit_directory_records_provenance_and_reproduces(tmp_path: Path, capsy
     assert report.kind == "audit" and report.identical and report.same_provenance
     assert report.fields_compared > 30
     assert "IDENTICAL" in capsys.readouterr().out
+
+
+def test_saved_membership_and_exposure_configs_read_back_to_the_same_settings(tmp_path: Path) -> None:
+    from attacks.membership import MembershipSettings, SecretSharerSettings
+    from attacks.membership.shadow import Variant
+    from attacks.provenance import save_attack_config
+    from privfed.cli import _split_config
+
+    config = tiny_config(**{"server.rounds": 3})
+    member = MembershipSettings(
+        num_models=4, population=20, variants=(Variant("a"), Variant("b", {"adapter.method": "ffa_lora"}))
+    )
+    path = save_attack_config(tmp_path, kind="membership", table=settings_table(member), config=config)
+    table, loaded = _split_config(str(path), "membership")
+    assert MembershipSettings.from_mapping(table) == member and loaded == config
+    exposure = SecretSharerSettings(repeats=(1, 16), candidates=50)
+    path = save_attack_config(tmp_path, kind="exposure", table=settings_table(exposure), config=config)
+    table, loaded = _split_config(str(path), "exposure")
+    assert SecretSharerSettings(**{**table, "repeats": tuple(table["repeats"])}) == exposure and loaded == config
+    # The digest tells settings apart.
+    assert settings_digest(settings_table(exposure)) != settings_digest(settings_table(SecretSharerSettings()))
