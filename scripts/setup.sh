@@ -38,7 +38,8 @@ fi
 if ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing Debian's chromium (headless check of privfed report's HTML)" >&2
-    (apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }) >/dev/null
+    (apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }) >/dev/null \
+      || echo "setup: warning: could not install chromium; the report's browser test will be skipped" >&2
   else
     echo "setup: warning: chromium is missing; the report's browser test will be skipped (apt-get install chromium)" >&2
   fi
