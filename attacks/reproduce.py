@@ -23,6 +23,8 @@ from typing import Any
 from attacks.provenance import CONFIG_FILES, RESULT_FILES, read_attack_provenance
 from privfed.errors import CheckpointError
 from privfed.experiments.provenance import diff_provenance
+from privfed.experiments.reproduce import short_value as _short
+from privfed.experiments.reproduce import verdict_lines
 
 __all__ = [
     "AttackReproduceReport",
@@ -178,26 +180,17 @@ def compare_attacks(original: str | Path, rerun: str | Path) -> AttackReproduceR
     )
 
 
-def _short(value: Any) -> str:
-    text = f"{value:.6g}" if isinstance(value, float) else str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def format_attack_report(report: AttackReproduceReport) -> str:
     """A plain-text report: verdict, provenance differences, result fields that moved and by how much."""
     lines = [f"original: {report.original} ({report.kind})", f"re-run:   {report.rerun}"]
+    lines += verdict_lines(
+        identical=report.identical,
+        provenance_diffs=report.provenance_diffs,
+        all_equal=f"{report.fields_compared} result fields equal",
+        equal_but=f"IDENTICAL RESULTS: {report.fields_compared} fields equal",
+    )
     if report.identical and report.same_provenance:
-        lines.append(f"IDENTICAL: {report.fields_compared} result fields equal, same provenance")
         return "\n".join(lines)
-    if report.identical:
-        lines.append(f"IDENTICAL RESULTS: {report.fields_compared} fields equal, although the provenance differs:")
-    elif report.same_provenance:
-        lines.append("DIFFERENT although the provenance matches (non-determinism, or a change it does not record):")
-    else:
-        lines.append("DIFFERENT; the provenance differs in:")
-    if report.provenance_diffs:
-        lines.append(f"  {'field':<40} {'original':<42} re-run")
-        lines.extend(f"  {f:<40} {_short(x):<42} {_short(y)}" for f, x, y in report.provenance_diffs)
     if report.drifts:
         lines.append(f"  {len(report.drifts)} of {report.fields_compared} result fields differ:")
         lines.append("  {:<48} {:>12} {:>16} {:>16}".format("field", "|diff|", "original", "re-run"))

@@ -18,7 +18,15 @@ from typing import Any
 from privfed.experiments.provenance import diff_provenance
 from privfed.experiments.run_dir import RunDirectory
 
-__all__ = ["MetricDrift", "ReproduceReport", "compare_runs", "format_report", "reproduce"]
+__all__ = [
+    "MetricDrift",
+    "ReproduceReport",
+    "compare_runs",
+    "format_report",
+    "reproduce",
+    "short_value",
+    "verdict_lines",
+]
 
 #: Wall-clock fields: they differ between any two runs and say nothing about the result.
 _TIMING_PREFIX = "seconds"
@@ -131,26 +139,56 @@ def compare_runs(original: str | Path, rerun: str | Path) -> ReproduceReport:
     )
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A value as a report cell: floats to 6 significant digits, at most 40 characters."""
     text = f"{value:.6g}" if isinstance(value, float) else str(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+_short = short_value
+
+
+def verdict_lines(
+    *,
+    identical: bool,
+    provenance_diffs: tuple[tuple[str, Any, Any], ...],
+    all_equal: str,
+    equal_but: str,
+) -> list[str]:
+    """The verdict and provenance table every reproduce report starts with.
+
+    Args:
+        identical: every compared value is equal.
+        provenance_diffs: ``(field, original, re-run)`` for each provenance field that differs.
+        all_equal: what matched, for the all-equal verdict ("3 rounds, every metric equal").
+        equal_but: the verdict when the values match but the provenance does not
+            ("IDENTICAL METRICS: 3 rounds equal").
+    """
+    if identical and not provenance_diffs:
+        return [f"IDENTICAL: {all_equal}, same provenance"]
+    if identical:
+        lines = [f"{equal_but}, although the provenance differs:"]
+    elif not provenance_diffs:
+        lines = ["DIFFERENT although the provenance matches (non-determinism, or a change it does not record):"]
+    else:
+        lines = ["DIFFERENT; the provenance differs in:"]
+    if provenance_diffs:
+        lines.append(f"  {'field':<40} {'original':<42} re-run")
+        lines.extend(f"  {f:<40} {_short(x):<42} {_short(y)}" for f, x, y in provenance_diffs)
+    return lines
 
 
 def format_report(report: ReproduceReport) -> str:
     """A plain-text report: verdict, provenance differences, metric drifts."""
     lines = [f"original: {report.original}", f"re-run:   {report.rerun}"]
+    lines += verdict_lines(
+        identical=report.identical,
+        provenance_diffs=report.provenance_diffs,
+        all_equal=f"{report.rounds_compared} rounds, every metric equal",
+        equal_but=f"IDENTICAL METRICS: {report.rounds_compared} rounds equal",
+    )
     if report.identical and report.same_provenance:
-        lines.append(f"IDENTICAL: {report.rounds_compared} rounds, every metric equal, same provenance")
         return "\n".join(lines)
-    if report.identical:
-        lines.append(f"IDENTICAL METRICS: {report.rounds_compared} rounds equal, although the provenance differs:")
-    elif report.same_provenance:
-        lines.append("DIFFERENT although the provenance matches (non-determinism, or a change it does not record):")
-    else:
-        lines.append("DIFFERENT; the provenance differs in:")
-    if report.provenance_diffs:
-        lines.append(f"  {'field':<40} {'original':<42} re-run")
-        lines.extend(f"  {f:<40} {_short(x):<42} {_short(y)}" for f, x, y in report.provenance_diffs)
     if report.rounds_missing:
         lines.append(f"  {report.rounds_missing} round(s) present in only one of the runs")
     if report.drifts:

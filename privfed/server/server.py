@@ -315,6 +315,23 @@ class FederatedServer:
             **fields,  # type: ignore[arg-type]
         )
 
+    def _plain_result(
+        self, round: int, cohort: list[int], accepted: list[ClientUpdate], rejected: int, exchange: Exchange
+    ) -> RoundResult:
+        """Aggregate a plain round's accepted updates and record it (under user-level DP the noised
+        sum is released every round, whoever answered)."""
+        aggregate = self.aggregation.from_updates(accepted, round=round)
+        return self._result(
+            round,
+            cohort,
+            aggregate,
+            num_clients=len(accepted),
+            rejected_updates=rejected,
+            bytes_up=exchange.bytes_up,
+            bytes_down=exchange.bytes_down,
+            **_plain_counts(exchange, cohort, len(accepted)),
+        )
+
     def run_round(
         self, round: int, transport: Transport, *, on_client_done: Callable[[int], None] | None = None
     ) -> RoundResult:
@@ -339,18 +356,7 @@ class FederatedServer:
                 continue
             expected.discard(update.client_id)  # a second reply from the same client is a replay
             accepted.append(update)
-        # Under user-level DP the noised sum is released every round, whoever answered.
-        aggregate = self.aggregation.from_updates(accepted, round=round)
-        return self._result(
-            round,
-            cohort,
-            aggregate,
-            num_clients=len(accepted),
-            rejected_updates=rejected,
-            bytes_up=exchange.bytes_up,
-            bytes_down=exchange.bytes_down,
-            **_plain_counts(exchange, cohort, len(accepted)),
-        )
+        return self._plain_result(round, cohort, accepted, rejected, exchange)
 
     def _compression_stages(self) -> list[UploadStage]:
         c, d = self.compression, self.layout.dim
@@ -455,17 +461,7 @@ class FederatedServer:
                 continue
             expected.discard(update.client_id)
             accepted.append(update)
-        aggregate = self.aggregation.from_updates(accepted, round=round)
-        return self._result(
-            round,
-            cohort,
-            aggregate,
-            num_clients=len(accepted),
-            rejected_updates=rejected,
-            bytes_up=exchange.bytes_up,
-            bytes_down=exchange.bytes_down,
-            **_plain_counts(exchange, cohort, len(accepted)),
-        )
+        return self._plain_result(round, cohort, accepted, rejected, exchange)
 
     def _run_secure_round(
         self,
