@@ -147,13 +147,9 @@ def _deploy(
         procs.stop()
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.slow
-def test_flower_deployment_secagg_user_dp_matches_in_process(tmp_path: Path, deployment: dict[str, Any]) -> None:
-    config = tiny_config(
+def _secagg_user_dp_config() -> Any:
+    """Two rounds of SecAgg+ with user-level DP over every node."""
+    return tiny_config(
         **{
             "server.rounds": 2,
             "partition.num_clients": NUM_NODES,
@@ -166,11 +162,25 @@ def test_flower_deployment_secagg_user_dp_matches_in_process(tmp_path: Path, dep
             "transport.reply_timeout": 180.0,
         }
     )
+
+
+def _stage(tmp_path: Path, config: Any) -> tuple[Path, Path, Path]:
+    """The experiment config written for the ServerApp, the run directory to use, and a copy of the app."""
     config_path = tmp_path / "experiment.toml"
     config_path.write_text(dump_config(config))
-    out = tmp_path / "flower_run"
     app = tmp_path / "app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    return config_path, tmp_path / "flower_run", app
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_flower_deployment_secagg_user_dp_matches_in_process(tmp_path: Path, deployment: dict[str, Any]) -> None:
+    config = _secagg_user_dp_config()
+    config_path, out, app = _stage(tmp_path, config)
     started = time.monotonic()
     run = subprocess.run(
         [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
@@ -244,17 +254,13 @@ def test_supernode_killed_after_key_sharing(tmp_path: Path, threshold: int, reco
     ]
     assert cohorts == [[0, 1, 2, 3], [0, 1, 3]]
     config = _kill_config(threshold)
-    config_path = tmp_path / "experiment.toml"
-    config_path.write_text(dump_config(config))
+    config_path, out, app = _stage(tmp_path, config)
     marker = tmp_path / "victim-shared"
     faults = [
         {"client": VICTIM, "round": 1, "stage": "share", "action": "marker", "path": str(marker)},
         # never answers "collect" on its own, however late the kill lands
         {"client": VICTIM, "round": 1, "stage": "collect", "action": "sleep", "seconds": 300},
     ]
-    out = tmp_path / "flower_run"
-    app = tmp_path / "app"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
     started = time.monotonic()
     with _deploy(tmp_path, KILL_NODES, {VICTIM: {"PRIVFED_TEST_FAULTS": json.dumps(faults)}}) as dep:
         run = dep["daemons"].start(
@@ -417,24 +423,8 @@ def _serverapp_pids(ancestor: int) -> list[int]:
 
 @pytest.mark.slow
 def test_serverapp_killed_between_rounds_resumes_to_the_same_result(tmp_path: Path, deployment: dict[str, Any]) -> None:
-    config = tiny_config(
-        **{
-            "server.rounds": 2,
-            "partition.num_clients": NUM_NODES,
-            "server.clients_per_round": NUM_NODES,
-            "server.weighting": "uniform",
-            "secagg.enabled": True,
-            "privacy.mode": "user",
-            "privacy.delta": 1e-2,
-            "privacy.user.target_epsilon": 3.0,
-            "transport.reply_timeout": 180.0,
-        }
-    )
-    config_path = tmp_path / "experiment.toml"
-    config_path.write_text(dump_config(config))
-    out = tmp_path / "flower_run"
-    app = tmp_path / "app"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    config = _secagg_user_dp_config()
+    config_path, out, app = _stage(tmp_path, config)
     link = deployment["procs"]["superlink"]
     daemons = deployment["daemons"]
 
