@@ -46,6 +46,7 @@ __all__ = [
     "SampleDPConfig",
     "SecAggConfig",
     "ServerConfig",
+    "TrackingConfig",
     "TransportConfig",
     "UserDPConfig",
     "apply_overrides",
@@ -425,6 +426,11 @@ class UserDPConfig:
     target_quantile: float = _f(0.5, gt=0.0, lt=1.0)
     clip_learning_rate: float = _f(0.2, gt=0.0)
     count_stddev: float = _f(0.0, ge=0.0)  # 0 = expected cohort / 20 (Andrew et al. 2021)
+    # Who adds the noise: "central" (the server, to the decoded sum: it sees the noiseless sum),
+    # "distributed_gaussian" (each client adds its share of discrete Gaussian noise to its integer
+    # vector before the SecAgg masks; Kairouz, Liu, Steinke 2021) or "skellam" (Agarwal, Kairouz,
+    # Liu 2021). The distributed ones need secagg.enabled: nothing the server decodes is noiseless.
+    mechanism: str = _f("central", choices=lambda: ("central", "distributed_gaussian", "skellam"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,6 +451,20 @@ class PrivacyConfig:
     @property
     def user_level(self) -> bool:
         return self.mode in ("user", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking: metrics mirrored to a tracker once per round and once per run.
+
+    The run directory stays the source of truth; a tracker only gets a copy. The
+    backends are optional extras (``pip install privfed[tracking]``).
+    """
+
+    # "none", "tensorboard" (event files) or "mlflow" (a local file store; no server).
+    backend: str = _f("none", choices=lambda: ("none", "tensorboard", "mlflow"))
+    # Where the tracker writes; empty = <run dir>/tensorboard or <run dir>/mlruns.
+    dir: str = _f("", help="Directory the tracker writes to; empty = inside the run directory.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,6 +491,7 @@ class ExperimentConfig:
     secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
     compression: CompressionConfig = dataclasses.field(default_factory=CompressionConfig)
     privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -546,6 +567,12 @@ class ExperimentConfig:
                     f"privacy.{level} needs noise_multiplier > 0 or target_epsilon > 0 (privacy.mode is "
                     f"{p.mode!r}); got neither"
                 )
+        if p.user.mechanism != "central" and not (p.user_level and self.secagg.enabled):
+            raise ConfigError(
+                f"privacy.user.mechanism = {p.user.mechanism!r} needs privacy.mode 'user' or 'both' and "
+                "secagg.enabled: each client adds only a share of the noise, so without secure aggregation "
+                "the server would see every upload almost noiseless; use 'central' instead"
+            )
         if p.user_level and p.delta >= 1 / self.partition.num_clients:
             raise ConfigError(
                 f"privacy.delta must be < 1/partition.num_clients ({1 / self.partition.num_clients:g}) "
