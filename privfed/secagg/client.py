@@ -11,7 +11,8 @@ Aggregation with (Poly)Logarithmic Overhead", CCS):
 2. ``KeyDirectory``  -> ``ShareKeys``      (Shamir shares of the self-mask seed
    and of the mask private key, sealed with AES-GCM for each neighbour, and a
    commitment to the seed; the neighbours' advertisements are verified first)
-3. ``ShareDelivery`` -> ``MaskedInput``    (input + self mask +- pairwise masks, mod 2**bits)
+3. ``ShareDelivery`` -> ``MaskedInput``    (input + self mask +- pairwise masks, mod 2**bits,
+   sent bit-packed at exactly ``bits`` bits per coordinate)
 4. ``UnmaskRequest`` -> ``UnmaskResponse`` (seed shares of survivors, key shares
    of dropped clients; never both for the same client, across any number of requests)
 
@@ -344,7 +345,7 @@ class SecAggClient:
         self._held_key_shares.update(key_shares)
         self._masked_with = partners
         self.stage = "unmask"
-        return self._sign(MaskedInput(self.round, self.client_id, accumulator.reduced(), b""))
+        return self._sign(MaskedInput(self.round, self.client_id, setup.bits, accumulator.reduced(), b""))
 
     def _on_unmask(self, message: UnmaskRequest) -> UnmaskResponse:
         setup = self._require_setup()

@@ -25,9 +25,12 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from privfed.compression.packing import pack_bits, packed_size, unpack_bits
 from privfed.errors import ProtocolError
 
 __all__ = [
+    "MAX_BITS",
+    "MIN_BITS",
     "AdvertiseKeys",
     "KeyDirectory",
     "MaskedInput",
@@ -42,6 +45,12 @@ __all__ = [
 ]
 
 _MAX_ITEMS = 1 << 20
+_MAX_VECTOR = 1 << 31
+MIN_BITS = 2
+"""Smallest modulus exponent a round may use (a sign bit and one value bit)."""
+MAX_BITS = 52
+"""Largest modulus exponent: the fixed-point codec is float64-exact up to 52 bits
+(:class:`~privfed.compression.quantize.FixedPointCodec`), and every word fits uint64."""
 _MAX_BLOB = 1 << 16
 _SIGNATURE_BYTES = 64
 _TRANSCRIPT_LABEL = b"privfed-secagg/v1/signed-message/"
@@ -203,8 +212,8 @@ class SetupRequest(SecAggMessage):
     @classmethod
     def _parse(cls, r: _Reader, round: int, client_id: int) -> SetupRequest:
         session, graph_seed, degree, threshold, bits, dim = r.unpack("16s16sIIIQ")
-        if not 1 <= bits <= 64:
-            raise ProtocolError(f"bits must be in [1, 64]; got {bits}")
+        if not MIN_BITS <= bits <= MAX_BITS:
+            raise ProtocolError(f"setup: bits must be in [{MIN_BITS}, {MAX_BITS}]; got {bits}")
         cohort = _read_ids(r)
         if list(cohort) != sorted(cohort):
             raise ProtocolError("setup cohort must list client ids in increasing order")
@@ -303,25 +312,45 @@ class ShareDelivery(SecAggMessage):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MaskedInput(SignedMessage):
-    """Client -> server: the masked vector, residues modulo ``2**bits`` (uint32 or uint64)."""
+    """Client -> server: the masked vector, residues modulo ``2**bits``, bit-packed on the wire.
+
+    In memory ``masked`` is ``mask_dtype(bits)`` (uint32 up to 32 bits, else uint64);
+    on the wire it is ``bits (B) | count (Q) | payload length (Q) | payload`` with the
+    payload :func:`~privfed.compression.packing.pack_bits` of the values: exactly
+    ``bits`` bits per coordinate, ``ceil(count * bits / 8)`` bytes, little-endian,
+    unused high bits of the last byte zero. Decoding refuses ``bits`` outside
+    [:data:`MIN_BITS`, :data:`MAX_BITS`], a payload length other than that,
+    nonzero padding bits and trailing bytes, so every accepted vector has exactly
+    one encoding (the signature covers the values, not the bytes).
+    """
 
     TAG: ClassVar[int] = 6
+    bits: int
     masked: npt.NDArray[np.unsignedinteger]
     signature: bytes
 
+    def _checked_words(self) -> npt.NDArray[np.unsignedinteger]:
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ProtocolError(f"masked input: bits must be in [{MIN_BITS}, {MAX_BITS}]; got {self.bits}")
+        dtype = np.dtype(np.uint32 if self.bits <= 32 else np.uint64)
+        if self.masked.dtype != dtype or self.masked.ndim != 1:
+            raise ProtocolError(f"masked input: values must be a 1-D {dtype} array at {self.bits} bits")
+        return np.ascontiguousarray(self.masked, dtype=dtype.newbyteorder("<"))
+
     def _fields(self) -> bytes:
-        width = self.masked.dtype.itemsize
-        if self.masked.dtype not in (np.uint32, np.uint64):
-            raise ProtocolError("masked vector must be uint32 or uint64")
-        data = np.ascontiguousarray(self.masked, dtype=self.masked.dtype.newbyteorder("<")).tobytes()
-        return struct.pack("<BQ", width, self.masked.size) + data
+        words = self._checked_words()
+        try:
+            payload = pack_bits(words, bits=self.bits)
+        except ValueError:
+            raise ProtocolError(f"masked input has values outside [0, 2**{self.bits})") from None
+        return struct.pack("<BQQ", self.bits, words.size, len(payload)) + payload
 
     def _signed_fields(self) -> bytes:
         # Ed25519 hashes its message twice with SHA-512; one SHA-256 pass over a long
         # vector is about 3x cheaper, and collision resistance keeps the signature binding.
-        words = np.ascontiguousarray(self.masked, dtype=self.masked.dtype.newbyteorder("<"))
-        digest = hashlib.sha256(words.data).digest()
-        return struct.pack("<BQ", self.masked.dtype.itemsize, self.masked.size) + digest
+        # The values (not the packed bytes) are hashed: decoding accepts one encoding per vector.
+        words = self._checked_words()
+        return struct.pack("<BQ", self.bits, words.size) + hashlib.sha256(words.data).digest()
 
     @property
     def signature_bytes(self) -> bytes:
@@ -329,14 +358,22 @@ class MaskedInput(SignedMessage):
 
     @classmethod
     def _parse(cls, r: _Reader, round: int, client_id: int) -> MaskedInput:
-        width, n = r.unpack("BQ")
-        if width not in (4, 8):
-            raise ProtocolError(f"word width must be 4 or 8 bytes; got {width}")
-        if n > (1 << 31):
-            raise ProtocolError("masked vector too long")
-        dtype = np.dtype("<u4" if width == 4 else "<u8")
-        values = np.frombuffer(r.take(int(n) * width), dtype=dtype)
-        return cls(round, client_id, values.astype(dtype.newbyteorder("=")), r.take(_SIGNATURE_BYTES))
+        bits, n, length = r.unpack("BQQ")
+        if not MIN_BITS <= bits <= MAX_BITS:
+            raise ProtocolError(f"masked input: bits must be in [{MIN_BITS}, {MAX_BITS}]; got {bits}")
+        if n > _MAX_VECTOR:
+            raise ProtocolError(f"masked input: vector of {n} values exceeds the limit of {_MAX_VECTOR}")
+        expected = packed_size(int(n), bits=int(bits))
+        if length != expected:
+            raise ProtocolError(
+                f"masked input: packed payload of {length} bytes; {n} values of {bits} bits take {expected}"
+            )
+        payload = r.take(expected)
+        used = (int(n) * int(bits)) % 8
+        if used and payload[-1] >> used:
+            raise ProtocolError("masked input: nonzero padding bits after the last value")
+        values = unpack_bits(payload, count=int(n), bits=int(bits))
+        return cls(round, client_id, int(bits), values, r.take(_SIGNATURE_BYTES))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

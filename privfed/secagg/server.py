@@ -35,6 +35,8 @@ from privfed.secagg.crypto import KEY_BYTES, MaskAccumulator, agree, mask_dtype,
 from privfed.secagg.graph import harary_graph
 from privfed.secagg.keys import pairwise_mask_key, seed_commitment, self_mask_key, setup_digest
 from privfed.secagg.messages import (
+    MAX_BITS,
+    MIN_BITS,
     AdvertiseKeys,
     KeyDirectory,
     MaskedInput,
@@ -109,7 +111,8 @@ class SecAggServer:
             )
         if len(session) != 16:
             raise ValueError("session must be 16 bytes")
-        mask_dtype(bits)
+        if not MIN_BITS <= bits <= MAX_BITS:
+            raise ValueError(f"bits must be in [{MIN_BITS}, {MAX_BITS}]; got {bits}")
         self.round = round
         self.cohort = members
         self.degree = degree
@@ -205,6 +208,8 @@ class SecAggServer:
             self.shares[sender] = message
         elif self.stage == "collect" and isinstance(message, MaskedInput):
             self._expect_new(sender, self.shares, self.masked)
+            if message.bits != self.bits:
+                raise ProtocolError(f"masked input is packed at {message.bits} bits; the round uses {self.bits}")
             if message.masked.dtype != mask_dtype(self.bits) or message.masked.shape != (self.dim,):
                 raise ProtocolError(f"masked input must be {self.dim} words of {np.dtype(mask_dtype(self.bits))}")
             word_bits = message.masked.dtype.itemsize * 8

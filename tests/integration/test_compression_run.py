@@ -33,14 +33,14 @@ def test_secagg_with_rotation_at_16_bits_matches_32_bits_without(tmp_path: Path)
     assert abs(narrow["final_eval_accuracy"] - wide["final_eval_accuracy"]) <= 1 / 60 + 1e-9
     assert narrow["final_eval_loss"] == pytest.approx(wide["final_eval_loss"], abs=5e-3)
     assert narrow["secagg_aborted_rounds"] == 0 and narrow["rejected_updates_total"] == 0
-    # What travels: SecAgg+ masked vectors are uint32 words whatever secagg.bits is (packing them is
-    # left to privfed.secagg), so rotation's padding to a power of two *adds* 4 bytes per padded word.
+    # What travels: SecAgg+ masked vectors are bit-packed at secagg.bits, so 16 bits over the padded
+    # (power-of-two) rotation plus the appended train_loss cost 2 (P + 1) bytes against 4 (d + 1) at 32 bits.
     d = narrow["trainable_params"]
-    extra_words = padded_dim(d) - d
     rounds, cohort = narrow["rounds"], 5
-    assert narrow["bytes_up_total"] - wide["bytes_up_total"] == rounds * cohort * 4 * extra_words
+    per_upload = packed_size(d + 1, bits=32) - packed_size(padded_dim(d) + 1, bits=16)
+    assert wide["bytes_up_total"] - narrow["bytes_up_total"] == rounds * cohort * per_upload
     for key in ("uplink_bytes_per_client_round", "uplink_ratio_vs_fp32_model"):
-        assert narrow[key] > wide[key] > 0
+        assert (narrow[key] < wide[key]) == (per_upload > 0) and narrow[key] > 0
 
 
 def test_plain_uploads_shrink_to_the_packed_codes(tmp_path: Path) -> None:

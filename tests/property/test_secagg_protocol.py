@@ -83,7 +83,7 @@ def rounds(draw: st.DrawFn) -> dict[str, Any]:
     complete = draw(st.booleans()) or n <= 4
     degree = n - 1 if complete else draw(st.sampled_from([k for k in range(2, n - 1, 2)]))
     threshold = draw(st.integers(max(2, (degree + 1) // 2 + 1), degree + 1))  # clients refuse 2t <= k + 1
-    bits = draw(st.sampled_from([8, 16, 20, 32, 48, 64]))
+    bits = draw(st.sampled_from([2, 8, 16, 20, 32, 48, 52]))
     dim = draw(st.integers(0, 40))
     seed = draw(st.integers(0, 2**32))
     rate = draw(st.sampled_from([0.0, 0.05, 0.2, 0.5]))
