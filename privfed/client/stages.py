@@ -30,13 +30,16 @@ from privfed.compression.quantize import FixedPointCodec, rounded_l2_norm_bound
 from privfed.compression.rotation import inverse_rotate, padded_dim, random_signs, rotate
 from privfed.compression.sparsify import kept_count, shared_subset, top_k_indices
 from privfed.errors import ConfigError, ProtocolError
+from privfed.privacy.discrete import discrete_gaussian, noise_generator, skellam
 from privfed.privacy.dpfedavg import clip_to_norm
 from privfed.registry import Registry
 from privfed.rng import generator
+from privfed.secagg.crypto import mask_dtype
 
 __all__ = [
     "AppendMetricsStage",
     "ClipStage",
+    "DistributedNoiseStage",
     "FixedPointStage",
     "RotateStage",
     "SparsifyStage",
@@ -199,6 +202,11 @@ class FixedPointStage:
     :func:`~privfed.compression.quantize.rounded_l2_norm_bound` at ``beta`` (at most
     ``max_tries`` draws, then :class:`~privfed.compression.quantize.ConditionalRoundingError`).
     ``decode_sum`` refuses a sum that ``ctx.contributors`` honest encodings cannot produce.
+
+    ``noise_summands`` (distributed DP): of the ``num_summands`` slots of the code range
+    ``k``, that many are left for the clients' summed integer noise
+    (:class:`DistributedNoiseStage`), so a sum of ``m`` contributors may reach
+    ``(m + noise_summands) k`` before it is refused.
     """
 
     name: ClassVar[str] = "fixed_point"
@@ -215,8 +223,10 @@ class FixedPointStage:
         conditional_norm: float | None = None,
         beta: float = math.exp(-0.5),
         max_tries: int = 64,
+        noise_summands: int = 0,
     ) -> None:
         for key, value, low, high in (
+            ("noise_summands", noise_summands, 0, max(num_summands - 1, 0) if isinstance(num_summands, int) else 0),
             ("bits", bits, 2, 52),
             ("dim", dim, 1, 1 << 40),
             ("extra", extra, 0, 16),
@@ -227,6 +237,7 @@ class FixedPointStage:
                 raise ProtocolError(f"stage parameter {key} must be an integer in [{low}, {high}]; got {value!r}")
         self.bits, self.dim, self.extra, self.num_summands = bits, dim, extra, num_summands
         self.max_tries = max_tries
+        self.noise_summands = noise_summands
         self.clip = _finite("clip", clip, low=1e-300)
         self.extra_clip = _finite("extra_clip", extra_clip, low=1e-300)
         self.conditional_norm = (
@@ -251,6 +262,8 @@ class FixedPointStage:
         }
         if self.conditional_norm is not None:  # only when used: plain fixed point keeps its old instructions
             params.update(conditional_norm=self.conditional_norm, beta=self.beta, max_tries=self.max_tries)
+        if self.noise_summands:
+            params["noise_summands"] = self.noise_summands
         return params
 
     def norm_bound(self) -> float | None:
@@ -276,8 +289,88 @@ class FixedPointStage:
         return dataclasses.replace(upload, values=codes)
 
     def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
-        values = self.codec.decode_sum(upload.values, contributors=ctx.contributors)
+        room = None if ctx.contributors is None else ctx.contributors + self.noise_summands
+        if room is not None and room > self.num_summands:
+            raise ProtocolError(f"a sum of {ctx.contributors} encodings; the codec has room for {self.num_summands}")
+        values = self.codec.decode_sum(upload.values, contributors=room)
         return dataclasses.replace(upload, values=values)
+
+
+class DistributedNoiseStage:
+    """Add this client's share of integer DP noise to its fixed-point residues (distributed DP).
+
+    Runs after :class:`FixedPointStage` and before the SecAgg+ masks: the first ``dim``
+    residues (the delta's coordinates; no metric travels under distributed DP) get an
+    independent discrete Gaussian ``N_Z(0, local_stddev^2)`` (Canonne, Kamath, Steinke 2020;
+    Kairouz, Liu, Steinke 2021) or Skellam draw of variance ``local_stddev^2`` (Agarwal,
+    Kairouz, Liu 2021), modulo ``2**bits``. The draws come from the client's stage generator
+    (seeded, reproducible) or, with ``secure``, from a generator keyed by the OS CSPRNG.
+
+    ``decode_sum`` cannot remove the noise (nobody can): it refuses a sum of fewer than
+    ``min_contributors`` encodings, whose noise would fall short of what the accountant
+    credits (see :mod:`privfed.privacy.distributed`), and otherwise passes the noised sum on.
+    """
+
+    name: ClassVar[str] = "distributed_noise"
+
+    def __init__(
+        self, *, mechanism: str, local_stddev: float, bits: int, dim: int, min_contributors: int, secure: bool = False
+    ) -> None:
+        if mechanism not in ("distributed_gaussian", "skellam"):
+            raise ProtocolError(f"stage parameter mechanism must be distributed_gaussian or skellam; got {mechanism!r}")
+        for key, value, low, high in (
+            ("bits", bits, 2, 52),
+            ("dim", dim, 1, 1 << 40),
+            ("min_contributors", min_contributors, 1, 1 << 40),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ProtocolError(f"stage parameter {key} must be an integer in [{low}, {high}]; got {value!r}")
+        if not isinstance(secure, bool):
+            raise ProtocolError(f"stage parameter secure must be a boolean; got {secure!r}")
+        self.mechanism, self.bits, self.dim, self.min_contributors, self.secure = (
+            mechanism,
+            bits,
+            dim,
+            min_contributors,
+            secure,
+        )
+        self.local_stddev = _finite("local_stddev", local_stddev, low=0.0, high=2.0 ** (bits - 1))
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "mechanism": self.mechanism,
+            "local_stddev": self.local_stddev,
+            "bits": self.bits,
+            "dim": self.dim,
+            "min_contributors": self.min_contributors,
+            "secure": self.secure,
+        }
+
+    def noise(self, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        """One client's share: int64[dim]."""
+        if self.mechanism == "distributed_gaussian":
+            return discrete_gaussian(sigma=self.local_stddev, size=self.dim, rng=rng)
+        return skellam(variance=self.local_stddev**2, size=self.dim, rng=rng)
+
+    def encode(self, upload: Upload, ctx: StageContext) -> Upload:
+        if ctx.rng is None:
+            raise ProtocolError("distributed noise needs the client's generator")
+        values = np.asarray(upload.values)
+        if values.ndim != 1 or values.shape[0] < self.dim:
+            raise ProtocolError(f"distributed noise expects at least {self.dim} residues; got {values.shape}")
+        residues = values.astype(np.int64)
+        residues[: self.dim] += self.noise(noise_generator(secure=self.secure, seeded=ctx.rng))
+        residues &= (1 << self.bits) - 1
+        return dataclasses.replace(upload, values=residues.astype(mask_dtype(self.bits)))
+
+    def decode_sum(self, upload: Upload, ctx: StageContext) -> Upload:
+        if ctx.contributors is not None and ctx.contributors < self.min_contributors:
+            raise ProtocolError(
+                f"{ctx.contributors} contributors carry too little distributed noise: the accountant credits the "
+                f"shares of {self.min_contributors - 1} clients besides any one, so at least {self.min_contributors} "
+                "are needed"
+            )
+        return upload
 
 
 class RotateStage:
@@ -407,6 +500,7 @@ register_upload_stage(FixedPointStage.name, FixedPointStage)
 register_upload_stage(RotateStage.name, RotateStage)
 register_upload_stage(SparsifyStage.name, SparsifyStage)
 register_upload_stage(TopKStage.name, TopKStage)
+register_upload_stage(DistributedNoiseStage.name, DistributedNoiseStage)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,8 +36,9 @@ from privfed.experiments.run_dir import Checkpoint, RunDirectory
 from privfed.models.registry import get_model_spec, load_base_model
 from privfed.privacy.accountants import compute_epsilon
 from privfed.privacy.calibrate import calibrate, calibrate_noise_multiplier
+from privfed.privacy.distributed import DistributedNoisePlan, distributed_plan
 from privfed.privacy.dpfedavg import AdaptiveClipping, DPFedAvgServer
-from privfed.privacy.events import SampledGaussianEvent
+from privfed.privacy.events import PrivacyEvent, SampledGaussianEvent, event_from_json
 from privfed.privacy.ledger import PrivacyLedger
 from privfed.rng import derive_seed, generator, torch_rng
 from privfed.server.server import FederatedServer, RoundResult
@@ -417,6 +418,21 @@ class PrivacyPlan:
     sample_noise_multiplier: float | None
     user_noise_multiplier: float | None
     user_sample_rate: float
+    # privacy.user.mechanism distributed_gaussian / skellam: the clients' noise shares and codec room.
+    user_distributed: DistributedNoisePlan | None = None
+
+    def user_event(self, *, steps: int, round: int = 0) -> PrivacyEvent:
+        """The user-level ledger event of ``steps`` rounds (central: a sampled Gaussian)."""
+        if self.user_distributed is not None:
+            return self.user_distributed.event(steps=steps, round=round)
+        assert self.user_noise_multiplier is not None
+        return SampledGaussianEvent(
+            noise_multiplier=self.user_noise_multiplier,
+            sample_rate=self.user_sample_rate,
+            steps=steps,
+            scope="user",
+            round=round,
+        )
 
 
 def resolve_privacy(exp: Experiment) -> PrivacyPlan:
@@ -454,6 +470,31 @@ def resolve_privacy(exp: Experiment) -> PrivacyPlan:
                 )
 
             sample_sigma = calibrate(target_epsilon=p.sample.target_epsilon, epsilon_of=worst)
+    if p.user_level and p.user.mechanism != "central":
+
+        def plan_for(sigma: float) -> DistributedNoisePlan:
+            return distributed_plan(
+                mechanism=p.user.mechanism,
+                noise_multiplier=sigma,
+                clip_norm=p.user.clip_norm,
+                dim=exp.layout.dim,
+                secagg=config.secagg,
+                compression=config.compression,
+                num_clients=config.partition.num_clients,
+                clients_per_round=config.server.clients_per_round,
+            )
+
+        def distributed_epsilon(sigma: float) -> float:
+            try:
+                event = plan_for(sigma).event(steps=rounds)
+            except ConfigError:  # too much noise for secagg.bits: no use
+                return float("inf")
+            return compute_epsilon([event], delta=p.delta, accountant=p.accountant)
+
+        user_sigma = p.user.noise_multiplier or calibrate(
+            target_epsilon=p.user.target_epsilon, epsilon_of=distributed_epsilon
+        )
+        return PrivacyPlan(sample_sigma, user_sigma, user_rate, plan_for(user_sigma))
     if p.user_level:
         user_sigma = p.user.noise_multiplier or calibrate_noise_multiplier(
             target_epsilon=p.user.target_epsilon,
@@ -467,18 +508,10 @@ def resolve_privacy(exp: Experiment) -> PrivacyPlan:
 
 def _planned_events(
     exp: Experiment, plan: PrivacyPlan, cohort: npt.NDArray[np.int64], round: int, trainer: ClientTrainer
-) -> list[SampledGaussianEvent]:
-    events = []
+) -> list[PrivacyEvent]:
+    events: list[PrivacyEvent] = []
     if plan.user_noise_multiplier is not None:
-        events.append(
-            SampledGaussianEvent(
-                noise_multiplier=plan.user_noise_multiplier,
-                sample_rate=plan.user_sample_rate,
-                steps=1,
-                scope="user",
-                round=round,
-            )
-        )
+        events.append(plan.user_event(steps=1, round=round))
     if plan.sample_noise_multiplier is not None:
         for client in cohort:
             n = len(exp.client_data[int(client)])
@@ -588,6 +621,7 @@ def _prepare_privacy(exp: Experiment) -> _Privacy:
         user_dp=user_dp,
         secure_noise=privacy.secure_noise,
         compression=config.compression,
+        user_mechanism=privacy.user.mechanism if plan.user_noise_multiplier is not None else "central",
     )
     return _Privacy(plan=plan, ledger=ledger, user_dp=user_dp, trainer=trainer, server=server)
 
@@ -598,16 +632,9 @@ def _preflight_accounting(exp: Experiment, plan: PrivacyPlan) -> None:
     config = exp.config
     p = config.privacy
     rounds = config.server.rounds
-    events = []
+    events: list[PrivacyEvent] = []
     if plan.user_noise_multiplier is not None:
-        events.append(
-            SampledGaussianEvent(
-                noise_multiplier=plan.user_noise_multiplier,
-                sample_rate=plan.user_sample_rate,
-                steps=rounds,
-                scope="user",
-            )
-        )
+        events.append(plan.user_event(steps=rounds))
     if plan.sample_noise_multiplier is not None:
         sizes = {len(d) for d in exp.client_data}
         shapes = {(sampling_rate_for(config.client, n), local_steps(config.client, n)) for n in sizes}
@@ -645,7 +672,7 @@ def _restore(
 
     expected = [e for r in range(1, last + 1) for e in _planned_events(exp, dp.plan, server.cohort(r), r, dp.trainer)]
     try:
-        found = [SampledGaussianEvent.from_json(raw) for raw in state["ledger"]]
+        found = [event_from_json(raw) for raw in state["ledger"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint ledger holds an invalid event: {exc}") from None
     if found != expected:

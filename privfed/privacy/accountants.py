@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from privfed.errors import ConfigError
-from privfed.privacy.events import SampledGaussianEvent
+from privfed.privacy.events import DistributedNoiseEvent, PrivacyEvent, SampledGaussianEvent
 from privfed.registry import Registry
 
 __all__ = ["accountant_names", "compute_epsilon", "register_accountant"]
@@ -110,6 +110,16 @@ register_accountant("rdp", _rdp)
 register_accountant("prv", _prv)
 
 
-def compute_epsilon(events: Sequence[SampledGaussianEvent], *, delta: float, accountant: str = "rdp") -> float:
-    """Epsilon at ``delta`` of the composition of ``events`` (0 for no events)."""
-    return _ACCOUNTANTS.get(accountant)(events, delta)
+def compute_epsilon(events: Sequence[PrivacyEvent], *, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of the composition of ``events`` (0 for no events).
+
+    Compositions holding a :class:`DistributedNoiseEvent` (distributed discrete Gaussian or
+    Skellam) are accounted by RDP whatever ``accountant`` says
+    (:func:`privfed.privacy.distributed.epsilon_rdp`): their bounds are RDP bounds.
+    """
+    fn = _ACCOUNTANTS.get(accountant)
+    if any(isinstance(e, DistributedNoiseEvent) for e in events):
+        from privfed.privacy.distributed import epsilon_rdp
+
+        return epsilon_rdp(events, delta=delta)
+    return fn([e for e in events if isinstance(e, SampledGaussianEvent)], delta)

@@ -14,7 +14,7 @@ from typing import Any
 
 from privfed.errors import PrivacyBudgetExceeded
 from privfed.privacy.accountants import compute_epsilon
-from privfed.privacy.events import SampledGaussianEvent
+from privfed.privacy.events import PrivacyEvent, SampledGaussianEvent, event_from_json
 
 __all__ = ["PrivacyLedger"]
 
@@ -36,28 +36,26 @@ class PrivacyLedger:
         self.accountant = accountant
         self.user_budget = user_budget
         self.sample_budget = sample_budget
-        self.events: list[SampledGaussianEvent] = []
+        self.events: list[PrivacyEvent] = []
         self._sample_cache: dict[int, float] = {}
-        self._by_subject: dict[int, list[SampledGaussianEvent]] = {}
+        self._by_subject: dict[int, list[PrivacyEvent]] = {}
         # Epsilon of a composition depends only on its total steps per (sigma, q): clients that
         # took part equally often at the same rate share it, so it is computed once.
-        self._history_cache: dict[tuple[tuple[float, float, int], ...], float] = {}
+        self._history_cache: dict[tuple[tuple[object, int], ...], float] = {}
 
-    def _user_events(self) -> list[SampledGaussianEvent]:
+    def _user_events(self) -> list[PrivacyEvent]:
         return [e for e in self.events if e.scope == "user"]
 
-    def _client_events(self, client: int) -> list[SampledGaussianEvent]:
+    def _client_events(self, client: int) -> list[PrivacyEvent]:
         return list(self._by_subject.get(client, ()))
 
-    def epsilon(self, events: Sequence[SampledGaussianEvent]) -> float:
-        # Composition is commutative: the total steps per (sigma, q) determine epsilon.
-        totals: dict[tuple[float, float], int] = {}
+    def epsilon(self, events: Sequence[PrivacyEvent]) -> float:
+        # Composition is commutative: the total steps per event shape determine epsilon.
+        totals: dict[tuple[object, ...], int] = {}
         for e in events:
             if e.steps > 0:
-                totals[(e.noise_multiplier, e.sample_rate)] = (
-                    totals.get((e.noise_multiplier, e.sample_rate), 0) + e.steps
-                )
-        key = tuple(sorted((sigma, q, steps) for (sigma, q), steps in totals.items()))
+                totals[_shape(e)] = totals.get(_shape(e), 0) + e.steps
+        key = tuple(sorted(((shape, steps) for shape, steps in totals.items()), key=repr))
         if key not in self._history_cache:
             if len(self._history_cache) >= 65536:  # bounded: long runs with many distinct histories
                 self._history_cache.clear()
@@ -78,7 +76,7 @@ class PrivacyLedger:
         """The largest record-level epsilon over all clients (0 if none)."""
         return max((self.epsilon_sample(c) for c in self._by_subject), default=0.0)
 
-    def check(self, planned: Iterable[SampledGaussianEvent]) -> None:
+    def check(self, planned: Iterable[PrivacyEvent]) -> None:
         """Raise :class:`PrivacyBudgetExceeded` if recording ``planned`` would exceed a budget."""
         planned = list(planned)
         if self.user_budget is not None and any(e.scope == "user" for e in planned):
@@ -98,11 +96,11 @@ class PrivacyLedger:
                         f"(budget {self.sample_budget:g} at delta {self.delta:g})"
                     )
 
-    def record(self, events: Iterable[SampledGaussianEvent]) -> None:
+    def record(self, events: Iterable[PrivacyEvent]) -> None:
         for event in events:
             self._append(event)
 
-    def _append(self, event: SampledGaussianEvent) -> None:
+    def _append(self, event: PrivacyEvent) -> None:
         self.events.append(event)
         if event.scope == "sample" and event.subject is not None:
             self._by_subject.setdefault(event.subject, []).append(event)
@@ -116,4 +114,11 @@ class PrivacyLedger:
         self._by_subject.clear()
         self._sample_cache.clear()
         for r in raw:
-            self._append(SampledGaussianEvent.from_json(r))
+            self._append(event_from_json(r))
+
+
+def _shape(event: PrivacyEvent) -> tuple[object, ...]:
+    """What besides ``steps`` decides an event's privacy cost (its class and noise parameters)."""
+    if isinstance(event, SampledGaussianEvent):
+        return ("gaussian", event.noise_multiplier, event.sample_rate)
+    return (event.mechanism, event.noise_multiplier, event.sample_rate, event.shares, event.l2_sensitivity, event.dim)

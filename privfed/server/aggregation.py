@@ -7,6 +7,9 @@
   sum), add Gaussian noise to the sum, and hand the *noised sum* with the expected
   cohort as weight to the inner strategy's ``aggregate_sum``
   (as Flower's ``DifferentialPrivacyServerSideFixedClipping(strategy)`` wraps a strategy).
+* :class:`DistributedDPAggregation` is its distributed-DP twin (``privacy.user.mechanism``
+  ``distributed_gaussian`` or ``skellam``): the clients already added the integer noise
+  before the SecAgg masks, so the decoded sum *is* the noised sum and the server adds none.
 
 A strategy without ``aggregate_sum`` cannot run where only a sum exists, and
 :func:`check_strategy_composes` refuses it up front.
@@ -27,7 +30,13 @@ from privfed.privacy.noise import NoiseSource
 from privfed.server.strategies import Strategy, SumStrategy
 from privfed.transport.messages import ClientUpdate
 
-__all__ = ["Aggregate", "DPFedAvgAggregation", "StrategyAggregation", "check_strategy_composes"]
+__all__ = [
+    "Aggregate",
+    "DPFedAvgAggregation",
+    "DistributedDPAggregation",
+    "StrategyAggregation",
+    "check_strategy_composes",
+]
 
 
 def check_strategy_composes(strategy: Strategy, *, user_dp: bool, secure: bool) -> None:
@@ -141,3 +150,31 @@ class DPFedAvgAggregation:
             clipped_sum=total, centred_count=centred_count, count_scale=count_scale, noise=self.noise(round)
         )
         return self._aggregate(result.noised_sum, float("nan"), result.clip_norm, result.unclipped_fraction)
+
+
+class DistributedDPAggregation:
+    """User-level DP-FedAvg whose noise the clients added (distributed discrete Gaussian or Skellam).
+
+    The decoded secure sum already carries the noise (each contributor's share, added to its
+    integer vector before masking), so it goes to the strategy's ``aggregate_sum`` as is, with
+    the expected cohort as weight, like :class:`DPFedAvgAggregation`'s noised sum. A round
+    whose sum was refused (too few contributors for the credited noise, a wrapped sum, an
+    abort) releases nothing and applies nothing. Clip norms are fixed (adaptive clipping
+    would need a noised count the clients do not send yet), and the training loss is not sent.
+    """
+
+    def __init__(self, inner: StrategyAggregation, dp: DPFedAvgServer) -> None:
+        self.inner = inner
+        self.dp = dp
+
+    def from_updates(self, updates: Sequence[ClientUpdate], *, round: int) -> Aggregate:
+        raise ConfigError("distributed DP (privacy.user.mechanism) runs only under secure aggregation")
+
+    def from_sum(
+        self, total: npt.NDArray[np.floating], *, contributors: int, loss_sum: float, round: int, **_: float
+    ) -> Aggregate | None:
+        if contributors == 0:
+            return None
+        strategy = cast(SumStrategy, self.inner.strategy)
+        delta = strategy.aggregate_sum(np.asarray(total, dtype=np.float64), weight=float(self.dp.expected_clients))
+        return Aggregate(delta=delta, train_loss=float("nan"), clip_norm=self.dp.clip_norm, unclipped_fraction=None)

@@ -14,6 +14,7 @@ from privfed.adapters.layout import AdapterLayout
 from privfed.client.stages import (
     AppendMetricsStage,
     ClipStage,
+    DistributedNoiseStage,
     FixedPointStage,
     RotateStage,
     SparsifyStage,
@@ -28,6 +29,7 @@ from privfed.compression.rotation import padded_dim
 from privfed.compression.sparsify import kept_count
 from privfed.config import CompressionConfig, SecAggConfig
 from privfed.errors import ConfigError, ProtocolError
+from privfed.privacy.distributed import DistributedNoisePlan, distributed_plan
 from privfed.privacy.dpfedavg import DPFedAvgServer
 from privfed.privacy.noise import NoiseSource, make_noise
 from privfed.rng import derive_seed, generator
@@ -35,6 +37,7 @@ from privfed.secagg.driver import STAGES as SECAGG_STAGES
 from privfed.secagg.server import SecAggServer
 from privfed.server.aggregation import (
     Aggregate,
+    DistributedDPAggregation,
     DPFedAvgAggregation,
     StrategyAggregation,
     check_strategy_composes,
@@ -168,6 +171,7 @@ class FederatedServer:
         user_dp: DPFedAvgServer | None = None,
         secure_noise: bool = False,
         compression: CompressionConfig | None = None,
+        user_mechanism: str = "central",
     ) -> None:
         self.layout = layout
         self.global_vector = layout.check_vector(global_vector).copy()
@@ -182,9 +186,21 @@ class FederatedServer:
         check_strategy_composes(strategy, user_dp=user_dp is not None, secure=self.secagg is not None)
         # Aggregation by composition: the strategy is always called; user-level DP wraps it.
         inner = StrategyAggregation(strategy, weighting=weighting)
-        self.aggregation: StrategyAggregation | DPFedAvgAggregation = (
+        self.aggregation: StrategyAggregation | DPFedAvgAggregation | DistributedDPAggregation = (
             inner if user_dp is None else DPFedAvgAggregation(inner, user_dp, dim=layout.dim, noise=self._noise)
         )
+        # Distributed DP (privacy.user.mechanism): the clients add the noise, the server adds none.
+        self.distributed: DistributedNoisePlan | None = None
+        if user_mechanism != "central":
+            if user_dp is None or self.secagg is None:
+                raise ConfigError(f"privacy.user.mechanism = {user_mechanism!r} needs user-level DP and secagg.enabled")
+            if user_dp.adaptive is not None:
+                raise ConfigError(
+                    f"privacy.user.adaptive_clipping is not implemented yet with privacy.user.mechanism = "
+                    f"{user_mechanism!r} (the unclipped count would need its own distributed noise); "
+                    "use a fixed clip_norm"
+                )
+            self.aggregation = DistributedDPAggregation(inner, user_dp)
         self.codec: FixedPointCodec | None = None
         self._rounding_slack = 0.0
         self._count_bit = 0.5
@@ -205,12 +221,26 @@ class FederatedServer:
             raise ConfigError("compression.conditional_rounding needs secagg.enabled and user-level DP")
         if self.secagg is not None:
             # The loss rides along as one extra coordinate with its own range.
-            # Extra coordinates: the local loss, and (user-level DP) the "unclipped" bit.
-            extra = 2 if user_dp is not None else 1
+            # Extra coordinates: the local loss, and (user-level DP) the "unclipped" bit; none under
+            # distributed DP (they would reach the server noiseless).
+            extra = 0 if user_mechanism != "central" else 2 if user_dp is not None else 1
             clip = np.full(self._kept + extra, self.secagg.clip, dtype=np.float64)
             clip[self._kept :] = self.secagg.loss_clip
             # Poisson cohorts (user-level DP) can exceed clients_per_round: leave room for everyone.
             summands = num_clients if user_dp is not None else clients_per_round
+            if user_mechanism != "central":
+                assert user_dp is not None
+                self.distributed = distributed_plan(
+                    mechanism=user_mechanism,
+                    noise_multiplier=user_dp.noise_multiplier,
+                    clip_norm=user_dp.clip_norm,
+                    dim=layout.dim,
+                    secagg=self.secagg,
+                    compression=self.compression,
+                    num_clients=num_clients,
+                    clients_per_round=clients_per_round,
+                )
+                summands = self.distributed.summands  # room for the summed noise too
             try:
                 self.codec = FixedPointCodec(bits=self.secagg.bits, clip=clip, num_summands=summands)
             except ValueError as exc:
@@ -235,7 +265,7 @@ class FederatedServer:
         assert self.codec is not None and self.secagg is not None
         step = np.broadcast_to(self.codec.rounding_error_bound(), (self._upload_dim,))
         self._rounding_slack = float(np.linalg.norm(step[: self._kept]))
-        self._count_bit = 0.5 - float(step[-1])
+        self._count_bit = 0.5 - float(step[-1]) if self._upload_dim > self._kept else 0.5
         if self.upload_clip_norm() == 0.0:
             raise ConfigError(
                 f"secagg.bits = {self.secagg.bits} leaves a rounding error of up to {self._rounding_slack:.3g} "
@@ -399,7 +429,9 @@ class FederatedServer:
             stages.append(ClipStage(max_norm=clip, count_bit=self._count_bit))
             names.append("unclipped")
         stages.extend(self._compression_stages())
-        stages.append(AppendMetricsStage(names=names))
+        plan = self.distributed
+        if plan is None:
+            stages.append(AppendMetricsStage(names=names))
         conditional = self.compression.conditional_rounding and clip is not None
         stages.append(
             FixedPointStage(
@@ -407,12 +439,24 @@ class FederatedServer:
                 clip=self.secagg.clip,
                 extra_clip=self.secagg.loss_clip,
                 dim=self._kept,
-                extra=len(names),
+                extra=len(names) if plan is None else 0,
                 num_summands=self.codec.num_summands,
                 conditional_norm=clip if conditional else None,
                 beta=_CONDITIONAL_BETA,
+                noise_summands=0 if plan is None else plan.noise_summands,
             )
         )
+        if plan is not None:  # each client's share of the noise, before the SecAgg+ masks
+            stages.append(
+                DistributedNoiseStage(
+                    mechanism=plan.mechanism,
+                    local_stddev=plan.local_stddev,
+                    bits=self.secagg.bits,
+                    dim=self._kept,
+                    min_contributors=plan.min_contributors,
+                    secure=self.secure_noise,
+                )
+            )
         return UploadPipeline(stages)
 
     def _decode_plain(self, raw: bytes, *, sender: int, round: int, expected: set[int]) -> ClientUpdate:
