@@ -16,6 +16,17 @@ randomness. A later stage rebuilds the SecAgg+ client by replaying them; the
 replay draws exactly the keys and nonces of the first pass. The state never leaves
 the client's machine (in a deployment ``context.state`` is kept by its SuperNode).
 
+A SuperNode's own data: with ``data-path`` in its node config (``--node-config
+"partition-id=3 data-path='/data/client3.csv'"``) a node trains on that file (``.csv``,
+``.tsv``, ``.jsonl``, ``.parquet``, or a directory saved with ``datasets``'
+``save_to_disk``), read with privfed's file loaders (:mod:`privfed.data.files`) and the
+run's ``data.text_column`` / ``data.label_column``, its labels mapped by name onto the
+run's classes; without it, the node takes partition ``partition-id`` of the config's
+dataset. A file the node cannot use (missing, wrong columns, a label that is not a class
+of the run, record-level DP) makes it answer each round with a ``Decline`` and the error
+in one line (the reply's ``"error"`` field): the server counts it as a rejected client and
+prints the line; the run goes on.
+
 Fault injection, for tests only: the environment variable ``PRIVFED_TEST_FAULTS`` of
 a node's process (a SuperNode's, or the process that starts the Simulation Engine,
 whose Ray workers inherit it) holds a JSON list of rules ``{"client": K, "stage":
@@ -45,14 +56,14 @@ from privfed.client.data import ExampleSet
 from privfed.client.node import ClientNode
 from privfed.client.trainer import ClientTrainer
 from privfed.config import ExperimentConfig, config_from_dict
-from privfed.errors import ProtocolError
+from privfed.errors import DataError, ProtocolError
 from privfed.secagg.client import SecAggClient
 from privfed.secagg.crypto import KEY_BYTES
 from privfed.transport.base import STAGES
 from privfed.transport.flower.grid import RECORD, field
-from privfed.transport.messages import ClientUpdate, SecureRoundRequest, message_kind
+from privfed.transport.messages import ClientUpdate, Decline, SecureRoundRequest, message_kind
 
-__all__ = ["app", "client_side"]
+__all__ = ["DATA_PATH_KEY", "app", "client_side", "local_examples"]
 
 app = ClientApp()
 
@@ -60,16 +71,35 @@ _SECAGG_STATE = "privfed-secagg"
 _ANSWERED_STATE = "privfed-answered"  # {"last-secure-round": int}: ClientNode.last_secure_round
 
 
+#: Node config key naming this SuperNode's own data (a table file or a ``save_to_disk`` directory).
+DATA_PATH_KEY = "data-path"
+
+
 @dataclasses.dataclass(eq=False)
 class ClientSide:
-    """What one process needs to serve a client: its config, examples and a trainer."""
+    """What one process needs to serve a client: its config, examples and a trainer.
+
+    ``label_names`` are the run's classes (a node's own data is mapped onto them by name).
+    """
 
     config: ExperimentConfig
     client_data: list[ExampleSet]
     trainer: ClientTrainer
+    label_names: tuple[str, ...] = ()
+    num_labels: int | None = None  # the classifier's number of classes; None for a causal LM
+    _tokenizer: Any = None
+
+    def tokenizer(self) -> Any:
+        """The run's tokenizer (loaded once, only when a node reads its own data)."""
+        if self._tokenizer is None:
+            from privfed.models import load_base_model
+
+            self._tokenizer = load_base_model(self.config.model.name, num_labels=self.num_labels).tokenizer
+        return self._tokenizer
 
 
 _CACHE: dict[str, ClientSide] = {}
+_LOCAL: dict[tuple[int, str, int, int], ExampleSet] = {}  # (id of the ClientSide, path, mtime, size)
 
 
 def client_side(config_toml: str) -> ClientSide:
@@ -87,8 +117,76 @@ def client_side(config_toml: str) -> ClientSide:
     # The trainer exactly as the in-process run builds it (DP-SGD with the calibrated sigma).
     trainer = _prepare_privacy(exp).trainer
     _CACHE.clear()  # one experiment per process
-    _CACHE[digest] = built = ClientSide(config=config, client_data=exp.client_data, trainer=trainer)
+    _LOCAL.clear()
+    _CACHE[digest] = built = ClientSide(
+        config=config,
+        client_data=exp.client_data,
+        trainer=trainer,
+        label_names=exp.dataset.label_names,
+        num_labels=exp.dataset.num_classes if exp.task.name == "classification" else None,
+    )
     return built
+
+
+def _data_path(context: Context) -> str | None:
+    value = context.node_config.get(DATA_PATH_KEY)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{DATA_PATH_KEY} in this Flower node's config must be a non-empty path; got {value!r}")
+    return value
+
+
+def local_examples(side: ClientSide, path: str) -> ExampleSet:
+    """This node's own examples: the file or ``save_to_disk`` directory ``path``, tokenized for the run.
+
+    Read with :func:`~privfed.data.files.load_table_file` (or :func:`~privfed.data.files.load_hf_dir`
+    for a directory) and the run's ``data.text_column`` / ``data.label_column``; its class names
+    are mapped onto the run's (``side.label_names``). Cached per process, keyed by the file's
+    path, mtime and size.
+
+    Raises:
+        DataError: missing or unreadable file, wrong columns, too few classes, a label that is
+            not a class of the run, or record-level DP (whose accounting assumes the partition).
+    """
+    from privfed.data.files import load_hf_dir, load_table_file
+    from privfed.data.tokenize import tokenize_texts
+
+    config = side.config
+    if config.privacy.sample_level:
+        raise DataError(
+            f"{DATA_PATH_KEY} (a SuperNode's own data) does not support record-level DP yet "
+            f"(privacy.mode = {config.privacy.mode!r}): the server accounts for the partition of "
+            f"data.name {config.data.name!r}; allowed: privacy.mode 'none' or 'user'"
+        )
+    file = Path(path)
+    try:
+        stat = file.stat()
+    except OSError as exc:
+        reason = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read: {exc.strerror}"
+        raise DataError(f"{DATA_PATH_KEY} {path!r} of this SuperNode {reason}") from None
+    key = (id(side), str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+    cached = _LOCAL.get(key)
+    if cached is not None:
+        return cached
+    columns = {"text_column": config.data.text_column, "label_column": config.data.label_column}
+    if file.is_dir():
+        dataset = load_hf_dir(file, name=config.data.name, **columns)
+    else:
+        dataset = load_table_file(file, name=config.data.name, **columns)
+    assert dataset.texts is not None
+    position = {name: i for i, name in enumerate(side.label_names)}
+    unknown = [name for name in dataset.label_names if name not in position]
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        raise DataError(
+            f"{DATA_PATH_KEY} {path!r} column {config.data.label_column!r} has label(s) {shown} that are not "
+            f"classes of this run; allowed: {', '.join(map(repr, side.label_names))}"
+        )
+    to_run = np.array([position[name] for name in dataset.label_names], dtype=np.int64)
+    tokens = tokenize_texts(side.tokenizer(), dataset.texts, max_length=config.model.max_length)
+    _LOCAL[key] = examples = ExampleSet(tokens=tokens, labels=to_run[dataset.labels])
+    return examples
 
 
 class _RoundRandom:
@@ -247,12 +345,19 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
         else:
             side = client_side(field(record, "config", str))
             context.state.config_records.pop(_SECAGG_STATE, None)
+            try:
+                data_path = _data_path(context)
+                examples = side.client_data[client_id] if data_path is None else local_examples(side, data_path)
+            except (DataError, ImportError) as exc:  # this node's own data: decline, say why
+                error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+                decline = Decline(round=field(record, "round", int), client_id=client_id).to_bytes()
+                return _reply(msg, {"client-id": client_id, "data": decline, "error": error})
             secret = os.urandom(KEY_BYTES)
             answered = context.state.config_records.get(_ANSWERED_STATE)
             node = ClientNode(
                 client_id=client_id,
                 trainer=side.trainer,
-                data=side.client_data[client_id],
+                data=examples,
                 seed=side.config.seed,
                 crypto_random=_RoundRandom(secret),
                 last_secure_round=None if answered is None else field(answered, "last-secure-round", int),

@@ -8,6 +8,12 @@ are both "no reply": the server treats the node as dropped. Error replies made b
 SuperLink carry the SuperLink as their source, so replies are attributed through
 ``reply_to_message_id`` to the node the request went to.
 
+A node that declines a round because it cannot use its own data (``data-path``) adds
+the reason to its reply (``"error"``, one line); the exchanger prints it once per client
+and reason (``privfed: client K rejected in round R: ...`` on stderr) and keeps the
+latest in :attr:`GridExchanger.client_errors`. The server counts the ``Decline`` as a
+rejected client.
+
 Node ids: each node states its privfed client id (its ``partition-id``) in the
 ``query.hello`` exchange that opens a run; privfed addresses clients, this module maps
 them to Flower node ids.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -78,6 +85,8 @@ class GridExchanger:
         self.config_sha256 = hashlib.sha256(self.config_toml.encode()).hexdigest()
         self.reply_timeout = reply_timeout
         self.node_of: dict[int, int] = {}  # privfed client id -> Flower node id
+        self.client_errors: dict[int, str] = {}  # client id -> the last error its node reported
+        self._reported: set[tuple[int, str]] = set()
 
     def _content(self, *, client_id: int, round: int, stage: str, data: bytes) -> RecordDict:
         return RecordDict(
@@ -190,9 +199,20 @@ class GridExchanger:
             payload = None if record is None else record.get("data")
             if not isinstance(payload, bytes):
                 continue  # the node stayed silent (it refused the message)
+            error = record.get("error") if record is not None else None
+            if isinstance(error, str):
+                self._report(client_of_node[node], round, error)
             up += len(payload)
             replies.append(Reply(sender=client_of_node[node], data=payload))
         return Exchange(replies=tuple(replies), bytes_down=down, bytes_up=up, seconds_waiting=waited)
+
+    def _report(self, client_id: int, round: int, error: str) -> None:
+        """Print a node's reason for declining, once per client and reason."""
+        error = " ".join(error.split())[:1000]
+        self.client_errors[client_id] = error
+        if (client_id, error) not in self._reported:
+            self._reported.add((client_id, error))
+            print(f"privfed: client {client_id} rejected in round {round}: {error}", file=sys.stderr, flush=True)
 
     def _pull(
         self, ids: list[str], *, timeout: float, report: Callable[[Message], None] | None = None
