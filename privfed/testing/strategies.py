@@ -184,7 +184,7 @@ def secagg_cohorts(
     *,
     min_clients: int = 3,
     max_clients: int = 40,
-    bits: Sequence[int] = (8, 16, 20, 32, 48, 52),
+    bits: Sequence[int] = (2, 8, 16, 20, 32, 48, 52),
     max_dim: int = 40,
 ) -> SecAggCohort:
     """Cohorts with a degree and threshold that clients accept (they refuse ``2 t <= degree + 1``)."""

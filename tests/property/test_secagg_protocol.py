@@ -23,6 +23,8 @@ from privfed.secagg import (
 )
 from privfed.secagg.crypto import mask_dtype
 from privfed.secagg.driver import STAGES
+from privfed.testing import check_secure_sum_of_survivors
+from privfed.testing import strategies as pst
 
 
 def keyed(*parts: object) -> KeyedRandom:
@@ -51,65 +53,26 @@ def make_round(
     return server, clients, inputs, graph
 
 
-def expected_outcome(graph: dict[int, tuple[int, ...]], threshold: int, plan: DropoutPlan) -> tuple[int, ...] | None:
-    """Independent model of when the protocol must succeed, and with whose inputs."""
-    everyone = set(graph)
-    u1 = everyone - plan.dropped_by("advertise")
-    if len(u1) < threshold:
-        return None
-    # A client with too few advertised neighbours refuses to share (acts as a dropout).
-    sharers = {c for c in u1 - plan.dropped_by("share") if len(set(graph[c]) & u1) + 1 >= threshold}
-    u2 = sharers
-    if len(u2) < threshold:
-        return None
-    u3 = u2 - plan.dropped_by("collect")
-    if len(u3) < threshold:
-        return None
-    responders = {c for c in u3 - plan.dropped_by("unmask") if len(({c} | (set(graph[c]) & u2)) & u3) >= threshold}
-    if len(responders) < threshold:
-        return None
-    for u in u3:
-        if len(({u} | set(graph[u])) & responders) < threshold:
-            return None
-    for d in u2 - u3:
-        if len(set(graph[d]) & responders) < threshold:
-            return None
-    return tuple(sorted(u3))
-
-
-@st.composite
-def rounds(draw: st.DrawFn) -> dict[str, Any]:
-    n = draw(st.integers(3, 40))
-    complete = draw(st.booleans()) or n <= 4
-    degree = n - 1 if complete else draw(st.sampled_from([k for k in range(2, n - 1, 2)]))
-    threshold = draw(st.integers(max(2, (degree + 1) // 2 + 1), degree + 1))  # clients refuse 2t <= k + 1
-    bits = draw(st.sampled_from([2, 8, 16, 20, 32, 48, 52]))
-    dim = draw(st.integers(0, 40))
-    seed = draw(st.integers(0, 2**32))
-    rate = draw(st.sampled_from([0.0, 0.05, 0.2, 0.5]))
-    return {"n": n, "degree": degree, "threshold": threshold, "bits": bits, "dim": dim, "seed": seed, "rate": rate}
-
-
 @settings(max_examples=60)
-@given(params=rounds())
-def test_result_is_the_exact_modular_sum_of_survivors_or_the_round_aborts(params: dict[str, Any]) -> None:
-    server, clients, inputs, graph = make_round(
-        params["n"], params["degree"], params["threshold"], params["bits"], params["dim"], params["seed"]
+@given(cohort=pst.secagg_cohorts(), data=st.data())
+def test_result_is_the_exact_modular_sum_of_survivors_or_the_round_aborts(
+    cohort: pst.SecAggCohort, data: st.DataObject
+) -> None:
+    """privfed.testing's checker runs the round with the drawn dropouts and compares it with an independent
+    model of the protocol (``expected_survivors``): the contributors are exactly the model's survivors and
+    the result exactly their modular sum, or the round aborts (server left without a result) exactly when
+    the model says it must."""
+    inputs = data.draw(pst.secagg_inputs(cohort))
+    plan = data.draw(pst.dropout_plans(cohort.client_ids))
+    outcome = check_secure_sum_of_survivors(
+        inputs,
+        bits=cohort.bits,
+        dropouts=plan,
+        degree=cohort.degree,
+        threshold=cohort.threshold,
+        seed=data.draw(st.integers(0, 2**32)),
     )
-    plan = DropoutPlan.random(sorted(graph), rate=params["rate"], rng=np.random.default_rng(params["seed"] + 1))
-    expected = expected_outcome(graph, params["threshold"], plan)
-    event("aborted" if expected is None else "summed")
-    if expected is None:
-        with pytest.raises(SecAggAborted):
-            run_secagg_round(server, clients, dropouts=plan)
-        assert server.result is None and server.stage == "aborted"
-        return
-    outcome = run_secagg_round(server, clients, dropouts=plan)
-    assert outcome.contributors == expected
-    modulus = 2 ** params["bits"]
-    plain = sum((inputs[c].astype(object) for c in expected), np.zeros(params["dim"], dtype=object)) % modulus
-    assert outcome.result.dtype == mask_dtype(params["bits"])
-    assert [int(v) for v in outcome.result] == [int(v) for v in plain]
+    event("aborted" if outcome is None else "summed")
 
 
 def test_classic_secagg_below_threshold_aborts_before_unmasking() -> None:
