@@ -44,6 +44,7 @@ from privfed.rng import derive_seed, generator, torch_rng
 from privfed.server.server import FederatedServer, RoundResult
 from privfed.server.strategies import FedAdam, Strategy, make_strategy
 from privfed.tasks import Task, get_task
+from privfed.tracking import open_tracker, require_tracker
 from privfed.transport.base import Transport, make_transport
 
 __all__ = ["Experiment", "build_experiment", "resume_experiment", "run_experiment"]
@@ -748,6 +749,7 @@ def _execute(
         state = checkpoint.state
         start_round = checkpoint.round
         run_dir.truncate_metrics(start_round)
+    tracker = open_tracker(config, run_dir.path, start_round=start_round)  # a copy of metrics; the run dir rules
 
     nodes = [
         ClientNode(client_id=i, trainer=trainer, data=data, seed=config.seed) for i, data in enumerate(exp.client_data)
@@ -772,6 +774,7 @@ def _execute(
                 summary["completed"] = False
                 summary["stopped"] = f"privacy budget: {exc}"
                 run_dir.write_summary(summary)
+                tracker.log_run(summary, config)
                 raise
             progress.start_round(round)
             started = time.perf_counter()
@@ -793,12 +796,16 @@ def _execute(
                 },
             )
             run_dir.append_metrics(record)
+            tracker.log_round(round, record)
             # With noise from the OS CSPRNG a round cannot be re-run after a crash (its release
             # could not be reproduced), so such runs checkpoint every round.
             every = 1 if _private(config) and config.privacy.secure_noise else config.run.checkpoint_every
             if round % every == 0 or round == last:
                 _save(run_dir, round, server, strategy, state, ledger, user_dp)
             progress.end_round(record)
+    except BaseException:
+        tracker.close()
+        raise
     finally:
         progress.close()
         if callable(close):
@@ -811,6 +818,9 @@ def _execute(
         exp.layout.load_into(exp.model, server.global_vector)
         exp.model.save_pretrained(str(run_dir.adapter_dir))
     run_dir.write_summary(summary)
+    if summary["completed"]:
+        tracker.log_run(summary, config)
+    tracker.close()
     return summary
 
 
@@ -839,6 +849,7 @@ def run_experiment(
     """
     run_dir = RunDirectory(out_dir)
     run_dir.check_new()  # before the expensive build
+    require_tracker(config)  # a missing optional package fails here, before anything is built or written
     exp = build_experiment(config)
     if experiment_hook is not None:
         exp = experiment_hook(exp)
@@ -896,6 +907,7 @@ def resume_experiment(
     """
     run_dir = RunDirectory(out_dir)
     config = run_dir.load_config()
+    require_tracker(config)
     checkpoint = run_dir.load_checkpoint()
     _check_resumable(run_dir, config, checkpoint)
     exp = build_experiment(config)
