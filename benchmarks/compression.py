@@ -30,6 +30,7 @@ alternatives tried on the hot path (``masking_approaches``, ``rotation_approache
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -164,6 +165,12 @@ def _mask_chunked(chunk_words: int) -> Callable[[np.ndarray, list[bytes], int], 
     return run
 
 
+def _on_copy(
+    fn: Callable[[np.ndarray, list[bytes], int], None], values: np.ndarray, keys: list[bytes], bits: int
+) -> None:
+    fn(values.copy(), keys, bits)
+
+
 def masking_approaches(*, repeats: int, rng: np.random.Generator) -> dict[str, Any]:
     bits, k = 16, recommended_degree(COHORT)
     padded = padded_dim(D)
@@ -175,7 +182,7 @@ def masking_approaches(*, repeats: int, rng: np.random.Generator) -> dict[str, A
     }
     fns: dict[str, Callable[[], Any]] = {"prg": _keystream(keys, padded * 4), "copy": values.copy}
     for name, fn in variants.items():
-        fns[name] = lambda fn=fn: fn(values.copy(), keys, bits)
+        fns[name] = functools.partial(_on_copy, fn, values, keys, bits)
     measured = interleaved(fns, repeats=repeats)
     return {
         "bits": bits,
@@ -229,7 +236,7 @@ def rotation_approaches(*, repeats: int, rng: np.random.Generator) -> dict[str, 
         "fwht_float64_level_by_level_before": _fwht_level_by_level,
         "fwht_float32_level_by_level": _fwht_float32,
     }
-    measured = interleaved({name: (lambda fn=fn: fn(x)) for name, fn in variants.items()}, repeats=repeats)
+    measured = interleaved({name: functools.partial(fn, x) for name, fn in variants.items()}, repeats=repeats)
     return {
         name: {
             "seconds": measured[name],
