@@ -8,7 +8,7 @@ Every attack/audit driver saves, in its output directory,
   resolved. ``privfed <command> <kind>.toml`` re-runs the same attack, which is
   what ``privfed reproduce DIR`` does. It is not called ``config.resolved.toml``:
   that name marks a run directory;
-- a provenance record (:func:`privfed.experiments.provenance.collect_provenance`)
+- a provenance record (:func:`privfed.experiments.collect_provenance`)
   whose fingerprints are the SHA-256 of the attack's settings table, of the
   experiment config, and every fingerprint of every federation the attack trained
   (``<run dir relative to DIR>/<name>``, read from that run's ``summary.json``).
@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from privfed import ExperimentConfig, dump_config
-from privfed.experiments import atomic_write_text
-from privfed.experiments.provenance import collect_provenance
+from privfed.experiments import atomic_write_text, collect_provenance
 
 __all__ = [
     "CONFIG_FILES",

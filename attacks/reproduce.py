@@ -8,7 +8,7 @@ An attack/audit directory holds its result file and the config it was run from
 record by record (audit records by ``run``, membership by ``variant``, inversion
 by their configuration) and field by field: a number identical or its absolute
 difference, anything else equal or not. Provenance differences are listed as for
-runs (:func:`privfed.experiments.provenance.diff_provenance`).
+runs (:func:`privfed.experiments.diff_provenance`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from typing import Any
 
 from attacks.provenance import CONFIG_FILES, RESULT_FILES, read_attack_provenance
 from privfed.errors import CheckpointError
-from privfed.experiments.provenance import diff_provenance
-from privfed.experiments.reproduce import short_value as _short
-from privfed.experiments.reproduce import verdict_lines
+from privfed.experiments import diff_provenance, verdict_lines
+from privfed.experiments import short_value as _short
 
 __all__ = [
     "AttackReproduceReport",

@@ -1,13 +1,20 @@
-"""``privfed`` command line.
+"""``privfed`` command line, and the registry through which packages add commands to it.
 
     privfed run CONFIG.toml [--out DIR] [--quiet] [--set KEY=VALUE ...]
     privfed run --resume RUN_DIR [--quiet]
     privfed sweep CONFIG.toml [--grid KEY=V1,V2 ...] [--epsilons 1,3,8,inf] [--seeds 0,1,2] [--out DIR]
     privfed report DIR... [--out report.html]
-    privfed audit | attack membership|exposure|inversion CONFIG.toml [--set KEY=VALUE ...]
-    privfed reproduce DIR [--out DIR]   (a run, or an attack/audit directory)
+    privfed reproduce DIR [--out DIR]   (a run, or a directory a plugin's reproducer recognises)
     privfed validate CONFIG.toml [--set KEY=VALUE ...]
     privfed models | datasets
+
+More commands come from packages that declare a function in the ``privfed.commands``
+entry point group; the CLI calls each such function, which calls :func:`register_command`
+(and :func:`register_reproducer`). The ``attacks`` package adds
+``privfed audit | attack membership|exposure|inversion CONFIG.toml`` this way
+(``attacks = "attacks.cli:register_commands"`` in pyproject.toml), so privfed never
+imports it. An unknown command prints one line that also names any plugin that failed
+to load.
 
 Every command takes ``--plugin MODULE_OR_FILE.py`` (repeatable): the module is
 imported (a ``.py`` path is loaded from its file) before anything else, so the
@@ -24,23 +31,173 @@ but no round applied a client update (the adapter is untrained).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from privfed.errors import PrivfedError
+from privfed.errors import CheckpointError, ConfigError, PrivfedError
+from privfed.registry import Registry
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from privfed.config import ExperimentConfig
+
+__all__ = [
+    "Command",
+    "Reproducer",
+    "command_names",
+    "main",
+    "overridden_file",
+    "quiet_libraries",
+    "register_command",
+    "register_reproducer",
+    "split_config",
+]
+
+ENTRY_POINT_GROUP = "privfed.commands"
+_BUILTIN_COMMANDS = ("run", "sweep", "report", "reproduce", "validate", "models", "datasets")
+_WORD = re.compile(r"[a-z][a-z0-9-]*")
 
 
-def _quiet_libraries() -> None:
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A ``privfed`` subcommand that a package adds (see :func:`register_command`).
+
+    Attributes:
+        name: the words after ``privfed``, space-separated: ``"audit"``, ``"attack membership"``.
+        help: one line for ``privfed --help``.
+        run: runs the parsed arguments and returns the exit status; ``None`` for a group
+            (``"attack"``), whose members are registered as ``"attack <word>"``.
+        add_arguments: adds the command's own arguments to its ``argparse`` parser.
+        overrides: whether the command takes ``--set KEY=VALUE`` (every command takes ``--plugin``).
+    """
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int] | None = None
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    overrides: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Reproducer:
+    """How ``privfed reproduce DIR`` re-runs a directory that is not a run directory (see :func:`register_reproducer`).
+
+    Attributes:
+        name: the registry key (``"attacks"``).
+        describe: what such a directory is, for the error when none matches
+            (``"an attack/audit directory (audit_... .json)"``).
+        detect: whether ``DIR`` is one of these.
+        run: ``run(source, out, quiet)`` re-runs ``source`` into ``out``, prints the comparison and
+            returns the exit status (0 identical, 3 different).
+    """
+
+    name: str
+    describe: str
+    detect: Callable[[Path], bool]
+    run: Callable[[Path, Path, bool], int]
+
+
+_COMMANDS: Registry[Command] = Registry("command", error=ConfigError)
+_REPRODUCERS: Registry[Reproducer] = Registry("reproducer", error=ConfigError)
+_LOADED: set[str] = set()  # entry points already called (main() runs many times in one test process)
+
+
+def register_command(
+    name: str,
+    *,
+    help: str,
+    run: Callable[[argparse.Namespace], int] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    overrides: bool = True,
+    overwrite: bool = False,
+) -> Command:
+    """Add ``privfed <name>`` to the command line.
+
+    Call it from the function your package declares in the ``privfed.commands`` entry point
+    group (``[project.entry-points."privfed.commands"]`` in pyproject.toml); the CLI calls that
+    function before it parses the arguments. Import heavy modules inside ``run``, not at the top
+    of the module, so that ``privfed --help`` stays fast.
+
+    Args:
+        name: space-separated lowercase words; every word but the last names a group
+            registered before (``register_command("attack", help=...)`` then ``"attack membership"``).
+        help: one line for ``privfed --help``.
+        run: ``run(args) -> exit status``; ``None`` registers a group of subcommands.
+        add_arguments: ``add_arguments(parser)`` adds the command's positional arguments and options.
+        overrides: whether the command takes ``--set KEY=VALUE`` (repeatable; ``args.set``).
+        overwrite: replace a command of the same name.
+
+    Raises:
+        ConfigError: a malformed name, a built-in command's name, a group that is not registered,
+            or a name already registered (without ``overwrite``).
+    """
+    words = name.split(" ")
+    if not all(_WORD.fullmatch(word) for word in words):
+        raise ConfigError(f"command name must be lowercase words separated by single spaces; got {name!r}")
+    if words[0] in _BUILTIN_COMMANDS:
+        raise ConfigError(f"command {name!r}: {words[0]!r} is a built-in privfed command")
+    parent = " ".join(words[:-1])
+    if parent and (parent not in _COMMANDS or _COMMANDS.get(parent).run is not None):
+        raise ConfigError(f"command {name!r}: register the group {parent!r} (run=None) first")
+    if run is None and add_arguments is not None:
+        raise ConfigError(f"command {name!r}: a group (run=None) takes no add_arguments")
+    command = Command(name=name, help=help, run=run, add_arguments=add_arguments, overrides=overrides)
+    return _COMMANDS.register(name, command, overwrite=overwrite)
+
+
+def register_reproducer(
+    name: str,
+    *,
+    describe: str,
+    detect: Callable[[Path], bool],
+    run: Callable[[Path, Path, bool], int],
+    overwrite: bool = False,
+) -> Reproducer:
+    """Teach ``privfed reproduce DIR`` another kind of directory (one your command writes).
+
+    Args:
+        name: registry key.
+        describe: what such a directory is, completing "DIR is not a finished run directory or ...".
+        detect: ``detect(DIR)``: whether ``DIR`` is one of yours (checked in name order).
+        run: ``run(DIR, out, quiet) -> exit status``: re-run ``DIR`` into the new directory ``out``
+            and print the comparison (0 when identical, 3 when not).
+    """
+    return _REPRODUCERS.register(
+        name, Reproducer(name=name, describe=describe, detect=detect, run=run), overwrite=overwrite
+    )
+
+
+def command_names() -> tuple[str, ...]:
+    """The commands packages have registered so far (not the built-in ones), sorted."""
+    return _COMMANDS.names()
+
+
+def _load_command_plugins() -> list[str]:
+    """Call every ``privfed.commands`` entry point not called yet; one line per entry point that failed."""
+    problems = []
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name in _LOADED:
+            continue
+        _LOADED.add(entry_point.name)
+        try:
+            entry_point.load()()
+        except Exception as exc:
+            problems.append(
+                f"command plugin {entry_point.name!r} ({entry_point.value}) failed to load: {_one_line(exc)}"
+            )
+    return problems
+
+
+def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -58,7 +215,6 @@ def _quiet_libraries() -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from privfed.config import load_config
-    from privfed.errors import CheckpointError
     from privfed.experiments.run_dir import RunDirectory
     from privfed.experiments.runner import resume_experiment, run_experiment
 
@@ -68,7 +224,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.resume:
             raise CheckpointError("--resume needs a run directory; got an empty path")
         out = Path(args.resume)
-        _quiet_libraries()
+        quiet_libraries()
         summary = resume_experiment(out, quiet=args.quiet)
     else:
         if not args.config:
@@ -78,7 +234,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out is not None else Path("runs") / Path(args.config).stem
         RunDirectory(out).check_new()  # a bad --out fails in a second, not after the model loads
         config = load_config(args.config, overrides=args.set)
-        _quiet_libraries()
+        quiet_libraries()
         summary = run_experiment(config, out, quiet=args.quiet)
     keys = ["final_eval_accuracy", "final_eval_loss", "final_eval_perplexity", "initial_eval_perplexity"]
     keys += ["majority_class_rate", "rounds", "rounds_without_update", "trainable_params", "bytes_up_total"]
@@ -134,7 +290,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         axes.insert(0, GridAxis(EPSILONS_AXIS, tuple("inf" if math.isinf(e) else f"{e:g}" for e in epsilons)))
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     config = load_config(args.config, overrides=args.set)
-    _quiet_libraries()
+    quiet_libraries()
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-sweep"
     rows = run_grid(config, out, axes, seeds=seeds, quiet=args.quiet)
     print(f"sweep directory: {out}")
@@ -152,20 +308,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_attack_inversion(args: argparse.Namespace) -> int:
-    # The attacks package ships with privfed but is only imported on demand.
-    from attacks.inversion.sweep import load_inversion_config, run_inversion_sweep
-
-    _quiet_libraries()
-    sweep = load_inversion_config(_overridden_file(args.config, args.set, table="inversion"))
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-inversion"
-    records = run_inversion_sweep(sweep, out, progress=None if args.quiet else print)
-    print(f"results: {out / 'inversion_results.json'} ({len(records)} configurations)")
-    print((out / "inversion_results.md").read_text(), end="")
-    return 0
-
-
-def _overridden_file(path: str, overrides: Sequence[str], *, table: str) -> str:
+def overridden_file(path: str, overrides: Sequence[str], *, table: str) -> str:
     """``path``, or with ``--set`` a copy of it (same file name, in a temporary folder) with the values replaced.
 
     For commands whose config is only their own ``[table]`` (attack inversion): every key must be under it.
@@ -179,7 +322,6 @@ def _overridden_file(path: str, overrides: Sequence[str], *, table: str) -> str:
     import tomli_w
 
     from privfed.config import apply_overrides, parse_override, read_config_file
-    from privfed.errors import ConfigError
 
     for text in overrides:
         key, _ = parse_override(text)
@@ -193,10 +335,9 @@ def _overridden_file(path: str, overrides: Sequence[str], *, table: str) -> str:
     return str(copy)
 
 
-def _split_config(path: str, table: str, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Any]:
+def split_config(path: str, table: str, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], ExperimentConfig]:
     """An experiment config file with one extra top-level ``[table]``: (that table, the validated config)."""
     from privfed.config import apply_overrides, config_from_dict, read_config_file
-    from privfed.errors import ConfigError
 
     raw = read_config_file(path)  # one-line ConfigError: missing, not UTF-8, not TOML, too deep, empty
     raw = apply_overrides(raw, overrides, tables=(table,))
@@ -204,71 +345,6 @@ def _split_config(path: str, table: str, overrides: Sequence[str] = ()) -> tuple
     if not isinstance(extra, dict):
         raise ConfigError(f"{path}: [{table}] must be a table")
     return extra, config_from_dict(raw)
-
-
-def _cmd_attack_exposure(args: argparse.Namespace) -> int:
-    from attacks._tables import table_values
-    from attacks.membership import SecretSharerSettings, run_exposure
-    from privfed.errors import ConfigError
-
-    _quiet_libraries()
-    raw, config = _split_config(args.config, "exposure", args.set)
-    table = table_values(SecretSharerSettings, raw, "exposure")
-    try:
-        if "repeats" in table:
-            table["repeats"] = tuple(int(r) for r in table["repeats"])
-        settings = SecretSharerSettings(**table)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"exposure: {exc}") from None
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-exposure"
-    record = run_exposure(config, settings, out, quiet=args.quiet)
-    print(f"exposure results: {out / 'exposure_results.json'} (max {record['max_exposure']:.2f} bits)")
-    for secret in record["secrets"]:
-        print(
-            f"  inserted {secret['inserted']:3d}x ({secret['copies_in_training']} in training): "
-            f"{secret['exposure_before']:.2f} -> {secret['exposure_after']:.2f} bits"
-        )
-    return 0
-
-
-def _cmd_attack_membership(args: argparse.Namespace) -> int:
-    from attacks.membership import MembershipSettings, run_membership
-    from attacks.membership.shadow import membership_table
-
-    _quiet_libraries()
-    table, config = _split_config(args.config, "membership", args.set)
-    settings = MembershipSettings.from_mapping(table)
-    variants = settings.resolved_variants(config)  # validates every override before any training
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-membership"
-    print(f"membership directory: {out} ({len(variants)} variant(s) x {settings.num_models} federations)")
-    records = run_membership(config, settings, out, quiet=args.quiet)
-    print(membership_table(records), end="")  # n/a where an FPR is below 1/non-members
-    return 0
-
-
-def _cmd_audit(args: argparse.Namespace) -> int:
-    from attacks.audit.federated import AuditSettings, run_audit
-    from privfed.errors import ConfigError
-
-    _quiet_libraries()
-    table, config = _split_config(args.config, "audit", args.set)
-    try:
-        settings = AuditSettings.from_mapping(table)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"audit: {exc}") from None
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-audit"
-    records = run_audit(config, settings, out, quiet=args.quiet)
-    keys = ["run", "epsilon", "epsilon_lower_bound_one_run", "epsilon_estimate_one_shot", "auc"]
-    keys += ["tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "final_eval_accuracy"]
-    print(f"audit directory: {out}")
-    print(" | ".join(keys))
-    for r in records:
-        print(" | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys))
-    violated = [r["run"] for r in records if r.get("bound_violated")]
-    if violated:
-        print(f"privfed: error: empirical lower bound above the accountant's epsilon in {violated}", file=sys.stderr)
-        return 3
-    return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -297,7 +373,6 @@ def _load_plugins(plugins: Sequence[str]) -> None:
     Raises:
         ConfigError: one line naming the plugin and what went wrong.
     """
-    from privfed.errors import ConfigError
 
     for plugin in plugins:
         is_file = plugin.endswith(".py") or "/" in plugin or os.sep in plugin
@@ -343,25 +418,22 @@ def _one_line(exc: BaseException) -> str:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
-    from privfed.errors import CheckpointError
     from privfed.experiments.reproduce import format_report, reproduce
     from privfed.experiments.run_dir import RunDirectory
 
     source = Path(args.run_dir)
     out = Path(args.out) if args.out else source.with_name(f"{source.name}-reproduce-{time.strftime('%Y%m%d-%H%M%S')}")
-    _quiet_libraries()
+    quiet_libraries()
     if not (source / RunDirectory.CONFIG).exists():
-        # Not a run directory: an attack or audit directory (its result file and the config it was run from).
-        from attacks.reproduce import attack_kind, format_attack_report, reproduce_attack
-
-        if attack_kind(source) is None:
-            raise CheckpointError(
-                f"{str(source)!r} is not a finished run directory ({RunDirectory.CONFIG} + summary.json) or "
-                "an attack/audit directory (audit_, membership_, exposure_ or inversion_results.json)"
-            )
-        attack_report = reproduce_attack(source, out=out, quiet=args.quiet)
-        print(format_attack_report(attack_report))
-        return 0 if attack_report.identical else 3
+        # Not a run directory: perhaps one a plugin's command wrote (an attack or audit directory).
+        for name in _REPRODUCERS.names():
+            reproducer = _REPRODUCERS.get(name)
+            if reproducer.detect(source):
+                return reproducer.run(source, out, args.quiet)
+        kinds = "".join(f" or {_REPRODUCERS.get(name).describe}" for name in _REPRODUCERS.names())
+        raise CheckpointError(
+            f"{str(source)!r} is not a finished run directory ({RunDirectory.CONFIG} + summary.json){kinds}"
+        )
     report = reproduce(source, out=out, quiet=args.quiet)
     print(format_report(report))
     return 0 if report.identical else 3
@@ -447,39 +519,6 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", metavar="DIR", help="run, sweep or attack/audit directories")
     report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     report.set_defaults(func=_cmd_report)
-    attack = add(sub, "attack", parents=[], help="privacy attacks against the pipeline")
-    attack_sub = attack.add_subparsers(dest="attack", required=True)
-    inversion = add(
-        attack_sub, "inversion", parents=[overrides], help="gradient inversion sweep (text and images) vs defences"
-    )
-    inversion.add_argument("config", help="TOML file with an [inversion] table (see configs/inversion.toml)")
-    inversion.add_argument("--out", help="results directory (default: runs/<config name>-inversion); reruns resume")
-    inversion.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
-    inversion.set_defaults(func=_cmd_attack_inversion)
-    expo = add(
-        attack_sub, "exposure", parents=[overrides], help="Secret Sharer: insert random secrets, train, rank them (LMs)"
-    )
-    expo.add_argument("config", help="causal-LM experiment config with an optional [exposure] table")
-    expo.add_argument("--out", help="results directory (default: runs/<config name>-exposure); must be new")
-    expo.add_argument("--quiet", action="store_true", help="no progress bars")
-    expo.set_defaults(func=_cmd_attack_exposure)
-    member = add(
-        attack_sub,
-        "membership",
-        parents=[overrides],
-        help="record-level MIA (LOSS, reference, LiRA, RMIA) with shadow federations",
-    )
-    member.add_argument("config", help="experiment config with an optional [membership] table")
-    member.add_argument("--out", help="results directory (default: runs/<config name>-membership); reruns reuse")
-    member.add_argument("--quiet", action="store_true", help="no progress bars")
-    member.set_defaults(func=_cmd_attack_membership)
-    audit = add(
-        sub, "audit", parents=[overrides], help="canary audit: accountant epsilon next to empirical lower bounds"
-    )
-    audit.add_argument("config", help="experiment config with privacy.mode set and an optional [audit] table")
-    audit.add_argument("--out", help="audit directory (default: runs/<config name>-audit); reruns reuse finished runs")
-    audit.add_argument("--quiet", action="store_true", help="no progress bars")
-    audit.set_defaults(func=_cmd_audit)
     repro = add(
         sub,
         "reproduce",
@@ -499,6 +538,19 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_cmd_validate)
     add(sub, "models", parents=[plain], help="list registered models").set_defaults(func=_cmd_models)
     add(sub, "datasets", parents=[plain], help="list registered datasets").set_defaults(func=_cmd_datasets)
+    groups: dict[str, Any] = {"": sub}
+    for name in _COMMANDS.names():  # sorted, so a group comes before its members
+        command = _COMMANDS.get(name)
+        parent, _, word = name.rpartition(" ")
+        if command.run is None:
+            groups[name] = add(groups[parent], word, parents=[], help=command.help).add_subparsers(
+                dest=name.replace(" ", "_"), required=True
+            )
+        else:
+            node = add(groups[parent], word, parents=[overrides if command.overrides else plain], help=command.help)
+            if command.add_arguments is not None:
+                command.add_arguments(node)
+            node.set_defaults(func=command.run)
     return parser
 
 
@@ -519,9 +571,40 @@ def _short_warnings() -> None:
     warnings.formatwarning = formatwarning
 
 
+def _unknown_command(words: Sequence[str], problems: Sequence[str]) -> str | None:
+    """One line when the leading words name no command (argparse would print usage and a long list)."""
+    choices = [*_BUILTIN_COMMANDS, *(name for name in _COMMANDS.names() if " " not in name)]
+    path: list[str] = []
+    for word in words:
+        if word.startswith("-"):
+            return None  # --help, or an option argparse will judge
+        if word not in choices:
+            text = f"unknown command {' '.join([*path, word])!r}; choose from {', '.join(choices)}"
+            if problems:
+                return f"{text}; {'; '.join(problems)}"
+            if not path and not importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                text += (
+                    f" (no package adds commands through the {ENTRY_POINT_GROUP!r} entry points; the attack and "
+                    "audit commands come with privfed's attacks package: `pip install -e .` in a privfed checkout)"
+                )
+            return text
+        path.append(word)
+        group = " ".join(path)
+        if group not in _COMMANDS or _COMMANDS.get(group).run is not None:
+            return None
+        choices = [name.rpartition(" ")[2] for name in _COMMANDS.names() if name.rpartition(" ")[0] == group]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``privfed`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    problems = _load_command_plugins()
+    words = list(sys.argv[1:] if argv is None else argv)
+    unknown = _unknown_command(words, problems)
+    if unknown is not None:
+        print(f"privfed: error: {unknown}", file=sys.stderr)
+        return 2
+    args = _parser().parse_args(words)
     _short_warnings()
     try:
         _load_plugins(getattr(args, "plugin", []))

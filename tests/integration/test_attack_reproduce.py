@@ -139,7 +139,7 @@ def test_saved_membership_and_exposure_configs_read_back_to_the_same_settings(tm
     from attacks.membership import MembershipSettings, SecretSharerSettings
     from attacks.membership.shadow import Variant
     from attacks.provenance import save_attack_config
-    from privfed.cli import _split_config
+    from privfed.cli import split_config as _split_config
 
     config = tiny_config(**{"server.rounds": 3})
     member = MembershipSettings(
