@@ -17,6 +17,9 @@ pytest: call them inside a ``@given`` test (the strategies in
 * :func:`check_secure_sum_of_survivors` -- a SecAgg+ round with a given dropout
   pattern returns exactly the modular sum of the survivors' inputs, or aborts
   exactly when an independent model of the protocol says it must;
+* :func:`check_aggregate_from_sum` -- a server strategy aggregates the sum of the
+  updates (all the server has under secure aggregation or DP-FedAvg) exactly as it
+  aggregates the updates themselves;
 * :func:`check_accountant` -- epsilon is 0 for no steps, monotone in the number
   of steps, and at most the target after calibration.
 """
@@ -60,6 +63,7 @@ __all__ = [
     "SecAggDriver",
     "SumCodec",
     "check_accountant",
+    "check_aggregate_from_sum",
     "check_clipped_norm",
     "check_decode_of_sum",
     "check_noise_std",
@@ -624,3 +628,34 @@ def check_accountant(
             f"{target_epsilon:g} (sample rate {sample_rate:g}, delta {delta:g})"
         )
     return values
+
+
+def check_aggregate_from_sum(
+    strategy: Any, deltas: Sequence[npt.ArrayLike], *, rtol: float = 1e-5, atol: float = 1e-7
+) -> npt.NDArray[np.float32]:
+    """Assert ``strategy.aggregate_sum(sum of deltas, weight=n)`` equals ``strategy.aggregate(deltas)`` (weights 1).
+
+    Under secure aggregation and user-level DP the server holds only the (decoded or
+    noised) sum, so privfed calls ``aggregate_sum``; a strategy whose two hooks disagree
+    trains differently the moment privacy is switched on. The tolerance covers float32
+    (relative ``rtol``, absolute ``atol``).
+
+    Returns:
+        The aggregate, float32[d].
+    """
+    assert hasattr(strategy, "aggregate_sum"), (
+        f"{type(strategy).__name__} has no aggregate_sum: it cannot run under secure aggregation or "
+        "user-level DP (privfed refuses it there), so there is nothing to compare"
+    )
+    rows = np.stack([np.asarray(d, dtype=np.float32).reshape(-1) for d in deltas])
+    direct = np.asarray(strategy.aggregate(rows, weights=np.ones(len(rows))), dtype=np.float32)
+    from_sum = np.asarray(strategy.aggregate_sum(rows.astype(np.float64).sum(axis=0), weight=float(len(rows))))
+    assert from_sum.shape == direct.shape, f"aggregate_sum gave shape {from_sum.shape}; aggregate gave {direct.shape}"
+    close = np.isclose(from_sum, direct, rtol=rtol, atol=atol)
+    if not np.all(close):
+        j = int(np.argmin(close))
+        raise AssertionError(
+            f"aggregate_sum of the sum differs from aggregate of the {len(rows)} updates in "
+            f"{int(np.count_nonzero(~close))} coordinates (first: {j}, {from_sum[j]:.6g} vs {direct[j]:.6g})"
+        )
+    return direct
