@@ -117,6 +117,8 @@ CHECKPOINT_FORMAT = "privfed-checkpoint/2"
 STATE_FIELDS = ("config_sha256", "initial_eval", "layout_fingerprint", "ledger", "user_clip_norm")
 _METADATA_FIELDS = {"format", "round", "state", "metrics_sha256", "sha256"}
 _EVENT_FIELDS = {"noise_multiplier", "sample_rate", "steps", "scope", "subject", "round"}
+# A distributed-DP event (privfed.privacy.events.DistributedNoiseEvent) carries its noise shape too.
+_DISTRIBUTED_FIELDS = _EVENT_FIELDS | {"mechanism", "shares", "l2_sensitivity", "dim"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -152,6 +154,14 @@ def _is_number(value: Any) -> bool:
 
 def _check_event(index: int, raw: Any, *, last_round: int) -> None:
     where = f"checkpoint ledger event {index}"
+    if isinstance(raw, dict) and set(raw) == _DISTRIBUTED_FIELDS:
+        try:  # the event's own checks (mechanism, shares, sensitivity, dim, scope)
+            from privfed.privacy.events import DistributedNoiseEvent
+
+            DistributedNoiseEvent.from_json(raw)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+        raw = {k: raw[k] for k in _EVENT_FIELDS}
     if not isinstance(raw, dict) or set(raw) != _EVENT_FIELDS:
         found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{where} must be an object with fields {sorted(_EVENT_FIELDS)}; got {found}")
