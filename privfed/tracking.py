@@ -294,21 +294,27 @@ class TensorBoardTracker:
     and once per run the resolved config and summary as text, the flattened config as
     hyperparameters, and the summary's numbers as ``summary/<key>`` at step = rounds.
 
-    Scalars are written new-style with double precision, so ``EventAccumulator.Tensors(tag)``
-    gives back the float64 of ``metrics.jsonl``.
+    Scalars are written new-style with double precision, so TensorBoard's reader
+    (``plugin_event_accumulator.EventAccumulator.Tensors(tag)``) gives back the float64 of
+    ``metrics.jsonl``. Every session starts with a ``SessionLog.START`` at its first step
+    (``purge_step``): TensorBoard takes the first as the run's start and each later one as a
+    restart, hiding the steps at or after it that an interrupted session wrote. (The legacy
+    ``event_accumulator`` applies such purges to old-style float32 scalars only.)
     """
 
     def __init__(self, context: TrackerContext) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        if context.start_round == 0 and context.dir.is_dir() and any(context.dir.glob("events.out.tfevents.*")):
+        started = bool(context.read_state().get("tensorboard_started"))
+        if not started and context.dir.is_dir() and any(context.dir.glob("events.out.tfevents.*")):
             raise ConfigError(
                 f"tracking.dir: {str(context.dir)!r} already holds TensorBoard events of another run; "
                 "choose another tracking.dir or run directory name"
             )
-        # On resume, events of rounds after the checkpoint (re-run now) are purged by TensorBoard's readers.
-        purge = context.start_round + 1 if context.start_round > 0 else None
+        purge = context.start_round + 1 if started else 0
         self.writer = SummaryWriter(log_dir=str(context.dir), purge_step=purge)
+        if not started:
+            context.write_state(tensorboard_started=True)
         self.tags: set[str] = set()
 
     def log_round(self, round: int, metrics: Mapping[str, float]) -> None:
