@@ -6,7 +6,9 @@ calibrating to a target epsilon where one is given) and projects the epsilon
 the whole run spends per privacy unit at the configured delta. No model is
 loaded: record-level DP needs each client's example count (its Poisson rate
 and steps), so the dataset is loaded, split and partitioned as a run does it;
-user-level DP needs only the config.
+user-level DP needs only the config, except distributed DP
+(``privacy.user.mechanism``), whose integer sensitivity and noise room depend on
+the adapter's size: the base model is then loaded and wrapped (no training).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from typing import Any, Literal, cast
 
 from privfed.config import ExperimentConfig, config_to_dict
 
-__all__ = ["LevelPlan", "PrivacyPlanReport", "applicable_config", "client_sizes", "format_plan", "privacy_plan"]
+__all__ = [
+    "LevelPlan",
+    "PrivacyPlanReport",
+    "adapter_dim",
+    "applicable_config",
+    "client_sizes",
+    "format_plan",
+    "privacy_plan",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +48,10 @@ class LevelPlan:
         epsilon: projected epsilon of the whole run at ``delta`` (for ``sample``, the
             worst client, as if it took part in every round).
         delta: the configured delta.
+        mechanism: who adds the user-level noise: ``"central"`` (the server) or a distributed
+            mechanism (each client its share, under SecAgg).
+        distributed: for a distributed mechanism, the noise shares and codec room
+            (:class:`~privfed.privacy.distributed.DistributedNoisePlan`).
     """
 
     level: str
@@ -49,6 +63,8 @@ class LevelPlan:
     steps: tuple[int, int]
     epsilon: float
     delta: float
+    mechanism: str = "central"
+    distributed: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +91,27 @@ def client_sizes(config: ExperimentConfig) -> list[int]:
     return [len(part) for part in parts]
 
 
-def privacy_plan(config: ExperimentConfig, *, sizes: Sequence[int] | None = None) -> PrivacyPlanReport:
+def adapter_dim(config: ExperimentConfig) -> int:
+    """Trainable adapter parameters of ``config``'s model and adapter (the base model is loaded, not trained)."""
+    from privfed.adapters.layout import AdapterLayout
+    from privfed.adapters.methods import wrap_model
+    from privfed.data.files import load_data
+    from privfed.models.registry import get_model_spec, load_base_model
+
+    spec = get_model_spec(config.model.name)
+    labels = load_data(config.data).num_classes if spec.task == "classification" else None
+    loaded = load_base_model(config.model.name, num_labels=labels, init_seed=0)
+    return AdapterLayout.from_model(wrap_model(loaded.model, config.adapter, spec)).dim
+
+
+def privacy_plan(
+    config: ExperimentConfig, *, sizes: Sequence[int] | None = None, dim: int | None = None
+) -> PrivacyPlanReport:
     """Resolve sigma, sampling rates, steps and projected epsilon for every level ``config`` applies.
 
     Args:
         sizes: examples per client (:func:`client_sizes` is called when record-level DP needs them).
+        dim: trainable adapter parameters (:func:`adapter_dim` is called when distributed DP needs it).
     """
     from privfed.client.trainer import local_steps, sampling_rate_for
     from privfed.experiments.runner import Experiment, resolve_privacy
@@ -94,8 +126,13 @@ def privacy_plan(config: ExperimentConfig, *, sizes: Sequence[int] | None = None
         return PrivacyPlanReport((), reason, p.accountant, None if sizes is None else tuple(sizes))
     if p.sample_level and sizes is None:
         sizes = client_sizes(config)
-    # resolve_privacy reads only the config and each client's example count.
-    stand_in = types.SimpleNamespace(config=config, client_data=[range(n) for n in (sizes or [])])
+    distributed = p.user_level and p.user.mechanism != "central"
+    if distributed and dim is None:
+        dim = adapter_dim(config)
+    # resolve_privacy reads only the config, each client's example count and (distributed DP) the adapter size.
+    stand_in = types.SimpleNamespace(
+        config=config, client_data=[range(n) for n in (sizes or [])], layout=types.SimpleNamespace(dim=dim)
+    )
     resolved = resolve_privacy(cast(Experiment, stand_in))
     rounds = config.server.rounds
     levels: list[LevelPlan] = []
@@ -115,8 +152,10 @@ def privacy_plan(config: ExperimentConfig, *, sizes: Sequence[int] | None = None
                 target_epsilon=p.user.target_epsilon or None,
                 sample_rates=(rate, rate),
                 steps=(rounds, rounds),
-                epsilon=epsilon(sigma, rate, rounds, "user"),
+                epsilon=compute_epsilon([resolved.user_event(steps=rounds)], delta=p.delta, accountant=p.accountant),
                 delta=p.delta,
+                mechanism=p.user.mechanism,
+                distributed=resolved.user_distributed,
             )
         )
     if resolved.sample_noise_multiplier is not None:
@@ -161,7 +200,26 @@ def format_plan(report: PrivacyPlanReport, config: ExperimentConfig) -> list[str
             else "given"
         )
         budget = "" if level.calibrated or level.target_epsilon is None else f"; budget {level.target_epsilon:g}"
-        if level.level == "user":
+        if level.level == "user" and level.distributed is not None:
+            s, plan = config.server, level.distributed
+            name = "discrete Gaussian" if level.mechanism == "distributed_gaussian" else "Skellam"
+            lines.append(
+                f"  user level (distributed DP-FedAvg: each client adds {name} noise under SecAgg, privacy unit: "
+                f"user): sigma = {level.noise_multiplier:.4g} ({source}{budget}); clip norm "
+                f"{config.privacy.user.clip_norm:g}; client sampling rate q = {s.clients_per_round}/"
+                f"{config.partition.num_clients} = {level.sample_rates[0]:.4g} (Poisson); {level.steps[0]} steps "
+                f"(rounds); projected epsilon = {level.epsilon:.4g} at delta = {level.delta:g} for the whole run "
+                "(RDP accountant)"
+            )
+            lines.append(
+                f"    noise shares: each client adds std {plan.local_stddev:.4g} (integer units) to {plan.dim} "
+                f"coordinates; the accountant credits {plan.shares} shares, so a round decodes only with >= "
+                f"{plan.min_contributors} contributors (provisioned for secagg.dropout_rate = "
+                f"{config.secagg.dropout_rate:g}); sensitivity {plan.l2_sensitivity:.4g} integer units; "
+                f"{config.secagg.bits}-bit modulus with room for {config.partition.num_clients} clients' codes + "
+                f"{plan.noise_summands} code ranges of noise; the server never adds noise nor sees a noiseless sum"
+            )
+        elif level.level == "user":
             s = config.server
             lines.append(
                 f"  user level (DP-FedAvg, privacy unit: user): sigma = {level.noise_multiplier:.4g} "
@@ -184,15 +242,7 @@ def format_plan(report: PrivacyPlanReport, config: ExperimentConfig) -> list[str
     return lines
 
 
-# Keys that only some values of a sibling key use. A method or strategy a plugin registers keeps every key.
-_ADAPTER_KEYS = {
-    "lora": {"rank", "alpha", "dropout", "target_modules"},
-    "ffa_lora": {"rank", "alpha", "dropout", "target_modules"},
-    "ia3": {"target_modules"},
-    "prompt_tuning": {"num_virtual_tokens"},
-    "full": set(),
-}
-_ADAPTER_SPECIFIC = {"rank", "alpha", "dropout", "target_modules", "num_virtual_tokens"}
+# Keys that only some values of a sibling key use.
 _PARTITION_KEYS = {"iid": set(), "natural": set(), "dirichlet": {"alpha"}, "shards": {"shards_per_client"}}
 _PARTITION_SPECIFIC = {"alpha", "shards_per_client"}
 
@@ -215,19 +265,16 @@ def applicable_config(config: ExperimentConfig) -> dict[str, Any]:
             del data["path"]
         if not config.data.client_column:
             del data["client_column"]
-    adapter = raw["adapter"]
-    if config.adapter.method in _ADAPTER_KEYS:
-        for key in _ADAPTER_SPECIFIC - _ADAPTER_KEYS[config.adapter.method]:
-            del adapter[key]
+    for name, _ in config.adapter.other_method_configs:  # tables of adapter methods not selected
+        del raw["adapter"][name]
+    for name, _ in config.server.other_strategy_configs:
+        del raw["server"][name]
     partition = raw["partition"]
     if config.partition.method in _PARTITION_KEYS:
         for key in _PARTITION_SPECIFIC - _PARTITION_KEYS[config.partition.method]:
             del partition[key]
     if config.client.local_steps > 0:
         del raw["client"]["local_epochs"]
-    if config.server.strategy == "fedavg":
-        for key in ("beta1", "beta2", "tau"):
-            del raw["server"][key]
     if not config.secagg.enabled:
         raw["secagg"] = {"enabled": False}
     privacy = raw["privacy"]

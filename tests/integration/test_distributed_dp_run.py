@@ -121,3 +121,18 @@ def test_a_distributed_run_resumes_with_the_same_ledger(tmp_path: Path) -> None:
     resumed = resume_experiment(tmp_path / "split", quiet=True)
     assert resumed["epsilon_user"] == pytest.approx(whole["epsilon_user"], rel=1e-12)
     assert resumed["final_eval_loss"] == pytest.approx(whole["final_eval_loss"], abs=1e-6)
+
+
+def test_validate_prints_the_distributed_plan() -> None:
+    from privfed.experiments.plan import format_plan, privacy_plan
+
+    config = tiny_config(**{**BASE, "privacy.user.mechanism": "distributed_gaussian"})
+    report = privacy_plan(config)
+    (level,) = report.levels
+    assert level.mechanism == "distributed_gaussian" and level.distributed is not None
+    assert level.epsilon <= TARGET * (1 + 1e-9)
+    assert level.epsilon == pytest.approx(compute_epsilon([level.distributed.event(steps=3)], delta=1e-2), rel=1e-12)
+    text = "\n".join(format_plan(report, config))
+    assert "each client adds discrete Gaussian noise under SecAgg" in text
+    assert f"credits {level.distributed.shares} shares" in text
+    assert "never adds noise nor sees a noiseless sum" in text
