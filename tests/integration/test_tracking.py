@@ -199,3 +199,25 @@ def test_a_crashed_and_resumed_run_tracks_exactly_its_metrics_jsonl(
     assert {k: v for k, v in series.items() if not k.startswith("summary/")} == expected_series(records)
     assert series["summary/final_eval_accuracy"] == [(3, summary["final_eval_accuracy"])]
     assert series["summary/bytes_up_total"] == [(3, float(summary["bytes_up_total"]))]
+
+
+@pytest.mark.slow
+def test_each_sweep_point_is_its_own_run_in_a_shared_mlflow_store(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from privfed.experiments.sweep import parse_grid, run_grid
+
+    store = tmp_path / "mlruns"
+    config = tiny_config(**{"tracking.backend": "mlflow", "tracking.dir": str(store), "server.rounds": 2})
+    run_grid(config, tmp_path / "sweep", parse_grid(["client.learning_rate=0.005,0.01"]), quiet=True)
+    point_dirs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/metrics.jsonl"))
+    assert len(point_dirs) == 2
+    client = MlflowClient(tracking_uri=store.as_uri())
+    runs = client.search_runs([client.get_experiment_by_name(config.name).experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(p.name for p in point_dirs)
+    for point in point_dirs:
+        assert json.loads((point / "tracking.json").read_text())["dir"] == str(store)
+        assert {k: v for k, v in mlflow_series(point).items() if not k.startswith("summary/")} == expected_series(
+            metrics(point)
+        )
+    assert {r.data.params["client.learning_rate"] for r in runs} == {"0.005", "0.01"}
