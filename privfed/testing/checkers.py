@@ -229,7 +229,7 @@ def _sum_encodings(encodings: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
 
 def check_decode_of_sum(
     stage: UploadStage | UploadPipeline | FixedPointCodec | SumCodec,
-    updates: Sequence[npt.ArrayLike],
+    updates: Sequence[npt.ArrayLike] | npt.NDArray[Any],
     *,
     expected: npt.ArrayLike | None = None,
     tolerance: float | None = None,
@@ -631,7 +631,7 @@ def check_accountant(
 
 
 def check_aggregate_from_sum(
-    strategy: Any, deltas: Sequence[npt.ArrayLike], *, rtol: float = 1e-5, atol: float = 1e-7
+    strategy: Any, deltas: npt.ArrayLike, *, rtol: float = 1e-5, atol: float = 1e-7
 ) -> npt.NDArray[np.float32]:
     """Assert ``strategy.aggregate_sum(sum of deltas, weight=n)`` equals ``strategy.aggregate(deltas)`` (weights 1).
 
@@ -647,7 +647,8 @@ def check_aggregate_from_sum(
         f"{type(strategy).__name__} has no aggregate_sum: it cannot run under secure aggregation or "
         "user-level DP (privfed refuses it there), so there is nothing to compare"
     )
-    rows = np.stack([np.asarray(d, dtype=np.float32).reshape(-1) for d in deltas])
+    rows = np.asarray(deltas, dtype=np.float32)
+    assert rows.ndim == 2 and len(rows) >= 1, f"deltas must be float[n, d] (one row per client); got shape {rows.shape}"
     direct = np.asarray(strategy.aggregate(rows, weights=np.ones(len(rows))), dtype=np.float32)
     from_sum = np.asarray(strategy.aggregate_sum(rows.astype(np.float64).sum(axis=0), weight=float(len(rows))))
     assert from_sum.shape == direct.shape, f"aggregate_sum gave shape {from_sum.shape}; aggregate gave {direct.shape}"

@@ -117,13 +117,16 @@ def test_opacus_per_sample_gradients_reach_every_trainable_adapter_parameter() -
     import torch
 
     from privfed.adapters import AdapterLayout, wrap_model
+    from privfed.adapters.methods import LoraAdapterConfig
     from privfed.config import AdapterConfig
     from privfed.models import load_base_model
     from privfed.privacy.dpsgd import make_grad_sample_module
 
     for name, num_labels in (("tiny-bert", 3), ("tiny-llama", None)):
         loaded = load_base_model(name, num_labels=num_labels)
-        model = wrap_model(loaded.model, AdapterConfig(method="lora", rank=2), loaded.spec)
+        model = wrap_model(
+            loaded.model, AdapterConfig(method="lora", method_config=LoraAdapterConfig(rank=2)), loaded.spec
+        )
         gsm = make_grad_sample_module(model)
         ids = torch.randint(5, 500, (4, 9))
         out = gsm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
@@ -142,6 +145,7 @@ def test_ghost_clipping_matches_per_sample_hooks(model_name: str) -> None:
     """Same seed, same Poisson batches, same noise: ghost clipping and explicit per-sample
     gradients must give the same clipped, noised update (clipping active: small C)."""
     from privfed.adapters import AdapterLayout, wrap_model
+    from privfed.adapters.methods import LoraAdapterConfig
     from privfed.client.data import ExampleSet
     from privfed.client.trainer import ClientTrainer, SampleDP
     from privfed.config import AdapterConfig, ClientConfig
@@ -154,7 +158,9 @@ def test_ghost_clipping_matches_per_sample_hooks(model_name: str) -> None:
     for mode in ("hooks", "ghost"):
         loaded = load_base_model(model_name, num_labels=3 if model_name == "tiny-bert" else None, init_seed=1)
         with torch_rng(2):  # identical LoRA initialisation in both runs
-            model = wrap_model(loaded.model, AdapterConfig(method="lora", rank=2), loaded.spec)
+            model = wrap_model(
+                loaded.model, AdapterConfig(method="lora", method_config=LoraAdapterConfig(rank=2)), loaded.spec
+            )
         rng = np.random.default_rng(0)
         ids = rng.integers(5, 500, size=(24, 10)).astype(np.int32)
         data = ExampleSet(
@@ -180,6 +186,7 @@ def test_per_sample_gradients_match_a_microbatch_loop(model_name: str) -> None:
     import torch
 
     from privfed.adapters import wrap_model
+    from privfed.adapters.methods import LoraAdapterConfig
     from privfed.client.data import ExampleSet
     from privfed.config import AdapterConfig
     from privfed.data.tokenize import TokenizedTexts
@@ -190,7 +197,9 @@ def test_per_sample_gradients_match_a_microbatch_loop(model_name: str) -> None:
 
     loaded = load_base_model(model_name, num_labels=3 if model_name == "tiny-bert" else None, init_seed=1)
     with torch_rng(2):
-        model = wrap_model(loaded.model, AdapterConfig(method="lora", rank=2), loaded.spec)
+        model = wrap_model(
+            loaded.model, AdapterConfig(method="lora", method_config=LoraAdapterConfig(rank=2)), loaded.spec
+        )
     with torch.no_grad(), torch_rng(3):
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -207,11 +216,11 @@ def test_per_sample_gradients_match_a_microbatch_loop(model_name: str) -> None:
     reference = []
     for i in range(4):
         model.zero_grad()
-        task.loss(model, data.batch(np.array([i]))).backward()
+        task.loss(model, data.batch(np.array([i]))).backward()  # type: ignore[no-untyped-call]
         reference.append({n: p.grad.detach().clone() for n, p in trainable})
     model.zero_grad()
     gsm = make_grad_sample_module(model)
-    task.loss(gsm, data.batch(np.arange(4))).backward()
+    task.loss(gsm, data.batch(np.arange(4))).backward()  # type: ignore[no-untyped-call]
     for name, p in trainable:
         for i in range(4):
             torch.testing.assert_close(p.grad_sample[i], reference[i][name], rtol=1e-4, atol=1e-7)
@@ -223,6 +232,7 @@ def test_dp_path_without_noise_or_clipping_equals_plain_training() -> None:
     import torch
 
     from privfed.adapters import AdapterLayout, wrap_model
+    from privfed.adapters.methods import LoraAdapterConfig
     from privfed.client.data import ExampleSet
     from privfed.client.trainer import ClientTrainer, SampleDP
     from privfed.config import AdapterConfig, ClientConfig
@@ -235,7 +245,9 @@ def test_dp_path_without_noise_or_clipping_equals_plain_training() -> None:
     for dp in (None, SampleDP(noise_multiplier=1e-12, max_grad_norm=1e3, secure_noise=False, seed=0)):
         loaded = load_base_model("tiny-bert", num_labels=3, init_seed=1)
         with torch_rng(2):
-            model = wrap_model(loaded.model, AdapterConfig(method="lora", rank=4), loaded.spec)
+            model = wrap_model(
+                loaded.model, AdapterConfig(method="lora", method_config=LoraAdapterConfig(rank=4)), loaded.spec
+            )
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
@@ -293,7 +305,8 @@ def test_ledger_per_client_epsilon_equals_a_fresh_composition(raw: list[tuple[st
     clone = PrivacyLedger(delta=1e-5, accountant="rdp")
     clone.load_json(ledger.to_json())
     expected = {}
-    for client in {e.subject for e in events if e.scope == "sample"}:
+    for client in {e.subject for e in events if e.scope == "sample" and e.subject is not None}:
+        assert client is not None
         mine = [e for e in events if e.scope == "sample" and e.subject == client]
         expected[client] = compute_epsilon(mine, delta=1e-5, accountant="rdp")
         assert ledger.epsilon_sample(client) == pytest.approx(expected[client], rel=1e-12)

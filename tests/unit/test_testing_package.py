@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -85,7 +85,7 @@ class OffByOneStep(FixedPointCodec):
 class Scale:
     """A user's lossless stage: multiply by a public factor, divide the decoded sum by it."""
 
-    name = "scale"
+    name: ClassVar[str] = "scale"
 
     def __init__(self, factor: float, *, decode_factor: float | None = None) -> None:
         self.factor = factor
@@ -209,7 +209,7 @@ def test_clipped_norm_allows_no_float32_excess() -> None:
 
     def naive(delta: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         d = delta.astype(np.float64)
-        return (d * min(1.0, 1.0 / np.linalg.norm(d))).astype(np.float32)
+        return (d * min(1.0, 1.0 / float(np.linalg.norm(d)))).astype(np.float32)
 
     rng = np.random.default_rng(3)
     caught = 0
