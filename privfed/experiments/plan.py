@@ -216,7 +216,7 @@ def format_plan(report: PrivacyPlanReport, config: ExperimentConfig) -> list[str
                 f"coordinates; the accountant credits {plan.shares} shares, so a round decodes only with >= "
                 f"{plan.min_contributors} contributors (provisioned for secagg.dropout_rate = "
                 f"{config.secagg.dropout_rate:g}); sensitivity {plan.l2_sensitivity:.4g} integer units; "
-                f"{config.secagg.bits}-bit modulus with room for {config.partition.num_clients} clients' codes + "
+                f"{config.secagg.bits}-bit modulus with room for {plan.max_contributors} clients' codes + "
                 f"{plan.noise_summands} code ranges of noise; the server never adds noise nor sees a noiseless sum"
             )
         elif level.level == "user":

@@ -36,10 +36,15 @@ at least ``shares + 1`` clients contributed (otherwise the round is aborted and 
 released), so that the shares of the *other* contributors alone carry ``sigma_target``: the
 accountant credits exactly ``shares`` shares, never a client's own.
 
+**Cohort room**: a Poisson cohort exceeds ``max_contributors`` (the ``1 - COHORT_TAIL`` quantile of
+Binomial(num_clients, q)) with probability below ``COHORT_TAIL`` per round; the codec holds that many
+clients' codes (not ``num_clients``: at 2,000 clients and 16 bits that would leave ~8 codes per client),
+and a sum of more contributors is refused unread (``FixedPointStage.decode_sum``), never decoded wrapped.
+
 **Wraparound**: the codec keeps ``noise_summands`` extra slots of ``k`` (each client's code range)
-below the modulus so that the summed noise of up to ``num_clients`` contributors stays within
+below the modulus so that the summed noise of up to ``max_contributors`` contributors stays within
 ``noise_summands k`` except with probability ``TAIL_PROBABILITY`` per round (Bernstein's bound:
-both noises are sub-exponential with variance proxy ``num_clients s^2``); a sum beyond it is
+both noises are sub-exponential with variance proxy ``max_contributors s^2``); a sum beyond it is
 refused (detected, never decoded), as before.
 """
 
@@ -82,6 +87,8 @@ ORDERS: tuple[int, ...] = (*range(2, 129), 256)
 TAIL_PROBABILITY = 1e-12
 #: Quantile of the contributor count the noise shares are provisioned for.
 COHORT_QUANTILE = 0.01
+#: Chance per round that a Poisson cohort outgrows the codec's room (the round is then refused).
+COHORT_TAIL = 1e-9
 #: SecAgg+ stages a client must survive to contribute (advertise, share, collect).
 _STAGES_TO_CONTRIBUTE = 3
 
@@ -224,8 +231,9 @@ class DistributedNoisePlan:
         l2_sensitivity: one client's integer L2 bound ``C kept/rotated scale``.
         dim: coordinates carrying signal and noise (kept after rotation/sparsification).
         local_stddev: each client's share std in integer units (Skellam: variance ``local_stddev^2``).
-        summands: the codec's summand room (``num_clients + noise_summands``).
+        summands: the codec's summand room (``max_contributors + noise_summands``).
         noise_summands: room left for the noise, in units of one client's code range ``k``.
+        max_contributors: the most clients' codes the codec holds (a larger sum is refused).
     """
 
     mechanism: Mechanism
@@ -237,6 +245,7 @@ class DistributedNoisePlan:
     local_stddev: float
     summands: int
     noise_summands: int
+    max_contributors: int
 
     @property
     def min_contributors(self) -> int:
@@ -286,17 +295,20 @@ def plan_distributed_noise(
         raise ConfigError(
             f"privacy.user.mechanism must be one of {', '.join(DISTRIBUTED_MECHANISMS)}; got {mechanism!r}"
         )
+    from scipy.stats import binom
+
     shares = provisioned_shares(num_clients=num_clients, sample_rate=sample_rate, dropout_rate=dropout_rate)
+    cap = min(num_clients, max(int(binom.isf(COHORT_TAIL, num_clients, sample_rate)), shares + 1))
     top = 2 ** (bits - 1) - 1
     room = 0
     for _ in range(10_000):
-        summands = num_clients + room
+        summands = cap + room
         k = top // summands
         if k < 1:
             break
         l2 = clip_norm * kept / rotated * k / coordinate_clip
         local = noise_multiplier * l2 / math.sqrt(shares)
-        margin = noise_tail_bound(variance=num_clients * local**2, dim=kept)
+        margin = noise_tail_bound(variance=cap * local**2, dim=kept)
         if margin <= room * k:
             return DistributedNoisePlan(
                 mechanism=mechanism,  # type: ignore[arg-type]
@@ -308,10 +320,11 @@ def plan_distributed_noise(
                 local_stddev=local,
                 summands=summands,
                 noise_summands=room,
+                max_contributors=cap,
             )
         room = max(room + 1, math.ceil(margin / k))
     raise ConfigError(
-        f"secagg.bits = {bits} cannot hold the sum of {num_clients} clients' codes plus {mechanism} noise "
+        f"secagg.bits = {bits} cannot hold the sum of {cap} clients' codes plus {mechanism} noise "
         f"(noise multiplier {noise_multiplier:.3g}, shares {shares}); raise secagg.bits"
     )
 

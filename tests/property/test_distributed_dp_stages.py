@@ -154,7 +154,7 @@ def test_the_noise_room_admits_the_noise_tail_and_refuses_beyond() -> None:
     server = _server()
     plan, codec = server.distributed, server.codec
     assert plan is not None and codec is not None
-    assert codec.num_summands == 10 + plan.noise_summands > 10
+    assert codec.num_summands == plan.max_contributors + plan.noise_summands > 10 == plan.max_contributors
     pipeline = server.upload_pipeline()
     k = codec.max_code
     m = 3
