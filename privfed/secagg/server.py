@@ -75,7 +75,8 @@ class SecAggServer:
             the minimum number of clients that must remain at every stage. It
             must be at least 2 and exceed half of every neighbourhood (clients
             refuse otherwise).
-        bits: inputs and the result are residues modulo ``2**bits``.
+        bits: inputs and the result are residues modulo ``2**bits``, 2..52; masked inputs
+            travel bit-packed at exactly ``bits`` bits per coordinate.
         dim: vector length.
         session: 16 public random bytes binding every key to this execution of
             the round; draw them from the OS CSPRNG for each execution.
