@@ -13,11 +13,16 @@ properties (see ``docs/testing.md``)::
         check_decode_of_sum(MyStage(), updates)
 
 The checkers (:mod:`privfed.testing.checkers`) are plain functions raising
-``AssertionError``; the strategies (:mod:`privfed.testing.strategies`) need
-``hypothesis``, which privfed itself never imports.
+``AssertionError`` and need nothing beyond privfed; the strategies
+(:mod:`privfed.testing.strategies`, loaded on first use) need ``hypothesis``,
+which privfed itself never imports.
 """
 
-from privfed.testing import strategies
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
 from privfed.testing.checkers import (
     EpsilonFn,
     SecAggDriver,
@@ -32,11 +37,9 @@ from privfed.testing.checkers import (
     expected_survivors,
     noise_std_interval,
 )
-from privfed.testing.strategies import SecAggCohort
 
 __all__ = [
     "EpsilonFn",
-    "SecAggCohort",
     "SecAggDriver",
     "SumCodec",
     "check_accountant",
@@ -50,3 +53,10 @@ __all__ = [
     "noise_std_interval",
     "strategies",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # The strategies import hypothesis: load them when asked for, so that the checkers work without it.
+    if name == "strategies":
+        return importlib.import_module("privfed.testing.strategies")
+    raise AttributeError(f"module 'privfed.testing' has no attribute {name!r}")

@@ -18,8 +18,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
+
+try:
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+except ImportError as exc:  # pragma: no cover - hypothesis is installed with privfed
+    raise ImportError(
+        "privfed.testing.strategies needs hypothesis: pip install 'hypothesis>=6.100' "
+        "(the checkers in privfed.testing work without it)"
+    ) from exc
 
 from privfed.adapters.layout import AdapterLayout
 from privfed.client.stages import FixedPointStage, RotateStage, SparsifyStage, UploadPipeline, UploadStage
