@@ -108,7 +108,6 @@ class Reproducer:
 
 _COMMANDS: Registry[Command] = Registry("command", error=ConfigError)
 _REPRODUCERS: Registry[Reproducer] = Registry("reproducer", error=ConfigError)
-_LOADED: set[str] = set()  # entry points already called (main() runs many times in one test process)
 
 
 def register_command(
@@ -124,8 +123,9 @@ def register_command(
 
     Call it from the function your package declares in the ``privfed.commands`` entry point
     group (``[project.entry-points."privfed.commands"]`` in pyproject.toml); the CLI calls that
-    function before it parses the arguments. Import heavy modules inside ``run``, not at the top
-    of the module, so that ``privfed --help`` stays fast.
+    function before it parses the arguments, on every call of :func:`main`, so pass
+    ``overwrite=True`` there. Import heavy modules inside ``run``, not at the top of the module,
+    so that ``privfed --help`` stays fast.
 
     Args:
         name: space-separated lowercase words; every word but the last names a group
@@ -182,12 +182,13 @@ def command_names() -> tuple[str, ...]:
 
 
 def _load_command_plugins() -> list[str]:
-    """Call every ``privfed.commands`` entry point not called yet; one line per entry point that failed."""
+    """Call every ``privfed.commands`` entry point; one line per entry point that failed.
+
+    Called on every :func:`main`, so a registration function must be idempotent (``overwrite=True``):
+    tests and notebooks call ``main`` many times in one process, and may swap the registries between calls.
+    """
     problems = []
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry_point.name in _LOADED:
-            continue
-        _LOADED.add(entry_point.name)
         try:
             entry_point.load()()
         except Exception as exc:
@@ -198,6 +199,10 @@ def _load_command_plugins() -> list[str]:
 
 
 def quiet_libraries() -> None:
+    """Offline Hugging Face, no transformers progress bars or info logs, no known-harmless library warnings.
+
+    Call it in a command's ``run`` before loading models (the built-in commands all do).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
