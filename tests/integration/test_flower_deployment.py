@@ -92,11 +92,14 @@ def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _deploy(
-    tmp_path: Path, num_nodes: int, node_env: dict[int, dict[str, str]] | None = None
+    tmp_path: Path,
+    num_nodes: int,
+    node_env: dict[int, dict[str, str]] | None = None,
+    node_config: dict[int, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """A SuperLink (insecure) and ``num_nodes`` SuperNodes (partition-id 0..n-1, ``node_env[k]`` added to
-    node k's environment); yields ``env``, ``logs``, ``cwd`` and ``procs`` (name -> process, e.g.
-    ``supernode2``), all stopped on exit."""
+    node k's environment, ``node_config[k]`` to its ``--node-config``); yields ``env``, ``logs``, ``cwd``
+    and ``procs`` (name -> process, e.g. ``supernode2``), all stopped on exit."""
     home = tmp_path / "flwrhome"
     home.mkdir()
     link_port, *node_ports = _free_ports(1 + num_nodes)
@@ -138,7 +141,7 @@ def _deploy(
             named[f"supernode{k}"] = procs.start(
                 f"supernode{k}",
                 [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                 "--port", str(port), "--node-config", f"partition-id={k}"],
+                 "--port", str(port), "--node-config", f"partition-id={k} {(node_config or {}).get(k, '')}".strip()],
                 tmp_path,
                 (node_env or {}).get(k),
             )  # fmt: skip
@@ -469,6 +472,66 @@ def test_serverapp_killed_between_rounds_resumes_to_the_same_result(tmp_path: Pa
         assert b["update_norm"] == pytest.approx(a["update_norm"], rel=1e-4, abs=1e-7)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] and summary["rounds"] == 2
+    want = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
+    got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-5, err_msg=name)
+
+
+# --- Each SuperNode reads its own data (data-path in its --node-config) ------------------------
+@pytest.mark.slow
+def test_supernodes_train_on_their_own_data_path(tmp_path: Path) -> None:
+    """Node 0 trains on its own file (half of its partition, as JSON lines), node 1's file is
+    missing (it is rejected each round, one line in the ServerApp's log), nodes 2 and 3 take their
+    partition; the adapter equals the in-process run with the same data and the same rejection."""
+    from test_flower_node_data import _Declines, _partition_rows
+
+    from privfed.client.node import ClientNode
+    from privfed.experiments.runner import build_experiment
+    from privfed.transport.simulation import SimulationTransport
+
+    config = tiny_config(
+        **{
+            "server.rounds": 2,
+            "partition.num_clients": NUM_NODES,
+            "server.clients_per_round": NUM_NODES,
+            "transport.reply_timeout": 180.0,
+        }
+    )
+    exp = build_experiment(config)
+    half = slice(0, len(exp.client_indices[0]) // 2)
+    rows, kept = _partition_rows(exp, 0, half)
+    own = tmp_path / "client0.jsonl"
+    own.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for label, text in rows))
+    missing = tmp_path / "client1.csv"
+    config_path, out, app = _stage(tmp_path, config)
+    paths = {0: f"data-path='{own}'", 1: f"data-path='{missing}'"}
+    started = time.monotonic()
+    with _deploy(tmp_path, NUM_NODES, node_config=paths) as dep:
+        run = subprocess.run(
+            [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
+             "--run-config", f"config='{config_path}' out-dir='{out}'"],
+            cwd=dep["cwd"], env=dep["env"], capture_output=True, text=True, timeout=RUN_SECONDS,
+        )  # fmt: skip
+    log = run.stdout + run.stderr
+    assert (out / "summary.json").exists(), log[-3000:]
+    print(f"data-path test: {time.monotonic() - started:.1f} s")
+    records = _records(out)
+    assert [(r["clients_rejected"], r["num_clients"]) for r in records] == [(1, 3), (1, 3)]
+    line = f"privfed: client 1 rejected in round 1: DataError: data-path '{missing}' of this SuperNode does not exist"
+    assert log.count(line) == 1, log[-3000:]  # once, not once per round
+
+    def same_data(t: Any) -> SimulationTransport:
+        n0 = t.nodes[0]
+        own_node = ClientNode(client_id=0, trainer=n0.trainer, data=n0.data.subset(kept), seed=config.seed)
+        return SimulationTransport(nodes=[own_node, _Declines(1), *t.nodes[2:]])  # type: ignore[list-item]
+
+    reference = tmp_path / "in_process"
+    run_experiment(
+        replace_path(config, "transport.kind", "simulation"), reference, quiet=True, transport_hook=same_data
+    )
+    for a, b in zip(_records(reference), records, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
     want = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
     got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     for name, value in want.items():
