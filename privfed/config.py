@@ -24,12 +24,14 @@ import math
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import tomli_w
 
+from privfed.config_fields import config_field as _f
 from privfed.errors import ConfigError
 
 __all__ = [
@@ -54,11 +56,13 @@ __all__ = [
     "config_to_dict",
     "dump_config",
     "load_config",
+    "method_tables",
     "parse_override",
     "read_config_file",
     "replace_path",
     "replace_paths",
     "required_positions",
+    "schema_fields",
     "validate_against_model",
 ]
 
@@ -100,18 +104,25 @@ def _transport_names() -> Iterable[str]:
     return transport_names()
 
 
+def _strategy_section(name: str) -> tuple[str, type[Any]] | None:
+    from privfed.server.strategies import strategy_config_class, strategy_names
+
+    if name not in strategy_names():
+        return None
+    cls = strategy_config_class(name)
+    return None if cls is None else (name, cls)
+
+
+def _adapter_section(name: str) -> tuple[str, type[Any]] | None:
+    from privfed.adapters.methods import adapter_config_section, adapter_method_names
+
+    return adapter_config_section(name) if name in adapter_method_names() else None
+
+
 def _partition_names() -> Iterable[str]:
     from privfed.data.partition import partitioner_names
 
     return partitioner_names()
-
-
-def _f(default: Any, **rules: Any) -> Any:
-    """A dataclass field with a default and validation rules as metadata."""
-    if isinstance(default, (list, tuple)):
-        value = tuple(default)
-        return dataclasses.field(default_factory=lambda: value, metadata=rules)
-    return dataclasses.field(default=default, metadata=rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,15 +247,48 @@ class PartitionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
-    """The PEFT method and its hyper-parameters; only its parameters are trained."""
+    """The PEFT method; only its parameters are trained.
 
-    method: str = _f("lora", choices=_choices_from(_adapter_names))
-    rank: int = _f(8, ge=1, le=4096)  # LoRA
-    alpha: int = _f(16, ge=1)  # LoRA scaling numerator (lora_alpha)
-    dropout: float = _f(0.0, ge=0.0, lt=1.0)  # LoRA dropout
-    target_modules: tuple[str, ...] = _f(())  # empty = the model's default
-    num_virtual_tokens: int = _f(8, ge=1, le=512)  # prompt tuning
+    A method's own settings are in its table (``[adapter.lora]``,
+    ``[adapter.prompt_tuning]``, ...; below), which its registration names. In
+    Python: ``AdapterConfig(method="lora", method_config=LoraAdapterConfig(rank=4))``;
+    ``method_config`` left out means the method's defaults.
+    """
+
+    method: str = _f("lora", choices=_choices_from(_adapter_names), sections=_adapter_section)
     train_head: bool = _f(True)  # classification head trained with the adapter
+    # The selected method's settings (an instance of its registered config class), or None for a
+    # method without settings. Tables given for other methods are kept (validated) in other_method_configs,
+    # so a sweep or --set that changes the method uses them.
+    method_config: Any = dataclasses.field(default=None, metadata={"method_config": "method"})
+    other_method_configs: tuple[tuple[str, Any], ...] = dataclasses.field(
+        default=(), metadata={"other_method_configs": "method"}
+    )
+    # Deprecated keyword arguments (before method tables): moved into method_config with a
+    # DeprecationWarning. Init-only: they are not attributes of the config.
+    rank: dataclasses.InitVar[int | None] = None
+    alpha: dataclasses.InitVar[int | None] = None
+    dropout: dataclasses.InitVar[float | None] = None
+    target_modules: dataclasses.InitVar[Sequence[str] | None] = None
+    num_virtual_tokens: dataclasses.InitVar[int | None] = None
+
+    def __post_init__(
+        self,
+        rank: int | None,
+        alpha: int | None,
+        dropout: float | None,
+        target_modules: Sequence[str] | None,
+        num_virtual_tokens: int | None,
+    ) -> None:
+        _settle_method_configs(self, "adapter", "method", "method_config", "other_method_configs")
+        old: dict[str, Any] = {
+            "rank": rank,
+            "alpha": alpha,
+            "dropout": dropout,
+            "num_virtual_tokens": num_virtual_tokens,
+        }
+        old["target_modules"] = None if target_modules is None else tuple(target_modules)
+        _move_old_arguments(self, "adapter", "method", "method_config", old)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,16 +310,31 @@ class ClientConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
-    """Round orchestration and the server optimizer over aggregated deltas."""
+    """Round orchestration and the server optimizer over aggregated deltas.
 
-    strategy: str = _f("fedavg", choices=_choices_from(_strategy_names))
+    A strategy's own settings are in its table (``[server.fedadam]``, ...;
+    below). In Python: ``ServerConfig(strategy="fedadam", strategy_config=FedAdamConfig(beta1=0.8))``.
+    """
+
+    strategy: str = _f("fedavg", choices=_choices_from(_strategy_names), sections=_strategy_section)
     rounds: int = _f(5, ge=1, le=1_000_000)
     clients_per_round: int = _f(10, ge=1)
     learning_rate: float = _f(1.0, gt=0.0, le=100.0)
-    beta1: float = _f(0.9, ge=0.0, lt=1.0)  # FedAdam
-    beta2: float = _f(0.99, ge=0.0, lt=1.0)  # FedAdam
-    tau: float = _f(1e-3, gt=0.0)  # FedAdam adaptivity
     weighting: str = _f("examples", choices=lambda: ("examples", "uniform"))
+    # As AdapterConfig.method_config / other_method_configs, for the strategy.
+    strategy_config: Any = dataclasses.field(default=None, metadata={"method_config": "strategy"})
+    other_strategy_configs: tuple[tuple[str, Any], ...] = dataclasses.field(
+        default=(), metadata={"other_method_configs": "strategy"}
+    )
+
+    # Deprecated keyword arguments, as AdapterConfig's.
+    beta1: dataclasses.InitVar[float | None] = None
+    beta2: dataclasses.InitVar[float | None] = None
+    tau: dataclasses.InitVar[float | None] = None
+
+    def __post_init__(self, beta1: float | None, beta2: float | None, tau: float | None) -> None:
+        _settle_method_configs(self, "server", "strategy", "strategy_config", "other_strategy_configs")
+        _move_old_arguments(self, "server", "strategy", "strategy_config", {"beta1": beta1, "beta2": beta2, "tau": tau})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -603,14 +662,204 @@ class ExperimentConfig:
 
 _T = TypeVar("_T")
 
-# Adapter methods that prepend trainable virtual tokens to every sequence.
-_VIRTUAL_TOKEN_METHODS = frozenset({"prompt_tuning"})
+# Keys that moved from [server] / [adapter] into one method's table. Config files and run
+# directories written before still set them there; they are read with a DeprecationWarning
+# naming the new key (see _migrate_moved_keys).
+_MOVED_KEYS: dict[type, tuple[str, ...]] = {
+    ServerConfig: ("beta1", "beta2", "tau"),
+    AdapterConfig: ("rank", "alpha", "dropout", "target_modules", "num_virtual_tokens"),
+}
+
+_SectionLookup = Callable[[str], "tuple[str, type] | None"]
+
+
+def _method_selector(cls: type) -> tuple[str, _SectionLookup] | None:
+    """``(selector field, lookup)`` of a section with method tables (``server.strategy``), else ``None``."""
+    for field in dataclasses.fields(cls):
+        if "sections" in field.metadata:
+            return field.name, field.metadata["sections"]
+    return None
+
+
+def _is_holder(field: dataclasses.Field[Any]) -> bool:
+    """Whether a field holds method tables (not a TOML key of its own)."""
+    return "method_config" in field.metadata or "other_method_configs" in field.metadata
+
+
+def schema_fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
+    """The fields of a config section that are keys (or sub-tables) in a config file.
+
+    Leaves out the fields that hold method tables (``ServerConfig.strategy_config``, ...):
+    those are written as ``[server.<strategy>]`` tables, see :func:`method_tables`.
+    """
+    return tuple(f for f in dataclasses.fields(cls) if not _is_holder(f))
+
+
+def _holders(cls: type) -> tuple[str, str] | None:
+    """Names of the fields holding the selected method's config and the other tables."""
+    selected = [f.name for f in dataclasses.fields(cls) if "method_config" in f.metadata]
+    others = [f.name for f in dataclasses.fields(cls) if "other_method_configs" in f.metadata]
+    return (selected[0], others[0]) if selected and others else None
+
+
+def method_tables(cls: type) -> dict[str, type]:
+    """The method tables a config section may hold, as registered now: ``{table name: config class}``.
+
+    ``method_tables(ServerConfig)`` is ``{"fedadam": FedAdamConfig}`` with the built-in strategies;
+    a section without method tables gives ``{}``.
+    """
+    selector = _method_selector(cls)
+    if selector is None:
+        return {}
+    name, lookup = selector
+    choices = next(f for f in dataclasses.fields(cls) if f.name == name).metadata["choices"]
+    tables: dict[str, type] = {}
+    for method in choices():
+        found = lookup(method)
+        if found is not None:
+            tables.setdefault(found[0], found[1])
+    return dict(sorted(tables.items()))
+
+
+def _settle_method_configs(self: Any, prefix: str, selector: str, config_attr: str, others_attr: str) -> None:
+    """Normalise a section's method tables: the selected method's config (its defaults when not given)
+    in ``config_attr``, every other table, sorted, in ``others_attr``; check each has its method's class."""
+    cls = type(self)
+    lookup: _SectionLookup = next(f for f in dataclasses.fields(cls) if f.name == selector).metadata["sections"]
+    method = getattr(self, selector)
+    given = getattr(self, config_attr)
+    pairs = getattr(self, others_attr)
+    try:
+        others = {name: value for name, value in pairs}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{prefix}.{others_attr} must be (table name, config) pairs; got {_short(pairs)}") from None
+    if len(others) != len(pairs):
+        raise ConfigError(f"{prefix}.{others_attr} names a table twice; got {_short(pairs)}")
+    tables = method_tables(cls)
+    for name, value in others.items():
+        if name not in tables:
+            raise ConfigError(_unknown_section(cls, prefix, name))
+        if not isinstance(value, tables[name]):
+            raise ConfigError(f"{prefix}.{name} must be a {tables[name].__name__}; got {_describe(value)}")
+    found = lookup(method) if isinstance(method, str) else None
+    if found is None:
+        if given is not None:
+            raise ConfigError(
+                f"{prefix}.{config_attr}: {prefix}.{selector} {method!r} has no settings of its own; "
+                f"got {_describe(given)}"
+            )
+    else:
+        section, section_cls = found
+        if given is None:
+            given = others.pop(section, None)
+            given = section_cls() if given is None else given
+        elif not isinstance(given, section_cls):
+            raise ConfigError(
+                f"{prefix}.{config_attr} must be a {section_cls.__name__} for {prefix}.{selector} {method!r}; "
+                f"got {_describe(given)}"
+            )
+        elif others.pop(section, given) != given:
+            raise ConfigError(f"{prefix}.{section} is given twice ({config_attr} and {others_attr}); give it once")
+        object.__setattr__(self, config_attr, given)
+    object.__setattr__(self, others_attr, tuple(sorted(others.items())))
+
+
+def _move_old_arguments(self: Any, prefix: str, selector: str, config_attr: str, old: Mapping[str, Any]) -> None:
+    """``AdapterConfig(method="lora", rank=4)``, as written before method tables: the values go into
+    the selected method's config (``method_config``), with a DeprecationWarning; a value the method
+    does not use is dropped, as it was ignored before."""
+    given = {key: value for key, value in old.items() if value is not None}
+    if not given:
+        return
+    current = getattr(self, config_attr)
+    fields = {f.name for f in dataclasses.fields(current)} if current is not None else set()
+    used = {key: value for key, value in given.items() if key in fields}
+    if used:
+        object.__setattr__(self, config_attr, dataclasses.replace(current, **used))
+    method = getattr(self, selector)
+    notes = [f"{key}= -> {config_attr}.{key}" for key in used]
+    notes += [f"{key}= ignored ({prefix}.{selector} {method!r} does not use it)" for key in given if key not in used]
+    warnings.warn(
+        f"{type(self).__name__}({', '.join(f'{k}=...' for k in given)}) is deprecated; pass "
+        f"{config_attr}=<the method's config class>(...): {'; '.join(notes)}",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+
+
+def _unknown_section(cls: type, prefix: str, name: str) -> str:
+    keys = ", ".join(sorted(f.name for f in dataclasses.fields(cls) if not _is_holder(f)))
+    tables = ", ".join(method_tables(cls)) or "none"
+    dotted = f"{prefix}.{name}" if prefix else name
+    return f"unknown config section {dotted}; allowed keys: {keys}; method tables: {tables}"
+
+
+def _migrate_moved_keys(cls: type, raw: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
+    """Move the old flat keys of a section (``server.beta1``) into the selected method's table.
+
+    A key the selected method does not use is checked as before and dropped (it was ignored
+    before too). One DeprecationWarning per section names the new keys.
+    """
+    moved = [key for key in _MOVED_KEYS.get(cls, ()) if key in raw]
+    selector = _method_selector(cls)
+    if not moved or selector is None:
+        return raw
+    selector_name, lookup = selector
+    out = dict(raw)
+    default = next(f for f in dataclasses.fields(cls) if f.name == selector_name).default
+    method = out.get(selector_name, default)
+    found = lookup(method) if isinstance(method, str) and method in _field_choices(cls, selector_name) else None
+    tables = method_tables(cls)
+    notes: list[str] = []
+    for key in moved:
+        value = out.pop(key)
+        if found is not None and key in {f.name for f in dataclasses.fields(found[1])}:
+            section = found[0]
+            table = out.get(section, {})
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{prefix}.{section} must be a table; got {_describe(table)}")
+            if key in table:
+                raise ConfigError(
+                    f"{prefix}.{key} and {prefix}.{section}.{key} are both set; keep {prefix}.{section}.{key} "
+                    f"({prefix}.{key} is where older configs set it)"
+                )
+            out[section] = {**table, key: value}
+            notes.append(f"{prefix}.{key} -> {prefix}.{section}.{key}")
+        else:
+            home = next((name for name, c in tables.items() if key in {f.name for f in dataclasses.fields(c)}), None)
+            if home is not None:  # checked as it was before the move, then dropped
+                field = next(f for f in dataclasses.fields(tables[home]) if f.name == key)
+                checked = _coerce(f"{prefix}.{key}", value, _type_hints(tables[home])[key])
+                _check_rules(f"{prefix}.{key}", checked, field.metadata)
+            notes.append(f"{prefix}.{key} ignored ({prefix}.{selector_name} {method!r} does not use it)")
+    warnings.warn(
+        f"[{prefix}] keys of one method are deprecated; set them in the method's table "
+        f"([{prefix}.<method>]): {'; '.join(notes)}",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    return out
+
+
+def _field_choices(cls: type, name: str) -> tuple[str, ...]:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return tuple(field.metadata["choices"]()) if "choices" in field.metadata else ()
+
+
+def _virtual_tokens(config: ExperimentConfig) -> int:
+    """Trainable virtual tokens the adapter method prepends to every sequence (its ``num_virtual_tokens``)."""
+    tokens = getattr(config.adapter.method_config, "num_virtual_tokens", 0)
+    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 0
+
+
+def _virtual_tokens_key(config: ExperimentConfig) -> str:
+    found = _adapter_section(config.adapter.method)
+    return f"adapter.{found[0] if found else config.adapter.method}.num_virtual_tokens"
 
 
 def required_positions(config: ExperimentConfig) -> int:
-    """Positions one sequence can occupy: ``model.max_length``, plus the virtual tokens of prompt tuning."""
-    extra = config.adapter.num_virtual_tokens if config.adapter.method in _VIRTUAL_TOKEN_METHODS else 0
-    return config.model.max_length + extra
+    """Positions one sequence can occupy: ``model.max_length``, plus the adapter's virtual tokens (prompt tuning)."""
+    return config.model.max_length + _virtual_tokens(config)
 
 
 def _check_positions(config: ExperimentConfig, limit: int, *, source: str) -> None:
@@ -622,8 +871,8 @@ def _check_positions(config: ExperimentConfig, limit: int, *, source: str) -> No
             f"model.max_length must be <= {limit} ({source} has {limit} positions); got {config.model.max_length}"
         )
     raise ConfigError(
-        f"model.max_length + adapter.num_virtual_tokens must be <= {limit} ({source} has {limit} positions); "
-        f"got {config.model.max_length} + {config.adapter.num_virtual_tokens} = {needed}"
+        f"model.max_length + {_virtual_tokens_key(config)} must be <= {limit} ({source} has {limit} positions); "
+        f"got {config.model.max_length} + {_virtual_tokens(config)} = {needed}"
     )
 
 
@@ -727,9 +976,16 @@ def _type_hints(cls: type) -> dict[str, Any]:
 def _from_mapping(cls: type[_T], raw: Mapping[str, Any], prefix: str = "") -> _T:
     assert dataclasses.is_dataclass(cls)
     hints = _type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    fields = {f.name: f for f in dataclasses.fields(cls) if not _is_holder(f)}
+    holders = _holders(cls)
+    if cls in _MOVED_KEYS:
+        raw = _migrate_moved_keys(cls, raw, prefix)
+    sections = method_tables(cls) if holders else {}
+    tables = {k: v for k, v in raw.items() if k not in fields and k in sections}
+    unknown = sorted(set(raw) - set(fields) - set(tables))
     if unknown:
+        if holders and isinstance(raw[unknown[0]], Mapping):
+            raise ConfigError(_unknown_section(cls, prefix, unknown[0]))
         where = prefix or "the top level"
         raise ConfigError(
             f"unknown key {'.'.join(filter(None, [prefix, unknown[0]]))!s} in {where}; "
@@ -753,6 +1009,18 @@ def _from_mapping(cls: type[_T], raw: Mapping[str, Any], prefix: str = "") -> _T
                 assert field.default_factory is not dataclasses.MISSING
                 default = field.default_factory()
             _check_rules(path, default, field.metadata)
+    if holders:
+        config_attr, others_attr = holders
+        parsed = {
+            name: _coerce(f"{prefix}.{name}" if prefix else name, value, sections[name])
+            for name, value in sorted(tables.items())
+        }
+        selector_name, lookup = _method_selector(cls) or ("", None)
+        assert lookup is not None
+        found = lookup(kwargs.get(selector_name, fields[selector_name].default))
+        if found is not None and found[0] in parsed:
+            kwargs[config_attr] = parsed.pop(found[0])
+        kwargs[others_attr] = tuple(parsed.items())
     return cls(**kwargs)
 
 
@@ -850,10 +1118,34 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _section_dict(section: Any, prefix: str = "") -> dict[str, Any]:
+    """A config section as plain TOML-able values; method configs become their tables."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        path = f"{prefix}.{field.name}" if prefix else field.name
+        if "method_config" in field.metadata:
+            if value is not None:
+                selector = field.metadata["method_config"]
+                method = getattr(section, selector)
+                selector_info = _method_selector(type(section))
+                found = selector_info[1](method) if selector_info else None
+                if found is None:
+                    raise ConfigError(f"{prefix}.{selector} {method!r} is no longer registered with a config table")
+                out[found[0]] = _section_dict(value, f"{prefix}.{found[0]}")
+        elif "other_method_configs" in field.metadata:
+            for name, other in value:
+                out[name] = _section_dict(other, f"{prefix}.{name}")
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out[field.name] = _section_dict(value, path)
+        else:
+            out[field.name] = _plain(value)
+    return out
+
+
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """The fully resolved config as plain TOML-able values."""
-    plain: dict[str, Any] = _plain(dataclasses.asdict(config))
-    return plain
+    """The fully resolved config as plain TOML-able values (method settings as their tables)."""
+    return _section_dict(config)
 
 
 def dump_config(config: ExperimentConfig) -> str:
@@ -875,13 +1167,17 @@ def replace_paths(config: ExperimentConfig, changes: Mapping[str, Any]) -> Exper
     raw = config_to_dict(config)
     for dotted, value in changes.items():
         node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
+        *parents, leaf = _moved_key_path(raw, dotted.split("."))  # server.beta1 -> server.fedadam.beta1
+        for depth, part in enumerate(parents):
+            if part not in node and _schema_section(parents[: depth + 1]) is not None:
+                node[part] = {}  # a method's table not written yet (its defaults)
             if part not in node or not isinstance(node[part], dict):
                 raise ConfigError(f"unknown config section {dotted!r}")
             node = node[part]
         if leaf not in node:
-            raise ConfigError(f"unknown config key {dotted!r}")
+            section = _schema_section(parents)
+            if section is None or leaf not in {f.name for f in dataclasses.fields(section)}:
+                raise ConfigError(f"unknown config key {dotted!r}")
         node[leaf] = value
     return config_from_dict(raw)
 
@@ -900,7 +1196,11 @@ def parse_override(text: str) -> tuple[str, str]:
 
 
 def _schema_annotation(dotted: str) -> Any:
-    """The annotation of the config field at a dotted path; ``ConfigError`` for a path the schema lacks."""
+    """The annotation of the config field at a dotted path; ``ConfigError`` for a path the schema lacks.
+
+    A method's table is a section (``server.fedadam.beta1``); an old flat key that moved into one
+    (``server.beta1``) has the type it has there.
+    """
     node: Any = ExperimentConfig
     parts = dotted.split(".")
     for depth, part in enumerate(parts):
@@ -908,16 +1208,62 @@ def _schema_annotation(dotted: str) -> Any:
         if not (dataclasses.is_dataclass(node) and isinstance(node, type)):
             raise ConfigError(f"--set {dotted}: {where} is a value, not a section; it has no key {part!r}")
         hints = _type_hints(node)
-        if part not in hints:
+        keys = {f.name for f in dataclasses.fields(node) if not _is_holder(f)}
+        tables = method_tables(node)
+        if part in keys:
+            node = hints[part]
+        elif part in tables:
+            node = tables[part]
+        elif part in _MOVED_KEYS.get(node, ()) and depth == len(parts) - 1:
+            home = next(c for c in tables.values() if part in {f.name for f in dataclasses.fields(c)})
+            node = _type_hints(home)[part]
+        else:
+            more = f"; method tables: {', '.join(tables)}" if tables else ""
             raise ConfigError(
                 f"--set {dotted}: unknown key {part!r} in {where or 'the top level'}; "
-                f"allowed keys: {', '.join(sorted(hints))}"
+                f"allowed keys: {', '.join(sorted(keys))}{more}"
             )
-        node = hints[part]
     if dataclasses.is_dataclass(node):
-        keys = ", ".join(f.name for f in dataclasses.fields(node))
-        raise ConfigError(f"--set {dotted}: {dotted} is a section; set one of its keys ({keys})")
+        keys_text = ", ".join(f.name for f in dataclasses.fields(node) if not _is_holder(f))
+        raise ConfigError(f"--set {dotted}: {dotted} is a section; set one of its keys ({keys_text})")
     return node
+
+
+def _schema_section(parts: Sequence[str]) -> type | None:
+    """The section class at a dotted path (method tables included), or ``None``."""
+    node: Any = ExperimentConfig
+    for part in parts:
+        if not (dataclasses.is_dataclass(node) and isinstance(node, type)):
+            return None
+        fields = {f.name for f in dataclasses.fields(node) if not _is_holder(f)}
+        tables = method_tables(node)
+        node = _type_hints(node)[part] if part in fields else tables.get(part)
+    return node if dataclasses.is_dataclass(node) and isinstance(node, type) else None
+
+
+def _moved_key_path(raw: Mapping[str, Any], parts: list[str]) -> list[str]:
+    """``[..., "adapter", "rank"]`` -> ``[..., "adapter", "lora", "rank"]`` when ``rank`` moved into the table of
+    the method ``raw`` selects; else ``parts`` unchanged (the old key is then read as from a file)."""
+    section = _schema_section(parts[:-1])
+    if section is None or parts[-1] not in _MOVED_KEYS.get(section, ()):
+        return parts
+    selector = _method_selector(section)
+    assert selector is not None
+    node: Any = raw
+    for part in parts[:-1]:
+        node = node.get(part, {}) if isinstance(node, Mapping) else {}
+    default = next(f for f in dataclasses.fields(section) if f.name == selector[0]).default
+    method = node.get(selector[0], default) if isinstance(node, Mapping) else default
+    found = selector[1](method) if isinstance(method, str) else None
+    if found is None or parts[-1] not in {f.name for f in dataclasses.fields(found[1])}:
+        return parts
+    new = [*parts[:-1], found[0], parts[-1]]
+    warnings.warn(
+        f"{'.'.join(parts)} is deprecated; it is {'.'.join(new)} (the setting lives in the method's table)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return new
 
 
 def _toml_value(dotted: str, text: str) -> Any:
@@ -978,6 +1324,7 @@ def apply_overrides(
                 value = value_text
         else:
             value = _override_value(dotted, value_text, _schema_annotation(dotted))
+            parts = _moved_key_path(out, parts)
         node = out
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})

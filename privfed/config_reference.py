@@ -2,11 +2,13 @@
 
 Every section dataclass of :mod:`privfed.config` becomes one table: key, type,
 default, allowed values (range rules and choices from the field metadata) and a
-description. The description is, in order of preference, the field's
-``help`` metadata, a short text kept here (:data:`FALLBACK_HELP`, for fields
-without a comment or whose comment is only a tag such as "LoRA"), or the
-comments written next to the field in ``config.py`` (the lines directly above
-it and the one trailing it, read with :mod:`tokenize`).
+description. So does every method table a registered strategy or adapter method
+brings (``[server.fedadam]``, ``[adapter.lora]``, ...), right after its section.
+The description is, in order of preference, the field's ``help`` metadata,
+a short text kept here (:data:`FALLBACK_HELP`, for fields without a comment or
+whose comment is only a tag), or the comments written next to the field in its
+source (the lines directly above it and the one trailing it, read with
+:mod:`tokenize`).
 
 ``python -m privfed.config_reference > docs/configuration.md`` rewrites the
 committed reference; ``tests/unit/test_config_reference.py`` fails when the two
@@ -72,12 +74,7 @@ FALLBACK_HELP: dict[str, str] = {
     "privacy.user.target_quantile": "Quantile of unclipped updates adaptive clipping aims for.",
     "privacy.user.clip_learning_rate": "Geometric step size of adaptive clipping.",
     "run.checkpoint_every": "Write a checkpoint every this many rounds (and after the last).",
-    # Fields whose comment is only a tag ("LoRA", "FedAdam"): this text replaces it.
-    "adapter.rank": "LoRA rank r.",
-    "adapter.num_virtual_tokens": "Virtual tokens prepended by prompt tuning.",
-    "server.beta1": "First-moment decay of FedAdam.",
-    "server.beta2": "Second-moment decay of FedAdam.",
-    "server.tau": "Adaptivity (denominator offset) of FedAdam.",
+    # Fields whose comment is only a tag: this text replaces it.
     "privacy.sample.grad_sample_mode": "`hooks`: Opacus per-sample gradients; `ghost`: ghost clipping "
     "(per-sample norms without per-sample gradients).",
 }
@@ -208,12 +205,15 @@ _BOUNDS = (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
 
 
 def sections(cls: type = _config.ExperimentConfig, prefix: str = "") -> Iterator[SectionDoc]:
-    """Every config section, depth first, the top level first."""
+    """Every config section, depth first, the top level first; a section's method tables right after it."""
     hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
+    try:
+        comments = field_comments(cls)
+    except (OSError, TypeError):  # a class defined where its source cannot be read (a notebook cell)
+        comments = {}
     leaves: list[FieldDoc] = []
     nested: list[tuple[str, type]] = []
-    for field in dataclasses.fields(cls):
+    for field in _config.schema_fields(cls):
         annotation = hints[field.name]
         path = f"{prefix}.{field.name}" if prefix else field.name
         if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
@@ -231,8 +231,40 @@ def sections(cls: type = _config.ExperimentConfig, prefix: str = "") -> Iterator
         )
     doc = inspect.getdoc(cls) or ""
     yield SectionDoc(path=prefix, class_name=cls.__name__, summary=doc, fields=tuple(leaves))
+    readers = _table_readers(cls)
+    for table, table_cls in _config.method_tables(cls).items():
+        path = f"{prefix}.{table}"
+        for doc_section in sections(table_cls, path):
+            names = [f"`{name}`" for name in readers.get(table, ())]
+            either = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+            note = (
+                f"Used when `{prefix}.{readers.selector}` is {either}; with another method the table is "
+                "checked and kept, not used."
+            )
+            summary = f"{doc_section.summary}\n\n{note}" if doc_section.summary else note
+            yield dataclasses.replace(doc_section, summary=summary)
     for path, sub in nested:
         yield from sections(sub, path)
+
+
+class _Readers(dict[str, tuple[str, ...]]):
+    selector: str = ""
+
+
+def _table_readers(cls: type) -> _Readers:
+    """``{table: methods that read it}`` for a section with method tables (``ffa_lora`` reads ``lora``)."""
+    readers = _Readers()
+    selector = _config._method_selector(cls)
+    if selector is None:
+        return readers
+    name, lookup = selector
+    readers.selector = name
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    for method in field.metadata["choices"]():
+        found = lookup(method)
+        if found is not None:
+            readers[found[0]] = (*readers.get(found[0], ()), method)
+    return readers
 
 
 def _cell(text: str) -> str:
@@ -260,6 +292,15 @@ secure aggregation in [Secure aggregation](secure-aggregation.md).
 
 Choices marked by a registry (models, datasets, partitioners, adapter methods,
 strategies, accountants) grow with `register_*` calls; see [Extending privfed](extending.md).
+
+A strategy or adapter method with settings of its own has its own table inside
+its section, listed right after it (`[server.fedadam]`, `[adapter.lora]`, ...).
+Only the selected method's table is used; a table for another method is still
+checked (and kept, so a sweep over the method uses it). Keys that older configs
+set directly in `[server]` or `[adapter]` (`server.beta1`, `adapter.rank`,
+`adapter.num_virtual_tokens`, ...) are still read, with a `DeprecationWarning`
+naming the new key; one that the selected method does not use is checked and
+ignored, as before.
 
 """
 

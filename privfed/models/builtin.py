@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from privfed.errors import ModelError
-from privfed.models.registry import ModelSpec, register_model
+from privfed.models.spec import ModelSpec
 from privfed.paths import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -152,7 +152,8 @@ def _load_tiny_llama(*, num_labels: int | None, init_seed: int) -> tuple[Any, An
     return LlamaForCausalLM(config), tokenizer
 
 
-register_model(
+# Registered by privfed.models.registry when it is imported (this module does not import the registry).
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="minilm",
         task="classification",
@@ -161,9 +162,7 @@ register_model(
         description="all-MiniLM-L6-v2, pretrained BERT encoder (22.7M params), sequence classifier",
         pretrained=True,
         max_positions=512,
-    )
-)
-register_model(
+    ),
     ModelSpec(
         name="tiny-bert",
         task="classification",
@@ -172,9 +171,7 @@ register_model(
         description="2-layer BERT, hidden 32, random init, MiniLM tokenizer (tests)",
         pretrained=False,
         max_positions=512,
-    )
-)
-register_model(
+    ),
     ModelSpec(
         name="smollm2",
         task="causal_lm",
@@ -183,9 +180,7 @@ register_model(
         description="SmolLM2-135M-Instruct, pretrained Llama-style causal LM (134.5M params)",
         pretrained=True,
         max_positions=8192,
-    )
-)
-register_model(
+    ),
     ModelSpec(
         name="tiny-llama",
         task="causal_lm",
@@ -194,5 +189,5 @@ register_model(
         description="2-layer Llama, hidden 32, random init, SmolLM2 tokenizer (tests)",
         pretrained=False,
         max_positions=512,
-    )
+    ),
 )

@@ -3,17 +3,18 @@
 Every entry loads with no network: weights come from an installed package or
 are initialised at random from a small config (for fast tests). Heavy imports
 (transformers) happen inside the loaders, so the registry itself is cheap to
-import (the config validator reads its names).
+import (the config validator reads its names). The built-in entries are
+registered when this module is imported; :mod:`privfed.models.builtin` does not
+import this module (no import cycle).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable
-from typing import Any, Literal
 
 from privfed.errors import ModelError
+from privfed.models.builtin import BUILTIN_MODELS
+from privfed.models.spec import LoadedModel, ModelSpec
 from privfed.registry import Registry
 
 __all__ = [
@@ -24,58 +25,6 @@ __all__ = [
     "model_names",
     "register_model",
 ]
-
-Task = Literal["classification", "causal_lm"]
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-    """A base model ready for an adapter.
-
-    Attributes:
-        model: the ``transformers`` model (float32, CPU, all parameters trainable
-            until an adapter freezes them).
-        tokenizer: its tokenizer, with a pad token set.
-        spec: the registry entry it came from.
-    """
-
-    model: Any
-    tokenizer: Any
-    spec: ModelSpec
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """One registry entry.
-
-    Attributes:
-        name: registry key used in configs (``model.name``).
-        task: ``"classification"`` (sequence classifier, needs ``num_labels``)
-            or ``"causal_lm"``.
-        loader: ``loader(num_labels=..., init_seed=...) -> (model, tokenizer)``.
-        default_target_modules: module names LoRA attaches to when the config
-            leaves ``adapter.target_modules`` empty.
-        description: one line for ``privfed models``.
-        pretrained: whether weights are real pretrained weights (not random).
-        max_positions: positions the model can embed (``max_position_embeddings``),
-            so that configs are checked before any weights load; ``None`` when
-            unknown (then checked right after loading, see
-            :func:`privfed.config.validate_against_model`). Checked against the
-            loaded model by :func:`load_base_model`.
-    """
-
-    name: str
-    task: Task
-    loader: Callable[..., tuple[Any, Any]]
-    default_target_modules: tuple[str, ...]
-    description: str
-    pretrained: bool
-    max_positions: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_positions is not None and self.max_positions < 1:
-            raise ModelError(f"ModelSpec.max_positions must be >= 1 or None; got {self.max_positions}")
-
 
 _MODELS: Registry[ModelSpec] = Registry("model", error=ModelError, field="model.name")
 
@@ -90,7 +39,6 @@ def register_model(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
 
 def model_names() -> tuple[str, ...]:
     """Registered model names, sorted."""
-    _ensure_builtin()
     return _MODELS.names()
 
 
@@ -100,7 +48,6 @@ def get_model_spec(name: str) -> ModelSpec:
     Raises:
         ModelError: if no model of that name is registered.
     """
-    _ensure_builtin()
     return _MODELS.get(name)
 
 
@@ -136,11 +83,5 @@ def load_base_model(name: str, *, num_labels: int | None = None, init_seed: int 
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec)
 
 
-_BUILTIN_LOADED = False
-
-
-def _ensure_builtin() -> None:
-    global _BUILTIN_LOADED
-    if not _BUILTIN_LOADED:
-        _BUILTIN_LOADED = True
-        from privfed.models import builtin  # noqa: F401  (registers on import)
+for _spec in BUILTIN_MODELS:
+    register_model(_spec)

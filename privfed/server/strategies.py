@@ -22,29 +22,36 @@ weight)``: the aggregate from a sum of deltas and their weight (DP-FedAvg's nois
 over the expected cohort, or the decoded secure sum over its contributors). A strategy
 that cannot work from a sum (a trimmed mean, a median) has no ``aggregate_sum`` and is
 refused with a ``ConfigError`` (:func:`privfed.server.check_strategy_composes`).
+
+A strategy with settings of its own registers a small frozen dataclass with it
+(``register_strategy("fedadam", factory, config=FedAdamConfig)``); a config file
+sets them in the strategy's table (``[server.fedadam]``), and the factory reads
+them as ``server_config.strategy_config``. This module never imports
+:mod:`privfed.config`: the factory gets the ``ServerConfig`` as an argument.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from privfed.config_fields import check_config_class, config_field
 from privfed.errors import ConfigError
 from privfed.registry import Registry
 
-if TYPE_CHECKING:
-    from privfed.config import ServerConfig
-
 __all__ = [
     "FedAdam",
+    "FedAdamConfig",
     "FedAvg",
     "Strategy",
     "SumStrategy",
     "make_strategy",
     "register_strategy",
+    "strategy_config_class",
     "strategy_names",
     "unregister_strategy",
     "weighted_mean",
@@ -115,6 +122,15 @@ class FedAvg:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class FedAdamConfig:
+    """FedAdam's server optimizer (Reddi et al. 2021): Adam moments over the mean client delta."""
+
+    beta1: float = config_field(0.9, ge=0.0, lt=1.0, help="First-moment decay.")
+    beta2: float = config_field(0.99, ge=0.0, lt=1.0, help="Second-moment decay.")
+    tau: float = config_field(1e-3, gt=0.0, help="Adaptivity: the offset added to the root of the second moment.")
+
+
 class FedAdam(FedAvg):
     """FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization", Alg. 2).
 
@@ -150,16 +166,38 @@ class FedAdam(FedAvg):
             self.v = np.array(arrays["v"], dtype=np.float32)
 
 
-_Factory = Callable[["ServerConfig"], Strategy]
-_STRATEGIES: Registry[_Factory] = Registry("strategy", error=ConfigError, field="server.strategy")
+# factory(server_config) -> Strategy, where server_config is the run's privfed.config.ServerConfig
+# (typed Any here: this module does not import privfed.config).
+_Factory = Callable[[Any], Strategy]
 
 
-def register_strategy(name: str, factory: _Factory, *, overwrite: bool = False) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    factory: _Factory
+    config: type[Any] | None
+
+
+_STRATEGIES: Registry[_Entry] = Registry("strategy", error=ConfigError, field="server.strategy")
+
+
+def register_strategy(
+    name: str, factory: _Factory, *, config: type[Any] | None = None, overwrite: bool = False
+) -> None:
     """Register ``factory(server_config) -> Strategy`` under ``name`` (``server.strategy``).
 
+    ``config``, when given, is the strategy's own settings: a frozen dataclass
+    whose fields all have defaults (rules as in :func:`privfed.config_fields.config_field`).
+    A config file sets them in the ``[server.<name>]`` table; the factory reads
+    them as ``server_config.strategy_config`` (an instance of ``config``).
     ``overwrite=True`` replaces an existing registration (re-running a notebook cell).
+
+    Raises:
+        ConfigError: ``name`` already registered (without ``overwrite``), or ``config``
+            is not a frozen dataclass with defaults.
     """
-    _STRATEGIES.register(name, factory, overwrite=overwrite)
+    if config is not None:
+        check_config_class(config, where=f"register_strategy({name!r}, config=...)")
+    _STRATEGIES.register(name, _Entry(factory, config), overwrite=overwrite)
 
 
 def unregister_strategy(name: str) -> None:
@@ -168,13 +206,28 @@ def unregister_strategy(name: str) -> None:
 
 
 def strategy_names() -> tuple[str, ...]:
+    """Registered strategies, sorted."""
     return _STRATEGIES.names()
 
 
-def make_strategy(cfg: ServerConfig) -> Strategy:
-    """The strategy named by ``cfg.strategy``, built from ``cfg``."""
-    return _STRATEGIES.get(cfg.strategy)(cfg)
+def strategy_config_class(name: str) -> type[Any] | None:
+    """The config class ``name`` registered (its ``[server.<name>]`` table), or ``None`` if it has no settings.
+
+    Raises:
+        ConfigError: ``name`` is not a registered strategy.
+    """
+    return _STRATEGIES.get(name).config
+
+
+def make_strategy(cfg: Any) -> Strategy:
+    """The strategy named by ``cfg.strategy`` (a ``ServerConfig``), built by its factory from ``cfg``."""
+    return _STRATEGIES.get(cfg.strategy).factory(cfg)
+
+
+def _fedadam(cfg: Any) -> FedAdam:
+    settings: FedAdamConfig = cfg.strategy_config
+    return FedAdam(learning_rate=cfg.learning_rate, beta1=settings.beta1, beta2=settings.beta2, tau=settings.tau)
 
 
 register_strategy("fedavg", lambda c: FedAvg(learning_rate=c.learning_rate))
-register_strategy("fedadam", lambda c: FedAdam(learning_rate=c.learning_rate, beta1=c.beta1, beta2=c.beta2, tau=c.tau))
+register_strategy("fedadam", _fedadam, config=FedAdamConfig)

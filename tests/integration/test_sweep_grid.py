@@ -57,10 +57,10 @@ def test_plan_sweep_is_the_cartesian_product_typed_by_the_schema(tmp_path: Path)
     first = runs[0]
     assert first.name == "eps-2_rank-4_strategy-fedavg" and first.path == tmp_path / first.name / "seed-0"
     assert first.config.privacy.mode == "user" and first.config.privacy.user.target_epsilon == 2.0
-    assert first.config.privacy.user.noise_multiplier == 0.0 and first.config.adapter.rank == 4
+    assert first.config.privacy.user.noise_multiplier == 0.0 and first.config.adapter.method_config.rank == 4
     assert [r.seed for r in runs[:2]] == [0, 5] and runs[1].config.seed == 5
     off = next(r for r in runs if r.name == "eps-inf_rank-8_strategy-fedadam")
-    assert off.config.privacy.mode == "none" and off.config.adapter.rank == 8
+    assert off.config.privacy.mode == "none" and off.config.adapter.method_config.rank == 8
     assert off.config.server.strategy == "fedadam"
     single = plan_sweep(base, tmp_path, parse_grid(["adapter.rank=4"]))
     assert single[0].path == tmp_path / "rank-4" and single[0].config.seed == base.seed

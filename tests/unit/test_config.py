@@ -6,10 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from privfed.adapters.methods import LoraAdapterConfig, PromptTuningAdapterConfig
 from privfed.cli import main
 from privfed.config import (
+    AdapterConfig,
     ExperimentConfig,
+    ServerConfig,
+    apply_overrides,
     config_from_dict,
+    config_to_dict,
     dump_config,
     load_config,
     read_config_file,
@@ -18,8 +23,10 @@ from privfed.config import (
     validate_against_model,
 )
 from privfed.errors import ConfigError
+from privfed.server.strategies import FedAdamConfig
 
 REPO = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path: Path) -> None:
@@ -63,8 +70,15 @@ def test_shipped_configs_load_and_round_trip(name: str, tmp_path: Path) -> None:
         ({"model": {"device": "tpu"}}, ["model.device", "'cuda'", "'tpu'"]),
         ({"client": {"sampling_rate": 1.5}}, ["client.sampling_rate", "<= 1.0", "1.5"]),
         ({"adapter": {"method": "dora"}}, ["adapter.method", "'lora'", "'dora'"]),
-        ({"adapter": {"target_modules": "query"}}, ["adapter.target_modules", "list"]),
-        ({"adapter": {"target_modules": ["query", 3]}}, ["adapter.target_modules[1]", "string"]),
+        ({"adapter": {"lora": {"target_modules": "query"}}}, ["adapter.lora.target_modules", "list"]),
+        ({"adapter": {"lora": {"target_modules": ["query", 3]}}}, ["adapter.lora.target_modules[1]", "string"]),
+        ({"adapter": {"lora": {"rank": 0}}}, ["adapter.lora.rank", ">= 1", "got 0"]),
+        ({"adapter": {"method": "full", "ia3": {"target_modules": [1]}}}, ["adapter.ia3.target_modules[0]"]),
+        ({"server": {"fedadam": {"beta1": 1.0}}}, ["server.fedadam.beta1", "< 1.0", "1.0"]),
+        ({"server": {"fedadam": {"beta3": 0.5}}}, ["unknown key server.fedadam.beta3", "beta1, beta2, tau"]),
+        ({"server": {"fedadam": 0.5}}, ["server.fedadam must be a table", "0.5"]),
+        ({"server": {"fedavg": {}}}, ["unknown config section server.fedavg", "method tables: fedadam"]),
+        ({"adapter": {"dora": {"rank": 2}}}, ["unknown config section adapter.dora", "ia3, lora, prompt_tuning"]),
         ({"partition": {"method": "zipf"}}, ["partition.method", "'dirichlet'"]),
         ({"server": {"clients_per_round": 20}}, ["server.clients_per_round", "partition.num_clients (10)", "20"]),
         ({"model": 3}, ["model", "table"]),
@@ -240,12 +254,12 @@ def test_secagg_bits_must_hold_the_whole_sum() -> None:
         ({"model": {"name": "tiny-llama", "max_length": 1024}}, "model.max_length must be <= 512"),
         (
             {"model": {"name": "tiny-bert", "max_length": 510}, "adapter": {"method": "prompt_tuning"}},
-            "model.max_length + adapter.num_virtual_tokens must be <= 512",
+            "model.max_length + adapter.prompt_tuning.num_virtual_tokens must be <= 512",
         ),
         (
             {
                 "model": {"name": "minilm", "max_length": 256},
-                "adapter": {"method": "prompt_tuning", "num_virtual_tokens": 300},
+                "adapter": {"method": "prompt_tuning", "prompt_tuning": {"num_virtual_tokens": 300}},
             },
             "got 256 + 300 = 556",
         ),
@@ -259,11 +273,10 @@ def test_sequence_length_is_checked_against_the_model_positions(raw: dict[str, o
 def test_lengths_that_fit_the_model_load() -> None:
     assert config_from_dict({"model": {"name": "minilm", "max_length": 512}}).model.max_length == 512
     fits = {"model": {"name": "tiny-bert", "max_length": 504}, "adapter": {"method": "prompt_tuning"}}
-    assert config_from_dict(fits).adapter.num_virtual_tokens == 8
-    # Virtual tokens count only for prompt tuning.
-    assert (
-        config_from_dict({"model": {"max_length": 512}, "adapter": {"num_virtual_tokens": 512}}).model.max_length == 512
-    )
+    assert config_from_dict(fits).adapter.method_config.num_virtual_tokens == 8
+    # Virtual tokens count only for prompt tuning (a table for it is checked, not used, under LoRA).
+    unused = {"model": {"max_length": 512}, "adapter": {"prompt_tuning": {"num_virtual_tokens": 512}}}
+    assert config_from_dict(unused).model.max_length == 512
     assert config_from_dict({"model": {"name": "smollm2", "max_length": 4096}}).model.max_length == 4096
 
 
@@ -297,3 +310,143 @@ def test_every_shipped_config_loads(tmp_path: Path) -> None:
         again = tmp_path / "again.toml"
         again.write_text(dump_config(config))
         assert load_config(again) == config, path
+
+
+# --- per-method tables -------------------------------------------------------------------
+
+
+def test_method_tables_hold_the_selected_methods_settings() -> None:
+    config = config_from_dict(
+        {
+            "server": {"strategy": "fedadam", "fedadam": {"beta1": 0.8}},
+            "adapter": {"method": "ffa_lora", "lora": {"rank": 4}},
+        }
+    )
+    assert config.server.strategy_config == FedAdamConfig(beta1=0.8)
+    assert config.adapter.method_config == LoraAdapterConfig(rank=4)  # ffa_lora reads [adapter.lora]
+    resolved = config_to_dict(config)
+    assert resolved["server"]["fedadam"] == {"beta1": 0.8, "beta2": 0.99, "tau": 0.001}
+    assert not {"beta1", "beta2", "tau"} & set(resolved["server"])
+    assert resolved["adapter"]["lora"]["rank"] == 4 and "rank" not in resolved["adapter"]
+    # Defaults are filled in for the selected method only; no table for a method without settings.
+    plain = config_to_dict(config_from_dict({}))
+    assert "lora" in plain["adapter"] and "fedadam" not in plain["server"]
+    full = config_to_dict(config_from_dict({"adapter": {"method": "full"}}))
+    assert set(full["adapter"]) == {"method", "train_head"}
+
+
+def test_a_table_for_a_method_not_selected_is_checked_kept_and_used_when_selected(tmp_path: Path) -> None:
+    config = config_from_dict({"server": {"fedadam": {"tau": 0.5}}, "adapter": {"prompt_tuning": {}}})
+    assert config.server.strategy_config is None
+    assert config.server.other_strategy_configs == (("fedadam", FedAdamConfig(tau=0.5)),)
+    path = tmp_path / "c.toml"
+    path.write_text(dump_config(replace_path(config, "name", "kept")))
+    assert load_config(path) == replace_path(config, "name", "kept")  # round-trips through the resolved file
+    adam = replace_path(config, "server.strategy", "fedadam")
+    assert adam.server.strategy_config == FedAdamConfig(tau=0.5) and adam.server.other_strategy_configs == ()
+    prompt = replace_paths(config, {"adapter.method": "prompt_tuning", "adapter.prompt_tuning.num_virtual_tokens": 3})
+    assert prompt.adapter.method_config == PromptTuningAdapterConfig(num_virtual_tokens=3)
+    assert dict(prompt.adapter.other_method_configs) == {"lora": LoraAdapterConfig()}
+    # A table not written yet can be set by its dotted path (it starts from the method's defaults).
+    assert replace_path(config, "server.fedadam.beta2", 0.5).server.other_strategy_configs[0][1].beta2 == 0.5
+
+
+def test_python_construction_fills_in_and_checks_the_method_config() -> None:
+    assert AdapterConfig().method_config == LoraAdapterConfig()
+    assert AdapterConfig(method="full").method_config is None
+    assert ServerConfig().strategy_config is None
+    assert ServerConfig(strategy="fedadam").strategy_config == FedAdamConfig()
+    moved = ServerConfig(strategy="fedadam", other_strategy_configs=(("fedadam", FedAdamConfig(beta1=0.5)),))
+    assert moved == ServerConfig(strategy="fedadam", strategy_config=FedAdamConfig(beta1=0.5))
+    with pytest.raises(ConfigError, match=r"adapter\.method_config must be a PromptTuningAdapterConfig"):
+        AdapterConfig(method="prompt_tuning", method_config=LoraAdapterConfig())
+    with pytest.raises(ConfigError, match=r"server\.strategy 'fedavg' has no settings of its own"):
+        ServerConfig(strategy_config=FedAdamConfig())
+    with pytest.raises(ConfigError, match=r"server\.fedadam must be a FedAdamConfig"):
+        ServerConfig(other_strategy_configs=(("fedadam", LoraAdapterConfig()),))
+    with pytest.raises(ConfigError, match=r"unknown config section adapter\.dora"):
+        AdapterConfig(other_method_configs=(("dora", LoraAdapterConfig()),))
+
+
+@pytest.mark.parametrize(
+    ("file", "warned", "expected"),
+    [
+        (
+            "resolved_before_method_tables_fedadam.toml",
+            [r"server\.beta1 -> server\.fedadam\.beta1", r"adapter\.rank -> adapter\.lora\.rank"],
+            {
+                "name": "old-fedadam",
+                "model": {"name": "tiny-bert"},
+                "server": {"strategy": "fedadam", "clients_per_round": 4, "fedadam": {"beta1": 0.8}},
+                "adapter": {"lora": {"rank": 4, "alpha": 8, "target_modules": ["query"]}},
+            },
+        ),
+        (
+            "resolved_before_method_tables_prompt.toml",
+            [
+                r"adapter\.num_virtual_tokens -> adapter\.prompt_tuning\.num_virtual_tokens",
+                r"adapter\.rank ignored \(adapter\.method 'prompt_tuning' does not use it\)",
+                r"server\.beta1 ignored \(server\.strategy 'fedavg'",
+            ],
+            {
+                "name": "old-prompt",
+                "model": {"name": "tiny-llama"},
+                "adapter": {"method": "prompt_tuning", "prompt_tuning": {"num_virtual_tokens": 16}},
+            },
+        ),
+    ],
+)
+def test_resolved_configs_written_before_method_tables_load_as_the_same_experiment(
+    file: str, warned: list[str], expected: dict[str, object]
+) -> None:
+    """config.resolved.toml of run directories written with flat keys (server.beta1, adapter.rank, ...)."""
+    with pytest.warns(DeprecationWarning) as record:
+        config = load_config(DATA / file)
+    messages = " ".join(str(w.message) for w in record)
+    for pattern in warned:
+        assert re.search(pattern, messages), (pattern, messages)
+    assert config == config_from_dict(expected)
+
+
+def test_old_flat_keys_are_moved_checked_or_refused() -> None:
+    with pytest.warns(DeprecationWarning, match=r"adapter\.target_modules -> adapter\.ia3\.target_modules"):
+        ia3 = config_from_dict({"adapter": {"method": "ia3", "target_modules": ["value"], "rank": 4}})
+    assert ia3.adapter.method_config.target_modules == ("value",) and ia3.adapter.other_method_configs == ()
+    # A key the method does not use is still checked as before the move, then dropped.
+    with pytest.raises(ConfigError, match=r"adapter\.rank must be >= 1 and <= 4096; got 0"):
+        config_from_dict({"adapter": {"method": "full", "rank": 0}})
+    with pytest.raises(ConfigError, match=r"server\.tau must be a number"):
+        config_from_dict({"server": {"tau": "small"}})
+    with pytest.raises(ConfigError, match=r"adapter\.rank and adapter\.lora\.rank are both set; keep adapter\.lora"):
+        config_from_dict({"adapter": {"rank": 4, "lora": {"rank": 8}}})
+
+
+def test_set_reaches_method_tables_and_moves_old_keys() -> None:
+    raw = apply_overrides({"server": {"strategy": "fedadam"}}, ["server.fedadam.beta1=0.5", "adapter.lora.rank=2"])
+    assert raw == {"server": {"strategy": "fedadam", "fedadam": {"beta1": 0.5}}, "adapter": {"lora": {"rank": 2}}}
+    resolved = config_to_dict(config_from_dict({}))
+    with pytest.warns(DeprecationWarning, match=r"adapter\.rank is deprecated; it is adapter\.lora\.rank"):
+        moved = apply_overrides(resolved, ["adapter.rank=4"])
+    assert config_from_dict(moved).adapter.method_config.rank == 4
+    with pytest.raises(ConfigError, match=r"adapter\.lora\.rank must be an integer"):
+        apply_overrides({}, ["adapter.lora.rank=four"])
+    with pytest.raises(ConfigError, match=r"unknown key 'dora' in adapter; .*method tables: ia3, lora, prompt_tuning"):
+        apply_overrides({}, ["adapter.dora.rank=4"])
+
+
+def test_replace_paths_reads_old_keys_as_set_does() -> None:
+    """Attack variants' `set` tables written before the move (``server.tau``) keep working."""
+    with pytest.warns(DeprecationWarning, match=r"server\.tau is deprecated; it is server\.fedadam\.tau"):
+        adam = replace_paths(config_from_dict({}), {"server.strategy": "fedadam", "server.tau": 0.5})
+    assert adam.server.strategy_config == FedAdamConfig(tau=0.5)
+    with pytest.raises(ConfigError, match=r"unknown config key 'server\.tau'"):  # fedavg has no tau
+        replace_paths(config_from_dict({}), {"server.tau": 0.5})
+
+
+def test_old_keyword_arguments_still_build_the_config() -> None:
+    """``AdapterConfig(method="lora", rank=4)`` as written before method tables (attacks, benchmarks)."""
+    with pytest.warns(DeprecationWarning, match=r"rank= -> method_config\.rank; .*num_virtual_tokens= ignored"):
+        adapter = AdapterConfig(method="lora", rank=4, target_modules=["query"], num_virtual_tokens=3)
+    assert adapter == AdapterConfig(method_config=LoraAdapterConfig(rank=4, target_modules=("query",)))
+    with pytest.warns(DeprecationWarning, match=r"tau= -> strategy_config\.tau"):
+        assert ServerConfig(strategy="fedadam", tau=0.5).strategy_config == FedAdamConfig(tau=0.5)

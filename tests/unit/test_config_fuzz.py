@@ -31,7 +31,9 @@ from privfed.config import (
     config_to_dict,
     dump_config,
     load_config,
+    method_tables,
     required_positions,
+    schema_fields,
 )
 from privfed.errors import ConfigError
 from privfed.models.registry import get_model_spec
@@ -97,9 +99,10 @@ def _base_configs() -> list[dict[str, Any]]:
     private["privacy"].update(mode="both", delta=1e-3)
     private["privacy"]["sample"].update(noise_multiplier=1.0, target_epsilon=8.0)
     private["privacy"]["user"].update(target_epsilon=4.0, adaptive_clipping=True)
+    private["server"].update(strategy="fedadam", fedadam={"beta1": 0.8, "beta2": 0.9, "tau": 0.01})
     prompt = copy.deepcopy(plain)
     prompt["model"].update(name="tiny-llama", max_length=256)
-    prompt["adapter"].update(method="prompt_tuning", num_virtual_tokens=64)
+    prompt["adapter"].update(method="prompt_tuning", prompt_tuning={"num_virtual_tokens": 64})  # lora's kept
     for raw in (plain, secure, private, prompt):
         config_from_dict(raw)  # each base is valid
     return [plain, secure, private, prompt]
@@ -127,12 +130,21 @@ def _mutate(raw: dict[str, Any], path: str, value: Any) -> None:
 def _schema_paths(cls: type = ExperimentConfig, prefix: str = "") -> set[str]:
     out: set[str] = set()
     hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
+    for field in schema_fields(cls):
         path = f"{prefix}.{field.name}" if prefix else field.name
         out.add(path)
         if dataclasses.is_dataclass(hints[field.name]):
             out |= _schema_paths(hints[field.name], path)
+    for table, table_cls in method_tables(cls).items():  # [server.fedadam], [adapter.lora], ...
+        out.add(f"{prefix}.{table}")
+        out |= _schema_paths(table_cls, f"{prefix}.{table}")
     return out
+
+
+def _child_class(cls: type, part: str) -> Any:
+    """The annotation of key ``part`` of section ``cls``, a method table's class for a table."""
+    tables = method_tables(cls)
+    return tables[part] if part in tables else typing.get_type_hints(cls)[part]
 
 
 SCHEMA_PATHS = _schema_paths()
@@ -158,6 +170,12 @@ def _assert_in_range(node: Any, prefix: str = "") -> None:
     for field in dataclasses.fields(node):
         path = f"{prefix}.{field.name}" if prefix else field.name
         value = getattr(node, field.name)
+        if field not in schema_fields(type(node)):  # the fields holding method tables
+            tables = method_tables(type(node))
+            for name, table in value if isinstance(value, tuple) else [("", value)] if value is not None else []:
+                assert name == "" or isinstance(table, tables[name]), (path, name, table)
+                _assert_in_range(table, f"{prefix}.{name or field.name}")
+            continue
         expected = hints[field.name]
         if dataclasses.is_dataclass(expected):
             _assert_in_range(value, path)
@@ -212,7 +230,7 @@ def _wrong_type(path: str, value: Any) -> bool:
     """Whether ``value`` cannot be the type of the field at ``path`` (then the error must name it)."""
     node: Any = ExperimentConfig
     for part in path.split("."):
-        node = typing.get_type_hints(node)[part]
+        node = _child_class(node, part)
     if dataclasses.is_dataclass(node):
         return not isinstance(value, dict)
     if node is bool:

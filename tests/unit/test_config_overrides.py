@@ -28,7 +28,7 @@ def test_values_are_typed_by_the_schema() -> None:
             "secagg.enabled=TRUE",
             "server.strategy=fedadam",
             "name='quoted run'",
-            "adapter.target_modules=query, value",
+            "adapter.lora.target_modules=query, value",
             "privacy.mode=user",
             "privacy.user.target_epsilon=3",
         ],
@@ -36,15 +36,15 @@ def test_values_are_typed_by_the_schema() -> None:
     assert raw["server"] == {"clients_per_round": 5, "rounds": 7, "strategy": "fedadam"}
     assert raw["privacy"] == {"delta": 1e-4, "mode": "user", "user": {"target_epsilon": 3}}
     assert raw["secagg"] == {"enabled": True} and raw["name"] == "quoted run"
-    assert raw["adapter"]["target_modules"] == ["query", "value"]
+    assert raw["adapter"]["lora"]["target_modules"] == ["query", "value"]
     assert BASE["server"] == {"clients_per_round": 5}  # the input is not changed
     config = config_from_dict(
         {**raw, "secagg": {"enabled": False}, "server": {**raw["server"], "weighting": "uniform"}}
     )
     assert config.server.rounds == 7 and config.privacy.user.target_epsilon == 3.0
-    assert config.adapter.target_modules == ("query", "value") and config.client.learning_rate == 1.0
-    assert apply_overrides(BASE, ['adapter.target_modules=["q"]', "adapter.target_modules="])["adapter"] == {
-        "target_modules": []
+    assert config.adapter.method_config.target_modules == ("query", "value") and config.client.learning_rate == 1.0
+    assert apply_overrides(BASE, ['adapter.lora.target_modules=["q"]', "adapter.lora.target_modules="])["adapter"] == {
+        "lora": {"target_modules": []}
     }  # later assignments win
 
 
@@ -147,14 +147,17 @@ def test_applicable_config_drops_unused_keys_and_rebuilds_the_experiment() -> No
     config = config_from_dict({**BASE, "privacy": {"mode": "sample", "sample": {"target_epsilon": 3.0}}})
     shown = applicable_config(config)
     assert "user" not in shown["privacy"] and "sample" in shown["privacy"]
-    assert not {"beta1", "beta2", "tau"} & set(shown["server"])
+    assert "fedadam" not in shown["server"]
     assert shown["secagg"] == {"enabled": False}
-    assert "num_virtual_tokens" not in shown["adapter"] and "rank" in shown["adapter"]
+    assert "prompt_tuning" not in shown["adapter"] and shown["adapter"]["lora"]["rank"] == 8
     assert not {"path", "text_column", "label_column", "client_column"} & set(shown["data"])
     assert "alpha" not in shown["partition"]
     assert config_from_dict(shown) == config  # the left-out keys hold their defaults here
     adam = config_from_dict({**BASE, "server": {"clients_per_round": 5, "strategy": "fedadam"}})
-    assert {"beta1", "beta2", "tau"} <= set(applicable_config(adam)["server"])
+    assert set(applicable_config(adam)["server"]["fedadam"]) == {"beta1", "beta2", "tau"}
+    # A table of a method not selected is checked when the config loads, and not shown (not used).
+    unused = config_from_dict({**BASE, "adapter": {"prompt_tuning": {"num_virtual_tokens": 4}}})
+    assert "prompt_tuning" not in applicable_config(unused)["adapter"]
     assert applicable_config(adam)["privacy"] == {"mode": "none"}
     both = config_from_dict(
         {

@@ -66,4 +66,5 @@ def test_example_runs(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs_example_{name.replace('-', '_')}"}
-    exec(compile(code, f"{path.name}:{name}", "exec"), namespace)
+    # dont_inherit: run like a user's script, without this module's `from __future__ import annotations`.
+    exec(compile(code, f"{path.name}:{name}", "exec", dont_inherit=True), namespace)
