@@ -361,7 +361,7 @@ def check_clipped_norm(
                 f"an update of norm {original:.6g} <= C = {max_norm:.6g} must come back unchanged; "
                 f"a coordinate moved by {worst:.3g}"
             )
-        else:
+        elif max_norm > 0:
             assert norm >= max_norm * (1 - 1e-5), (
                 f"an update of norm {original:.6g} > C = {max_norm:.6g} came back with norm {norm:.6g}: "
                 "a clip scales it to C, not below"
