@@ -172,3 +172,25 @@ def test_distributed_mechanisms_refuse_what_they_cannot_do_yet() -> None:
         _server(adaptive=AdaptiveClipping())
     with pytest.raises(ConfigError, match="cannot hold the sum"):
         _server(bits=6)
+
+
+def test_secure_noise_shares_come_from_the_os_not_the_seed() -> None:
+    server = _server()
+    server.secure_noise = True
+    pipeline = server.upload_pipeline()
+    stage = pipeline.stages[-1]
+    assert isinstance(stage, DistributedNoiseStage) and stage.params()["secure"] is True
+    rebuilt = UploadPipeline.from_json(pipeline.to_json())  # what a client receives
+    x = np.full(DIM, 0.01)
+    one, two = (
+        rebuilt.encode(Upload(values=x), StageContext(round=1, client_id=0, rng=np.random.default_rng(7))).values
+        for _ in range(2)
+    )
+    assert not np.array_equal(one, two)  # same seed, different shares
+    server.secure_noise = False
+    seeded = UploadPipeline.from_json(server.upload_pipeline().to_json())
+    a, b = (
+        seeded.encode(Upload(values=x), StageContext(round=1, client_id=0, rng=np.random.default_rng(7))).values
+        for _ in range(2)
+    )
+    assert np.array_equal(a, b)
