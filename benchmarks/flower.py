@@ -19,11 +19,14 @@ Prints one JSON object. Everything runs in this process on Flower's Simulation E
   virtual nodes and actors, cohort, vector length ``d`` (privfed's adapter dimension),
   modulus ``2**secagg.bits``, number of shares (privfed's SecAgg+ degree + 1) and
   reconstruction threshold. Its clients do not train: each returns a fixed random
-  ``float32[d]``. Plain rounds (``default_fit_workflow``) alternate with SecAgg+ rounds.
+  ``float32[d]``. Plain rounds (``default_fit_workflow``) alternate with SecAgg+ rounds, each
+  with Flower's own pull interval (0.1 s, ``seconds_per_round``) and with privfed's (20 ms,
+  ``seconds_per_round_polling_like_privfed``): Flower's rounds are mostly that waiting.
 * ``secagg_overhead_vs_flower_secaggplus``: the extra seconds a SecAgg+ round costs over
   a plain round on the Simulation Engine, privfed's (its protocol over
   ``flower-simulation``) divided by Flower's (the issue's definition: training and
-  transport cost cancel in each difference). ``secagg_round_vs_flower_secaggplus`` is
+  transport cost cancel in each difference; ``..._polling_like_privfed``: Flower's grid
+  pulling every 20 ms as privfed's does). ``secagg_round_vs_flower_secaggplus`` is
   the plain ratio of seconds per SecAgg+ round (privfed's includes one local training step).
 
 ``--quick``: tiny-bert, 4 clients (under a minute); the full run: MiniLM with LoRA r = 11
@@ -49,6 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import interleaved, machine
+
+_PRIVFED_POLL = 0.02  # privfed.transport.flower.grid._POLL_SECONDS
 
 
 def _raw_config(*, quick: bool) -> dict[str, Any]:
@@ -111,9 +116,18 @@ def privfed_rounds(raw: dict[str, Any], *, repeats: int) -> dict[str, Any]:
             rounds[f"{'secagg' if secure else 'plain'}_{name}"] = one_round
         return rounds
 
-    # In process first, before Ray starts: its idle workers and actors would share these cores
-    # with the in-process training (measured: 5x slower rounds), which no in-process user has.
-    seconds = interleaved(rounds_over(SimulationTransport(nodes=nodes), "inprocess"), repeats=repeats)
+    # In process first, before Ray starts, and with one torch thread, as each 1-CPU Ray actor trains
+    # (Ray sets OMP_NUM_THREADS=1): on two shared, oversubscribed cores, two spinning OpenMP threads
+    # made in-process rounds 2-30x slower and erratic (0.1-1.0 s for the quick round at 2 threads,
+    # 0.05-0.1 s at 1), which would flatter the Simulation Engine.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seconds = interleaved(rounds_over(SimulationTransport(nodes=nodes), "inprocess"), repeats=repeats)
+    finally:
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     flower = FlowerSimulationTransport(config=config)
     startup = time.perf_counter() - started
@@ -131,7 +145,7 @@ def privfed_rounds(raw: dict[str, Any], *, repeats: int) -> dict[str, Any]:
         "threshold": secagg.resolved_threshold(n),
         "clip": secagg.clip,
         "local_steps": config.client.local_steps,
-        "torch_threads_in_process": _torch_threads(),
+        "torch_threads_in_process": 1,
         "startup_seconds_flower_simulation": startup,
         "seconds_per_round": seconds,
         "overhead_vs_inprocess": seconds["plain_flower_simulation"] / seconds["plain_inprocess"],
@@ -139,12 +153,6 @@ def privfed_rounds(raw: dict[str, Any], *, repeats: int) -> dict[str, Any]:
         "secagg_extra_seconds_flower_simulation": seconds["secagg_flower_simulation"]
         - seconds["plain_flower_simulation"],
     }
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
 
 
 def flower_secaggplus_rounds(
@@ -181,13 +189,17 @@ def flower_secaggplus_rounds(
         quantization_range=2**bits // clients,  # a full cohort's sum fits the modulus, as privfed's codec
         modulus_range=2**bits,
     )
-    samples: dict[str, list[float]] = {"plain": [], "secagg": []}
+    # Flower's workflows wait with grid.send_and_receive, which pulls every grid.pull_interval
+    # (0.1 s in simulation); privfed's exchanger pulls every 20 ms. Both are measured.
+    kinds = [("plain", 0.1), ("secagg", 0.1), ("plain", _PRIVFED_POLL), ("secagg", _PRIVFED_POLL)]
+    samples: dict[tuple[str, float], list[float]] = {kind: [] for kind in kinds}
     calls = iter(range(100_000))
 
     def alternate(grid: Any, context: Any) -> None:
-        kind = "secagg" if next(calls) % 2 else "plain"
+        kind = kinds[next(calls) % len(kinds)]
+        grid.pull_interval = kind[1]
         started = time.perf_counter()
-        (secure if kind == "secagg" else default_fit_workflow)(grid, context)
+        (secure if kind[0] == "secagg" else default_fit_workflow)(grid, context)
         samples[kind].append(time.perf_counter() - started)
 
     server_app = ServerApp()
@@ -201,7 +213,9 @@ def flower_secaggplus_rounds(
             min_available_clients=clients,
             initial_parameters=ndarrays_to_parameters([np.zeros(d, np.float32)]),
         )
-        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=2 * (repeats + 1)), strategy=strategy)
+        legacy = LegacyContext(
+            context=context, config=ServerConfig(num_rounds=len(kinds) * (repeats + 1)), strategy=strategy
+        )
         DefaultWorkflow(fit_workflow=alternate)(grid, legacy)
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -217,9 +231,11 @@ def flower_secaggplus_rounds(
         },
     )
     total = time.perf_counter() - started
-    if len(samples["secagg"]) < repeats + 1:
-        raise RuntimeError(f"Flower's SecAgg+ simulation ran {len(samples['secagg'])} SecAgg+ rounds of {repeats + 1}")
-    seconds = {kind: statistics.median(values[1:]) for kind, values in samples.items()}  # after the first
+    if min(len(values) for values in samples.values()) < repeats + 1:
+        raise RuntimeError(f"Flower's simulation ran {sum(map(len, samples.values()))} rounds of {4 * (repeats + 1)}")
+    median = {kind: statistics.median(values[1:]) for kind, values in samples.items()}  # after the first
+    seconds = {name: median[(name, 0.1)] for name in ("plain", "secagg")}
+    same_poll = {name: median[(name, _PRIVFED_POLL)] for name in ("plain", "secagg")}
     return {
         "d": d,
         "clients_per_round": clients,
@@ -229,9 +245,11 @@ def flower_secaggplus_rounds(
         "reconstruction_threshold": threshold,
         "local_training": False,
         "seconds_per_round": seconds,
-        "first_round_seconds": {kind: values[0] for kind, values in samples.items()},
+        "seconds_per_round_polling_like_privfed": same_poll,
+        "first_round_seconds": {name: samples[(name, 0.1)][0] for name in ("plain", "secagg")},
         "simulation_seconds_total": total,
         "secagg_extra_seconds": seconds["secagg"] - seconds["plain"],
+        "secagg_extra_seconds_polling_like_privfed": same_poll["secagg"] - same_poll["plain"],
     }
 
 
@@ -265,6 +283,9 @@ def main() -> None:
         report["flower_secaggplus"] = theirs
         report["secagg_overhead_vs_flower_secaggplus"] = (
             ours["secagg_extra_seconds_flower_simulation"] / theirs["secagg_extra_seconds"]
+        )
+        report["secagg_overhead_vs_flower_secaggplus_polling_like_privfed"] = (
+            ours["secagg_extra_seconds_flower_simulation"] / theirs["secagg_extra_seconds_polling_like_privfed"]
         )
         report["secagg_round_vs_flower_secaggplus"] = (
             ours["seconds_per_round"]["secagg_flower_simulation"] / theirs["seconds_per_round"]["secagg"]
