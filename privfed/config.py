@@ -11,8 +11,17 @@ resolved config (defaults filled in), which a run directory stores as
 Range rules live next to each field as dataclass metadata (``ge``, ``gt``,
 ``le``, ``lt``, ``choices``, ``off`` for a value that switches a feature off
 and skips the bounds, ``text`` for a short printable name), so adding a field
-is one line. A config *file* must set ``name``: an empty or truncated file
-would otherwise start a long run with every default.
+is one line. A strategy or adapter method with settings of its own registers a
+small config class of the same kind with its factory (:mod:`privfed.config_fields`);
+its table sits inside its section (``[server.fedadam]``, ``[adapter.lora]``) and
+the selected method's instance is ``ServerConfig.strategy_config`` /
+``AdapterConfig.method_config``. The registries never import this module, and
+this module reads them only while validating (no import cycle). Keys that moved
+into a method's table (``server.beta1``, ``adapter.rank``, ...) are still read
+where older configs and run directories set them, with a ``DeprecationWarning``.
+
+A config *file* must set ``name``: an empty or truncated file would otherwise
+start a long run with every default.
 """
 
 from __future__ import annotations
@@ -808,7 +817,7 @@ def _migrate_moved_keys(cls: type, raw: Mapping[str, Any], prefix: str) -> Mappi
     out = dict(raw)
     default = next(f for f in dataclasses.fields(cls) if f.name == selector_name).default
     method = out.get(selector_name, default)
-    found = lookup(method) if isinstance(method, str) and method in _field_choices(cls, selector_name) else None
+    found = lookup(method) if isinstance(method, str) else None  # None for an unknown method (refused later)
     tables = method_tables(cls)
     notes: list[str] = []
     for key in moved:
@@ -839,11 +848,6 @@ def _migrate_moved_keys(cls: type, raw: Mapping[str, Any], prefix: str) -> Mappi
         stacklevel=4,
     )
     return out
-
-
-def _field_choices(cls: type, name: str) -> tuple[str, ...]:
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return tuple(field.metadata["choices"]()) if "choices" in field.metadata else ()
 
 
 def _virtual_tokens(config: ExperimentConfig) -> int:
