@@ -56,9 +56,9 @@ def worker(model_name: str, mode: str, steps: int, device_name: str = "cpu", bat
     import torch
     import transformers
 
+    from privfed import AdapterConfig, LoraAdapterConfig
     from privfed.adapters import wrap_model
     from privfed.client.data import ExampleSet
-    from privfed.config import AdapterConfig
     from privfed.data.tokenize import TokenizedTexts
     from privfed.models import load_base_model
     from privfed.privacy.dpsgd import (
@@ -75,7 +75,8 @@ def worker(model_name: str, mode: str, steps: int, device_name: str = "cpu", bat
     device = torch.device(device_name)
     cuda = device.type == "cuda"
     loaded = load_base_model(model_name, num_labels=spec["num_labels"])
-    model = wrap_model(loaded.model, AdapterConfig(method="lora", rank=8, target_modules=spec["targets"]), loaded.spec)
+    lora = LoraAdapterConfig(rank=8, target_modules=spec["targets"])
+    model = wrap_model(loaded.model, AdapterConfig(method="lora", method_config=lora), loaded.spec)
     model.to(device)
     task = get_task(loaded.spec.task)
     rng = np.random.default_rng(0)

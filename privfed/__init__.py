@@ -24,7 +24,16 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from privfed.adapters import AdapterLayout, ParameterSlot, adapter_method_names, register_adapter_method, wrap_model
+    from privfed.adapters import (
+        AdapterLayout,
+        IA3AdapterConfig,
+        LoraAdapterConfig,
+        ParameterSlot,
+        PromptTuningAdapterConfig,
+        adapter_method_names,
+        register_adapter_method,
+        wrap_model,
+    )
     from privfed.cli import register_command, register_reproducer
     from privfed.client.stages import StageContext, Upload, UploadStage, register_upload_stage
     from privfed.compression import FixedPointCodec
@@ -83,6 +92,7 @@ if TYPE_CHECKING:
     from privfed.secagg import SecAggAborted, SecAggClient, SecAggServer, run_secagg_round
     from privfed.server import (
         FedAdam,
+        FedAdamConfig,
         FedAvg,
         FederatedServer,
         Strategy,
@@ -124,10 +134,13 @@ __all__ = [
     "Experiment",
     "ExperimentConfig",
     "FedAdam",
+    "FedAdamConfig",
     "FedAvg",
     "FederatedServer",
     "FixedPointCodec",
     "GlobalModel",
+    "IA3AdapterConfig",
+    "LoraAdapterConfig",
     "ModelConfig",
     "ModelError",
     "ModelSpec",
@@ -138,6 +151,7 @@ __all__ = [
     "PrivacyConfig",
     "PrivacyLedger",
     "PrivfedError",
+    "PromptTuningAdapterConfig",
     "ProtocolError",
     "Reply",
     "RunConfig",
@@ -201,7 +215,10 @@ __all__ = [
 _SOURCES: dict[str, tuple[str, ...]] = {
     "privfed.adapters": (
         "AdapterLayout",
+        "IA3AdapterConfig",
+        "LoraAdapterConfig",
         "ParameterSlot",
+        "PromptTuningAdapterConfig",
         "adapter_method_names",
         "register_adapter_method",
         "wrap_model",
@@ -291,6 +308,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ),
     "privfed.server": (
         "FedAdam",
+        "FedAdamConfig",
         "FedAvg",
         "FederatedServer",
         "Strategy",

@@ -273,31 +273,9 @@ class AdapterConfig:
     other_method_configs: tuple[tuple[str, Any], ...] = dataclasses.field(
         default=(), metadata={"other_method_configs": "method"}
     )
-    # Deprecated keyword arguments (before method tables): moved into method_config with a
-    # DeprecationWarning. Init-only: they are not attributes of the config.
-    rank: dataclasses.InitVar[int | None] = None
-    alpha: dataclasses.InitVar[int | None] = None
-    dropout: dataclasses.InitVar[float | None] = None
-    target_modules: dataclasses.InitVar[Sequence[str] | None] = None
-    num_virtual_tokens: dataclasses.InitVar[int | None] = None
 
-    def __post_init__(
-        self,
-        rank: int | None,
-        alpha: int | None,
-        dropout: float | None,
-        target_modules: Sequence[str] | None,
-        num_virtual_tokens: int | None,
-    ) -> None:
+    def __post_init__(self) -> None:
         _settle_method_configs(self, "adapter", "method", "method_config", "other_method_configs")
-        old: dict[str, Any] = {
-            "rank": rank,
-            "alpha": alpha,
-            "dropout": dropout,
-            "num_virtual_tokens": num_virtual_tokens,
-        }
-        old["target_modules"] = None if target_modules is None else tuple(target_modules)
-        _move_old_arguments(self, "adapter", "method", "method_config", old)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,14 +314,8 @@ class ServerConfig:
         default=(), metadata={"other_method_configs": "strategy"}
     )
 
-    # Deprecated keyword arguments, as AdapterConfig's.
-    beta1: dataclasses.InitVar[float | None] = None
-    beta2: dataclasses.InitVar[float | None] = None
-    tau: dataclasses.InitVar[float | None] = None
-
-    def __post_init__(self, beta1: float | None, beta2: float | None, tau: float | None) -> None:
+    def __post_init__(self) -> None:
         _settle_method_configs(self, "server", "strategy", "strategy_config", "other_strategy_configs")
-        _move_old_arguments(self, "server", "strategy", "strategy_config", {"beta1": beta1, "beta2": beta2, "tau": tau})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -771,29 +743,6 @@ def _settle_method_configs(self: Any, prefix: str, selector: str, config_attr: s
             raise ConfigError(f"{prefix}.{section} is given twice ({config_attr} and {others_attr}); give it once")
         object.__setattr__(self, config_attr, given)
     object.__setattr__(self, others_attr, tuple(sorted(others.items())))
-
-
-def _move_old_arguments(self: Any, prefix: str, selector: str, config_attr: str, old: Mapping[str, Any]) -> None:
-    """``AdapterConfig(method="lora", rank=4)``, as written before method tables: the values go into
-    the selected method's config (``method_config``), with a DeprecationWarning; a value the method
-    does not use is dropped, as it was ignored before."""
-    given = {key: value for key, value in old.items() if value is not None}
-    if not given:
-        return
-    current = getattr(self, config_attr)
-    fields = {f.name for f in dataclasses.fields(current)} if current is not None else set()
-    used = {key: value for key, value in given.items() if key in fields}
-    if used:
-        object.__setattr__(self, config_attr, dataclasses.replace(current, **used))
-    method = getattr(self, selector)
-    notes = [f"{key}= -> {config_attr}.{key}" for key in used]
-    notes += [f"{key}= ignored ({prefix}.{selector} {method!r} does not use it)" for key in given if key not in used]
-    warnings.warn(
-        f"{type(self).__name__}({', '.join(f'{k}=...' for k in given)}) is deprecated; pass "
-        f"{config_attr}=<the method's config class>(...): {'; '.join(notes)}",
-        DeprecationWarning,
-        stacklevel=4,
-    )
 
 
 def _unknown_section(cls: type, prefix: str, name: str) -> str:

@@ -21,8 +21,7 @@ import numpy.typing as npt
 from attacks.inversion.defences import quantize_roundtrip, sum_updates
 from attacks.inversion.text import Target
 from attacks.threat import Observation, ThreatModel
-from privfed import load_base_model, wrap_model
-from privfed.config import AdapterConfig
+from privfed import AdapterConfig, LoraAdapterConfig, load_base_model, wrap_model
 
 __all__ = ["TextBatch", "TextVictim"]
 
@@ -97,7 +96,7 @@ class TextVictim:
                 p.requires_grad_(True)
             return model
         method = "lora" if target == "lora" else "ffa_lora"
-        cfg = AdapterConfig(method=method, rank=rank, alpha=2 * rank)
+        cfg = AdapterConfig(method=method, method_config=LoraAdapterConfig(rank=rank, alpha=2 * rank))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + rank)
             wrapped = wrap_model(model, cfg, self.spec)

@@ -9,6 +9,7 @@ from privfed.server.server import (
 )
 from privfed.server.strategies import (
     FedAdam,
+    FedAdamConfig,
     FedAvg,
     Strategy,
     make_strategy,
@@ -19,6 +20,7 @@ from privfed.server.strategies import (
 
 __all__ = [
     "FedAdam",
+    "FedAdamConfig",
     "FedAvg",
     "FederatedServer",
     "RoundResult",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from privfed.adapters import AdapterLayout, wrap_model
+from privfed.adapters import AdapterLayout, LoraAdapterConfig, wrap_model
 from privfed.config import AdapterConfig
 from privfed.experiments import run_experiment
 from privfed.models import load_base_model
@@ -36,9 +36,8 @@ def test_minilm_lora_has_the_documented_size_and_learns_bbc_topics(tmp_path: Pat
     assert loaded.spec.pretrained
     base = sum(p.numel() for p in loaded.model.parameters())
     assert 22_500_000 < base < 23_000_000
-    model = wrap_model(
-        loaded.model, AdapterConfig(method="lora", rank=8, target_modules=("query", "value")), loaded.spec
-    )
+    settings = LoraAdapterConfig(rank=8, target_modules=("query", "value"))
+    model = wrap_model(loaded.model, AdapterConfig(method="lora", method_config=settings), loaded.spec)
     layout = AdapterLayout.from_model(model)
     lora = sum(s.size for s in layout.slots if "lora_" in s.name)
     assert lora == 73_728  # 6 layers x 2 modules x (8x384 + 384x8)

@@ -60,12 +60,12 @@ def test_slots_must_tile_without_gaps() -> None:
 
 
 def test_model_round_trip_covers_exactly_the_trainable_parameters() -> None:
-    from privfed.adapters import wrap_model
+    from privfed.adapters import LoraAdapterConfig, wrap_model
     from privfed.config import AdapterConfig
     from privfed.models import load_base_model
 
     loaded = load_base_model("tiny-bert", num_labels=3)
-    model = wrap_model(loaded.model, AdapterConfig(method="lora", rank=2), loaded.spec)
+    model = wrap_model(loaded.model, AdapterConfig(method="lora", method_config=LoraAdapterConfig(rank=2)), loaded.spec)
     layout = AdapterLayout.from_model(model)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert set(layout.names) == set(trainable)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -443,10 +444,17 @@ def test_replace_paths_reads_old_keys_as_set_does() -> None:
         replace_paths(config_from_dict({}), {"server.tau": 0.5})
 
 
-def test_old_keyword_arguments_still_build_the_config() -> None:
-    """``AdapterConfig(method="lora", rank=4)`` as written before method tables (attacks, benchmarks)."""
-    with pytest.warns(DeprecationWarning, match=r"rank= -> method_config\.rank; .*num_virtual_tokens= ignored"):
-        adapter = AdapterConfig(method="lora", rank=4, target_modules=["query"], num_virtual_tokens=3)
-    assert adapter == AdapterConfig(method_config=LoraAdapterConfig(rank=4, target_modules=("query",)))
-    with pytest.warns(DeprecationWarning, match=r"tau= -> strategy_config\.tau"):
-        assert ServerConfig(strategy="fedadam", tau=0.5).strategy_config == FedAdamConfig(tau=0.5)
+def test_moved_settings_are_not_attributes_of_the_section() -> None:
+    """A method's settings live in its own config object: reading the old attribute
+    (``config.adapter.rank``) or passing the old keyword fails loudly instead of giving None."""
+    config = config_from_dict({"adapter": {"lora": {"rank": 4}}, "server": {"strategy": "fedadam"}})
+    assert config.adapter.method_config == LoraAdapterConfig(rank=4)
+    for section, name in ((config.adapter, "rank"), (config.adapter, "num_virtual_tokens"), (config.server, "tau")):
+        with pytest.raises(AttributeError):
+            getattr(section, name)
+    with pytest.raises(TypeError, match="rank"):
+        AdapterConfig(method="lora", rank=4)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="tau"):
+        ServerConfig(strategy="fedadam", tau=0.5)  # type: ignore[call-arg]
+    replaced = dataclasses.replace(config.adapter, method_config=LoraAdapterConfig(rank=8))
+    assert replaced.method_config == LoraAdapterConfig(rank=8)
