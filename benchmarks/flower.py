@@ -71,7 +71,7 @@ def _raw_config(*, quick: bool) -> dict[str, Any]:
         "transport": {"kind": "flower-simulation", "reply_timeout": 300.0, "num_cpus": 1.0},
     }
     if not quick:
-        raw["adapter"] = {"rank": 11}  # LoRA r=11 on query,value + head: d = 103,301 (as benchmarks/secagg.py)
+        raw["adapter"] = {"lora": {"rank": 11}}  # LoRA r=11 on query,value + head: d = 103,301 (as secagg.py)
     return raw
 
 

@@ -244,7 +244,7 @@ def simulated_round(*, train: bool, repeats: int) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "model": {"name": "minilm", "max_length": 32},
         "data": {"name": "bbc_news", "max_train_examples": 200, "max_eval_examples": 10},
-        "adapter": {"rank": 11},  # LoRA r=11 on query,value + head: d = 103,301
+        "adapter": {"lora": {"rank": 11}},  # LoRA r=11 on query,value + head: d = 103,301
         "partition": {"method": "iid", "num_clients": 10},
         "client": {"local_steps": 1, "batch_size": 8},
         "server": {"clients_per_round": 10, "weighting": "uniform"},

@@ -128,6 +128,12 @@ def _adapter_section(name: str) -> tuple[str, type[Any]] | None:
     return adapter_config_section(name) if name in adapter_method_names() else None
 
 
+def _tracker_names() -> Iterable[str]:
+    from privfed.tracking import tracker_names
+
+    return tracker_names()
+
+
 def _partition_names() -> Iterable[str]:
     from privfed.data.partition import partitioner_names
 
@@ -501,8 +507,9 @@ class TrackingConfig:
     backends are optional extras (``pip install privfed[tracking]``).
     """
 
-    # "none", "tensorboard" (event files) or "mlflow" (a local file store; no server).
-    backend: str = _f("none", choices=lambda: ("none", "tensorboard", "mlflow"))
+    # "none", "tensorboard" (event files), "mlflow" (a local file store; no server) or a
+    # tracker registered with privfed.register_tracker.
+    backend: str = _f("none", choices=_choices_from(_tracker_names))
     # Where the tracker writes; empty = <run dir>/tensorboard or <run dir>/mlruns.
     dir: str = _f("", help="Directory the tracker writes to; empty = inside the run directory.")
 
