@@ -620,6 +620,12 @@ class ExperimentConfig:
                 "secagg.enabled: each client adds only a share of the noise, so without secure aggregation "
                 "the server would see every upload almost noiseless; use 'central' instead"
             )
+        if p.user_level and p.user.mechanism != "central" and p.user.adaptive_clipping:
+            raise ConfigError(
+                f"privacy.user.adaptive_clipping is not implemented yet with privacy.user.mechanism = "
+                f"{p.user.mechanism!r} (the unclipped count would need its own distributed noise); use a fixed "
+                "clip_norm"
+            )
         if p.user_level and p.delta >= 1 / self.partition.num_clients:
             raise ConfigError(
                 f"privacy.delta must be < 1/partition.num_clients ({1 / self.partition.num_clients:g}) "

@@ -458,3 +458,31 @@ def test_moved_settings_are_not_attributes_of_the_section() -> None:
         ServerConfig(strategy="fedadam", tau=0.5)  # type: ignore[call-arg]
     replaced = dataclasses.replace(config.adapter, method_config=LoraAdapterConfig(rank=8))
     assert replaced.method_config == LoraAdapterConfig(rank=8)
+
+
+@pytest.mark.parametrize(
+    ("privacy", "secagg", "message"),
+    [
+        ({"mode": "user", "user": {"mechanism": "skellam", "noise_multiplier": 1.0}}, False, "needs privacy.mode"),
+        ({"mode": "sample", "sample": {"noise_multiplier": 1.0}, "user": {"mechanism": "skellam"}}, True, "needs"),
+        (
+            {
+                "mode": "user",
+                "user": {"mechanism": "distributed_gaussian", "noise_multiplier": 1.0, "adaptive_clipping": True},
+            },
+            True,
+            "adaptive_clipping is not implemented yet",
+        ),
+    ],
+)
+def test_distributed_mechanisms_are_refused_where_they_cannot_hold(
+    privacy: dict[str, object], secagg: bool, message: str
+) -> None:
+    raw = {
+        "privacy": privacy,
+        "secagg": {"enabled": secagg, "bits": 20},
+        "server": {"weighting": "uniform", "clients_per_round": 5},
+        "partition": {"num_clients": 20},
+    }
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
