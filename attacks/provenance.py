@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from privfed import ExperimentConfig, dump_config
-from privfed.experiments import atomic_write_text, collect_provenance
+from privfed.experiments import Provenance, atomic_write_text, collect_provenance
 
 __all__ = [
     "CONFIG_FILES",
@@ -105,7 +105,7 @@ def attack_provenance(
     table: Mapping[str, Any],
     config: ExperimentConfig | None,
     run_dirs: Iterable[Path] = (),
-) -> dict[str, Any]:
+) -> Provenance:
     """The provenance record of an attack in ``out`` (see the module docstring for its fingerprints)."""
     fingerprints = {"attack_settings": settings_digest(table)}
     if config is not None:

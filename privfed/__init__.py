@@ -78,7 +78,15 @@ if TYPE_CHECKING:
         PrivfedError,
         ProtocolError,
     )
-    from privfed.experiments import Experiment, RunDirectory, build_experiment, resume_experiment, run_experiment
+    from privfed.experiments import (
+        Experiment,
+        RoundMetrics,
+        RunDirectory,
+        RunSummary,
+        build_experiment,
+        resume_experiment,
+        run_experiment,
+    )
     from privfed.models import ModelSpec, load_base_model, model_names, register_model
     from privfed.privacy import (
         DPFedAvgServer,
@@ -154,8 +162,10 @@ __all__ = [
     "PromptTuningAdapterConfig",
     "ProtocolError",
     "Reply",
+    "RoundMetrics",
     "RunConfig",
     "RunDirectory",
+    "RunSummary",
     "SampleDPConfig",
     "SampledGaussianEvent",
     "SecAggAborted",
@@ -280,7 +290,9 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ),
     "privfed.experiments": (
         "Experiment",
+        "RoundMetrics",
         "RunDirectory",
+        "RunSummary",
         "build_experiment",
         "resume_experiment",
         "run_experiment",

@@ -40,7 +40,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,7 +244,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     keys = ["final_eval_accuracy", "final_eval_loss", "final_eval_perplexity", "initial_eval_perplexity"]
     keys += ["majority_class_rate", "rounds", "rounds_without_update", "trainable_params", "bytes_up_total"]
     keys += ["epsilon_user", "epsilon_sample_max", "delta"]
-    shown = {k: summary[k] for k in keys if k in summary}
+    fields: Mapping[str, object] = summary
+    shown = {k: fields[k] for k in keys if k in fields}
     print(f"run directory: {out}")
     print(json.dumps(shown, indent=2))
     print(_summary_line(summary))
@@ -260,7 +261,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _epsilon_text(summary: dict[str, Any]) -> str:
+def _epsilon_text(summary: Mapping[str, Any]) -> str:
     """``ε_user=2.31, ε_record≤4.10 (δ=1e-05)``, or ``not private``: the epsilon a run has spent."""
     parts = []
     for key, label in (("epsilon_user", "ε_user="), ("epsilon_sample_max", "ε_record≤")):
@@ -273,7 +274,7 @@ def _epsilon_text(summary: dict[str, Any]) -> str:
     return ", ".join(parts) + (f" (δ={delta:g})" if isinstance(delta, float) else "")
 
 
-def _summary_line(summary: dict[str, Any]) -> str:
+def _summary_line(summary: Mapping[str, Any]) -> str:
     """The run's outcome in one line: rounds, the final metric, the epsilon spent."""
     rounds = summary.get("rounds")
     parts = [f"{rounds} round(s)" if rounds is not None else "no rounds"]

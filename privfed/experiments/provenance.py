@@ -20,13 +20,20 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
     "SCIENTIFIC_STACK",
+    "DeterminismSettings",
+    "GitInfo",
+    "GpuInfo",
+    "HardwareInfo",
+    "OSInfo",
+    "Provenance",
+    "PythonInfo",
     "apply_determinism",
     "collect_provenance",
     "diff_provenance",
@@ -123,7 +130,71 @@ def _versions(names: Iterable[str]) -> dict[str, str | None]:
     return out
 
 
-def apply_determinism(*, device: str) -> dict[str, Any]:
+class DeterminismSettings(TypedDict):
+    """The torch settings that decide whether two runs can be bit-identical (``provenance.torch``)."""
+
+    deterministic_algorithms: bool
+    deterministic_warn_only: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    cuda_matmul_allow_tf32: bool
+    float32_matmul_precision: str
+    cublas_workspace_config: str | None
+    num_threads: int
+    num_interop_threads: int
+
+
+class GitInfo(TypedDict):
+    """The checkout a run came from; ``None`` outside a git checkout."""
+
+    commit: str | None
+    #: Tracked files modified; ``None`` when git could not say.
+    dirty: bool | None
+
+
+class PythonInfo(TypedDict):
+    version: str
+    implementation: str
+
+
+class OSInfo(TypedDict):
+    system: str
+    release: str
+    platform: str
+
+
+class GpuInfo(TypedDict):
+    name: str
+    count: int
+    #: The CUDA version torch was built with.
+    cuda: str | None
+
+
+class HardwareInfo(TypedDict):
+    cpu: str
+    cpu_count: int | None
+    machine: str
+    device: str
+    #: Only when the model runs on CUDA and a GPU is there.
+    gpu: GpuInfo | None
+
+
+class Provenance(TypedDict):
+    """A run's provenance record (``summary.json``'s ``provenance``), JSON-serialisable."""
+
+    git: GitInfo
+    #: Installed version of each of :data:`SCIENTIFIC_STACK`; ``None`` when not installed.
+    packages: dict[str, str | None]
+    python: PythonInfo
+    os: OSInfo
+    hardware: HardwareInfo
+    torch: DeterminismSettings
+    #: SHA-256 content digests of what the run used, by name, sorted.
+    fingerprints: dict[str, str]
+    argv: list[str]
+
+
+def apply_determinism(*, device: str) -> DeterminismSettings:
     """Ask torch for deterministic kernels, and return the settings in force.
 
     ``torch.use_deterministic_algorithms(True, warn_only=True)``: kernels with a
@@ -142,7 +213,7 @@ def apply_determinism(*, device: str) -> dict[str, Any]:
     return determinism_settings()
 
 
-def determinism_settings() -> dict[str, Any]:
+def determinism_settings() -> DeterminismSettings:
     """The torch settings that decide whether two runs can be bit-identical."""
     import torch
 
@@ -159,7 +230,7 @@ def determinism_settings() -> dict[str, Any]:
     }
 
 
-def collect_provenance(*, device: str, fingerprints: Mapping[str, str]) -> dict[str, Any]:
+def collect_provenance(*, device: str, fingerprints: Mapping[str, str]) -> Provenance:
     """The provenance record of a run (JSON-serialisable).
 
     Args:
@@ -171,7 +242,7 @@ def collect_provenance(*, device: str, fingerprints: Mapping[str, str]) -> dict[
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
-    gpu = None
+    gpu: GpuInfo | None = None
     if device == "cuda" and torch.cuda.is_available():
         gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
     return {

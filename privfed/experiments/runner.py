@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,7 @@ from privfed.data.partition import PartitionInputs, partition, stratified_split
 from privfed.data.records import Dataset
 from privfed.data.tokenize import tokenize_texts
 from privfed.errors import CheckpointError, ConfigError, ModelError, PrivacyBudgetExceeded
-from privfed.evaluation import evaluate_vector
+from privfed.evaluation import EvalMetrics, evaluate_vector
 from privfed.experiments.provenance import (
     apply_determinism,
     collect_provenance,
@@ -32,6 +32,7 @@ from privfed.experiments.provenance import (
     fingerprint_rows,
     fingerprint_tensors,
 )
+from privfed.experiments.records import RoundMetrics, RunSummary
 from privfed.experiments.run_dir import Checkpoint, RunDirectory
 from privfed.models.registry import get_model_spec, load_base_model
 from privfed.privacy.accountants import compute_epsilon
@@ -44,7 +45,7 @@ from privfed.rng import derive_seed, generator, torch_rng
 from privfed.server.server import FederatedServer, RoundResult
 from privfed.server.strategies import FedAdam, Strategy, make_strategy
 from privfed.tasks import Task, get_task
-from privfed.tracking import open_tracker, require_tracker
+from privfed.tracking import open_tracker, require_tracker, round_scalars
 from privfed.transport.base import Transport, make_transport
 
 __all__ = ["Experiment", "build_experiment", "resume_experiment", "run_experiment"]
@@ -237,17 +238,18 @@ class _Progress:
         if self.clients is not None:
             self.clients.update(1)
 
-    def end_round(self, record: dict[str, Any]) -> None:
+    def end_round(self, record: RoundMetrics) -> None:
         if self.clients is not None:
             self.clients.close()
-        postfix = {"loss": record.get("train_loss")}
+        postfix: dict[str, float | None] = {"loss": record["train_loss"]}
         if record.get("eval_accuracy") is not None:
             postfix["eval_acc"] = record["eval_accuracy"]
         shown = {k: f"{v:.4f}" for k, v in postfix.items() if isinstance(v, float)}
         # The epsilon spent so far (the ledger's, at the configured delta), per privacy unit.
         for key, label in (("epsilon_user", "ε_user"), ("epsilon_sample_max", "ε_record")):
-            if isinstance(record.get(key), (int, float)):
-                shown[label] = f"{record[key]:.3g}"
+            value = record.get(key)
+            if isinstance(value, (int, float)):
+                shown[label] = f"{value:.3g}"
         self.rounds.set_postfix(shown)
         self.rounds.update(1)
 
@@ -255,7 +257,7 @@ class _Progress:
         self.rounds.close()
 
 
-def _evaluate(exp: Experiment, vector: npt.NDArray[np.float32]) -> dict[str, float]:
+def _evaluate(exp: Experiment, vector: npt.NDArray[np.float32]) -> EvalMetrics:
     return evaluate_vector(
         model=exp.model,
         layout=exp.layout,
@@ -282,8 +284,22 @@ def _save(
     run_dir.save_checkpoint(Checkpoint(round=round, arrays=arrays, state=state))
 
 
-def _privacy_metrics(ledger: PrivacyLedger, plan: PrivacyPlan, result: RoundResult) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+class _RoundExtras(TypedDict, total=False):
+    """The keys of a :class:`RoundMetrics` that only some rounds have, in the order they are written."""
+
+    eval_perplexity: float
+    epsilon_user: float
+    clip_norm: float | None
+    unclipped_fraction: float | None
+    epsilon_sample_max: float
+
+
+def _round_extras(
+    ledger: PrivacyLedger, plan: PrivacyPlan, result: RoundResult, evaluation: EvalMetrics | None
+) -> _RoundExtras:
+    out: _RoundExtras = {}
+    if evaluation is not None and "eval_perplexity" in evaluation:
+        out["eval_perplexity"] = evaluation["eval_perplexity"]
     if plan.user_noise_multiplier is not None:
         out["epsilon_user"] = ledger.epsilon_user()
         out["clip_norm"] = result.clip_norm
@@ -320,13 +336,19 @@ def _no_update_warnings(records: list[dict[str, Any]]) -> tuple[list[int], list[
 
 
 def _round_record(
-    result: RoundResult, evaluation: dict[str, float] | None, privacy: dict[str, Any], timings: dict[str, float]
-) -> dict[str, Any]:
-    record: dict[str, Any] = {
+    result: RoundResult,
+    evaluation: EvalMetrics | None,
+    extras: _RoundExtras,
+    *,
+    seconds: float,
+    seconds_train: float,
+    seconds_eval: float,
+) -> RoundMetrics:
+    return {
         "round": result.round,
         "train_loss": result.train_loss,
-        "eval_loss": None,
-        "eval_accuracy": None,
+        "eval_loss": None if evaluation is None else evaluation["eval_loss"],
+        "eval_accuracy": None if evaluation is None else evaluation["eval_accuracy"],
         "num_clients": result.num_clients,
         "rejected_updates": result.rejected_updates,
         "bytes_up": result.bytes_up,
@@ -343,21 +365,56 @@ def _round_record(
         "clients_dropped": result.unanswered,
         "clients_rejected": result.rejected_clients,
         "seconds_waiting_slowest": result.seconds_waiting,
+        **extras,
+        "seconds": seconds,
+        "seconds_train": seconds_train,
+        "seconds_eval": seconds_eval,
     }
-    if evaluation is not None:
-        record.update(evaluation)
-    record.update(privacy)
-    record.update(timings)
-    return record
+
+
+class _SummaryExtras(TypedDict, total=False):
+    """The keys of a :class:`RunSummary` that only some runs have, in the order they are written."""
+
+    initial_eval_perplexity: float | None
+    majority_class_rate: float
+    final_eval_perplexity: float | None
+
+
+class _Stopped(TypedDict, total=False):
+    stopped: str
 
 
 def _summary(
-    exp: Experiment, records: list[dict[str, Any]], state: dict[str, Any], ledger: PrivacyLedger, plan: PrivacyPlan
-) -> dict[str, Any]:
+    exp: Experiment,
+    records: list[dict[str, Any]],
+    state: dict[str, Any],
+    ledger: PrivacyLedger,
+    plan: PrivacyPlan,
+    *,
+    completed: bool,
+    stopped: str | None = None,
+) -> RunSummary:
     config = exp.config
     evaluated = [r for r in records if r.get("eval_loss") is not None]
     final = evaluated[-1] if evaluated else {}
-    summary: dict[str, Any] = {
+    initial = state.get("initial_eval", {})  # a checkpoint's may hold null for a non-finite number
+    extras: _SummaryExtras = {}
+    if "eval_perplexity" in initial:
+        extras["initial_eval_perplexity"] = initial["eval_perplexity"]
+    if exp.task.name == "classification":
+        extras["majority_class_rate"] = exp.dataset.majority_class_rate(exp.eval_indices)
+    if "eval_perplexity" in final:
+        extras["final_eval_perplexity"] = final["eval_perplexity"]
+    bytes_up_total = sum(int(r["bytes_up"]) for r in records)
+    no_update, warnings = _no_update_warnings(records)
+    # Uplink per client that took part in a round (accepted, rejected/declined or dropped mid-SecAgg),
+    # against the whole base model in float32 (issue 16).
+    client_rounds = sum(
+        int(r["num_clients"]) + int(r.get("rejected_updates", 0)) + int(r.get("dropped_clients", 0)) for r in records
+    )
+    per_client = bytes_up_total / client_rounds if client_rounds else None
+    tail: _Stopped = {} if stopped is None else {"stopped": stopped}
+    summary: RunSummary = {
         "name": config.name,
         "seed": config.seed,
         "model": config.model.name,
@@ -371,7 +428,7 @@ def _summary(
         "eval_examples": len(exp.eval_indices),
         "trainable_params": exp.layout.dim,
         "base_params": exp.base_params,
-        "bytes_up_total": sum(int(r["bytes_up"]) for r in records),
+        "bytes_up_total": bytes_up_total,
         "bytes_down_total": sum(int(r["bytes_down"]) for r in records),
         "rejected_updates_total": sum(int(r.get("rejected_updates", 0)) for r in records),
         "secagg": config.secagg.enabled,
@@ -380,35 +437,27 @@ def _summary(
         "final_eval_loss": final.get("eval_loss"),
         "final_eval_accuracy": final.get("eval_accuracy"),
         "seconds_total": sum(float(r.get("seconds", 0.0)) for r in records),
+        "initial_eval_loss": initial.get("eval_loss"),
+        "initial_eval_accuracy": initial.get("eval_accuracy"),
+        **extras,
+        "privacy_mode": config.privacy.mode,
+        "delta": config.privacy.delta,
+        "sample_noise_multiplier": plan.sample_noise_multiplier,
+        "user_noise_multiplier": plan.user_noise_multiplier,
+        "epsilon_user": ledger.epsilon_user() if plan.user_noise_multiplier is not None else None,
+        "epsilon_sample_max": ledger.epsilon_sample_max() if plan.sample_noise_multiplier is not None else None,
+        "rounds_without_update": len(no_update),
+        "aggregate_rejected_rounds": sum(1 for r in records if r.get("aggregate_rejected")),
+        "trained": bool(records) and len(no_update) < len(records),
+        "warnings": warnings,
+        "uplink_bytes_per_client_round": per_client,
+        "uplink_ratio_vs_fp32_model": (
+            per_client / (4 * exp.base_params) if per_client is not None and exp.base_params else None
+        ),
+        "provenance": collect_provenance(device=config.model.device, fingerprints=exp.fingerprints),
+        "completed": completed,
+        **tail,
     }
-    for key, value in state.get("initial_eval", {}).items():
-        summary[f"initial_{key}"] = value
-    if exp.task.name == "classification":
-        summary["majority_class_rate"] = exp.dataset.majority_class_rate(exp.eval_indices)
-    if "eval_perplexity" in final:
-        summary["final_eval_perplexity"] = final["eval_perplexity"]
-    summary["privacy_mode"] = config.privacy.mode
-    summary["delta"] = config.privacy.delta
-    summary["sample_noise_multiplier"] = plan.sample_noise_multiplier
-    summary["user_noise_multiplier"] = plan.user_noise_multiplier
-    summary["epsilon_user"] = ledger.epsilon_user() if plan.user_noise_multiplier is not None else None
-    summary["epsilon_sample_max"] = ledger.epsilon_sample_max() if plan.sample_noise_multiplier is not None else None
-    no_update, warnings = _no_update_warnings(records)
-    summary["rounds_without_update"] = len(no_update)
-    summary["aggregate_rejected_rounds"] = sum(1 for r in records if r.get("aggregate_rejected"))
-    summary["trained"] = bool(records) and len(no_update) < len(records)
-    summary["warnings"] = warnings
-    # Uplink per client that took part in a round (accepted, rejected/declined or dropped mid-SecAgg),
-    # against the whole base model in float32 (issue 16).
-    client_rounds = sum(
-        int(r["num_clients"]) + int(r.get("rejected_updates", 0)) + int(r.get("dropped_clients", 0)) for r in records
-    )
-    per_client = summary["bytes_up_total"] / client_rounds if client_rounds else None
-    summary["uplink_bytes_per_client_round"] = per_client
-    summary["uplink_ratio_vs_fp32_model"] = (
-        per_client / (4 * exp.base_params) if per_client is not None and exp.base_params else None
-    )
-    summary["provenance"] = collect_provenance(device=config.model.device, fingerprints=exp.fingerprints)
     return summary
 
 
@@ -730,8 +779,8 @@ def _execute(
     quiet: bool,
     stop_after_round: int | None,
     transport_hook: Callable[[Transport], Transport] | None = None,
-    initial_eval: dict[str, float] | None = None,
-) -> dict[str, Any]:
+    initial_eval: EvalMetrics | None = None,
+) -> RunSummary:
     config = exp.config
     plan, ledger, user_dp, trainer = dp.plan, dp.ledger, dp.user_dp, dp.trainer
     server = dp.server
@@ -770,9 +819,9 @@ def _execute(
                 ledger.check(planned)
             except PrivacyBudgetExceeded as exc:
                 _save(run_dir, round - 1, server, strategy, state, ledger, user_dp)
-                summary = _summary(exp, run_dir.read_metrics(), state, ledger, plan)
-                summary["completed"] = False
-                summary["stopped"] = f"privacy budget: {exc}"
+                summary = _summary(
+                    exp, run_dir.read_metrics(), state, ledger, plan, completed=False, stopped=f"privacy budget: {exc}"
+                )
                 run_dir.write_summary(summary)
                 tracker.log_run(summary, config)
                 raise
@@ -788,15 +837,13 @@ def _execute(
             record = _round_record(
                 result,
                 evaluation,
-                _privacy_metrics(ledger, plan, result),
-                {
-                    "seconds": finished - started,
-                    "seconds_train": trained - started,
-                    "seconds_eval": finished - trained,
-                },
+                _round_extras(ledger, plan, result, evaluation),
+                seconds=finished - started,
+                seconds_train=trained - started,
+                seconds_eval=finished - trained,
             )
             run_dir.append_metrics(record)
-            tracker.log_round(round, record)
+            tracker.log_round(round, round_scalars(record))
             # With noise from the OS CSPRNG a round cannot be re-run after a crash (its release
             # could not be reproduced), so such runs checkpoint every round.
             every = 1 if _private(config) and config.privacy.secure_noise else config.run.checkpoint_every
@@ -812,8 +859,7 @@ def _execute(
             close()
 
     records = run_dir.read_metrics()
-    summary = _summary(exp, records, state, ledger, plan)
-    summary["completed"] = len(records) >= total
+    summary = _summary(exp, records, state, ledger, plan, completed=len(records) >= total)
     if summary["completed"]:
         exp.layout.load_into(exp.model, server.global_vector)
         exp.model.save_pretrained(str(run_dir.adapter_dir))
@@ -832,8 +878,8 @@ def run_experiment(
     stop_after_round: int | None = None,
     transport_hook: Callable[[Transport], Transport] | None = None,
     experiment_hook: Callable[[Experiment], Experiment] | None = None,
-) -> dict[str, Any]:
-    """Run ``config`` into a new run directory ``out_dir``; returns the summary.
+) -> RunSummary:
+    """Run ``config`` into a new run directory ``out_dir``; returns the summary (``summary.json``).
 
     Args:
         stop_after_round: stop (with a checkpoint) after this round, as if
@@ -897,9 +943,7 @@ def _check_resumable(run_dir: RunDirectory, config: ExperimentConfig, checkpoint
         )
 
 
-def resume_experiment(
-    out_dir: str | Path, *, quiet: bool = False, stop_after_round: int | None = None
-) -> dict[str, Any]:
+def resume_experiment(out_dir: str | Path, *, quiet: bool = False, stop_after_round: int | None = None) -> RunSummary:
     """Continue the run in ``out_dir`` from its last checkpoint; returns the summary.
 
     A resumed run draws exactly the randomness an uninterrupted one would
