@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +25,7 @@ from privfed.client.stages import (
     UploadPipeline,
     UploadStage,
 )
-from privfed.compression.quantize import FixedPointCodec, max_norm_before_rounding
+from privfed.compression.quantize import FixedPointCodec, coordinate_range, max_norm_before_rounding
 from privfed.compression.rotation import padded_dim
 from privfed.compression.sparsify import kept_count
 from privfed.config import CompressionConfig, SecAggConfig
@@ -143,7 +144,16 @@ class RoundResult:
     seconds_waiting: float = 0.0
 
 
-def _plain_counts(exchange: Exchange, cohort: list[int], accepted: int) -> dict[str, object]:
+class _Participation(TypedDict):
+    """Who took part in a round: the :class:`RoundResult` fields of the same names."""
+
+    answered: int
+    unanswered: int
+    rejected_clients: int
+    seconds_waiting: float
+
+
+def _plain_counts(exchange: Exchange, cohort: list[int], accepted: int) -> _Participation:
     """Who answered a plain round's one exchange, who was rejected, and the wait."""
     answered = len(exchange.answered() & set(cohort))
     return {
@@ -224,7 +234,15 @@ class FederatedServer:
             # Extra coordinates: the local loss, and (user-level DP) the "unclipped" bit; none under
             # distributed DP (they would reach the server noiseless).
             extra = 0 if user_mechanism != "central" else 2 if user_dp is not None else 1
-            clip = np.full(self._kept + extra, self.secagg.clip, dtype=np.float64)
+            # Rotated coordinates of a known L2 clip get a range of a few standard deviations (issue 16).
+            self._coordinate_range = coordinate_range(
+                coordinate_clip=self.secagg.clip,
+                clip_norm=None if user_dp is None or user_dp.adaptive is not None else user_dp.clip_norm,
+                rotated=c.rotation,
+                rotated_dim=self._rotated_dim,
+                kept=self._kept,
+            )
+            clip = np.full(self._kept + extra, self._coordinate_range, dtype=np.float64)
             clip[self._kept :] = self.secagg.loss_clip
             # Poisson cohorts (user-level DP) can exceed clients_per_round: leave room for everyone.
             summands = num_clients if user_dp is not None else clients_per_round
@@ -436,7 +454,7 @@ class FederatedServer:
         stages.append(
             FixedPointStage(
                 bits=self.secagg.bits,
-                clip=self.secagg.clip,
+                clip=self._coordinate_range,
                 extra_clip=self.secagg.loss_clip,
                 dim=self._kept,
                 extra=len(names) if plan is None else 0,
@@ -518,7 +536,8 @@ class FederatedServer:
         assert self.secagg is not None and self.codec is not None
         if len(members) < 3:
             reason = f"a cohort of {len(members)} clients is too small for secure aggregation (needs 3)"
-            return self._finish_secure_round(round, members, None, (), 0, reason, 0, 0)
+            nobody: _Participation = {"answered": 0, "unanswered": 0, "rejected_clients": 0, "seconds_waiting": 0.0}
+            return self._finish_secure_round(round, members, None, (), 0, reason, 0, 0, nobody)
         degree = self.secagg.resolved_degree(len(members))
         secagg_server = SecAggServer(
             round=round,
@@ -589,7 +608,7 @@ class FederatedServer:
         abort_reason: str | None,
         bytes_down: int,
         bytes_up: int,
-        counts: dict[str, object] | None = None,
+        counts: _Participation,
     ) -> RoundResult:
         d = self.layout.dim
         pipeline = self.upload_pipeline()
@@ -620,11 +639,11 @@ class FederatedServer:
             bytes_down=bytes_down,
             dropped_clients=len(members) - len(contributors) - declined,
             aborted=abort_reason,
-            **(counts or {}),
+            **counts,
         )
 
 
-def _secure_counts(members: list[int], silent: set[int], rejected: set[int], waited: float) -> dict[str, object]:
+def _secure_counts(members: list[int], silent: set[int], rejected: set[int], waited: float) -> _Participation:
     """Who answered every SecAgg+ stage they were sent, who was rejected, and the summed wait."""
     dropped = (silent - rejected) & set(members)
     return {
