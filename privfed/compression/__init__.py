@@ -2,8 +2,10 @@
 
 from privfed.compression.packing import pack_bits, packed_size, unpack_bits
 from privfed.compression.quantize import (
+    ROTATED_RANGE_STDDEVS,
     ConditionalRoundingError,
     FixedPointCodec,
+    coordinate_range,
     max_norm_before_rounding,
     rounded_l2_norm_bound,
 )
@@ -11,8 +13,10 @@ from privfed.compression.rotation import fwht, inverse_rotate, padded_dim, rando
 from privfed.compression.sparsify import kept_count, shared_subset, top_k_indices
 
 __all__ = [
+    "ROTATED_RANGE_STDDEVS",
     "ConditionalRoundingError",
     "FixedPointCodec",
+    "coordinate_range",
     "fwht",
     "inverse_rotate",
     "kept_count",

@@ -32,7 +32,18 @@ import numpy.typing as npt
 from privfed.errors import PrivfedError, ProtocolError
 from privfed.secagg.crypto import mask_dtype
 
-__all__ = ["ConditionalRoundingError", "FixedPointCodec", "max_norm_before_rounding", "rounded_l2_norm_bound"]
+__all__ = [
+    "ROTATED_RANGE_STDDEVS",
+    "ConditionalRoundingError",
+    "FixedPointCodec",
+    "coordinate_range",
+    "max_norm_before_rounding",
+    "rounded_l2_norm_bound",
+]
+
+# Per-coordinate range of rotated, L2-clipped coordinates, in standard deviations
+# (Kairouz, Liu, Steinke 2021, Sec. 5 choose k = 3..4; TFF's distributed DP uses 4).
+ROTATED_RANGE_STDDEVS = 4.0
 
 
 class ConditionalRoundingError(PrivfedError, RuntimeError):
@@ -72,6 +83,48 @@ def max_norm_before_rounding(target: float, *, dim: int, beta: float) -> float:
             best = max(best, (-a + math.sqrt(disc)) / 2)
     # One part in 1e9 below the exact root absorbs float rounding in the check.
     return max(best * (1 - 1e-9), 0.0)
+
+
+def coordinate_range(
+    *,
+    coordinate_clip: float,
+    clip_norm: float | None,
+    rotated: bool,
+    rotated_dim: int,
+    kept: int,
+    stddevs: float = ROTATED_RANGE_STDDEVS,
+) -> float:
+    """The per-coordinate range the fixed-point stage clips to, derived from a known L2 clip when it can be.
+
+    After a randomized Hadamard rotation a delta of L2 norm at most ``c`` has nearly
+    Gaussian coordinates of standard deviation at most ``c / sqrt(rotated_dim)``, so a
+    range of ``stddevs`` of them clips almost nothing (about 6e-5 of the coordinates at
+    4) while its quantization steps are far finer than a fixed ``coordinate_clip``.
+    ``c = clip_norm * kept / rotated_dim`` is the most a client uploads under user-level
+    DP (:meth:`privfed.server.FederatedServer.upload_clip_norm` clips below it).
+
+    Clipping to the range keeps every DP bound: ``|clip(x)_i| <= |x_i|`` per coordinate,
+    so the L2 norm only shrinks, and the rounding slack is computed from the range.
+
+    Args:
+        coordinate_clip: the configured range (``secagg.clip``); never exceeded.
+        clip_norm: the user-level L2 clip ``C``, or ``None`` when none is known (no
+            user-level DP, or adaptive clipping, whose ``C`` moves every round).
+        rotated: whether the rotation stage runs (without it, coordinates are not flat).
+        rotated_dim: ``d'``, coordinates after rotation (padded to a power of two).
+        kept: coordinates kept by shared-seed sparsification (``rotated_dim`` if none).
+        stddevs: ``k``, the range in standard deviations.
+
+    Returns:
+        ``min(coordinate_clip, k C (kept / d') / sqrt(d'))`` when rotated with a known ``C``,
+        else ``coordinate_clip``.
+    """
+    if not rotated or clip_norm is None or clip_norm <= 0:
+        return coordinate_clip
+    if rotated_dim < 1 or not 1 <= kept <= rotated_dim or not stddevs > 0:
+        raise ValueError(f"need 1 <= kept <= rotated_dim and stddevs > 0; got {kept}, {rotated_dim}, {stddevs}")
+    derived = stddevs * clip_norm * kept / rotated_dim / math.sqrt(rotated_dim)
+    return min(coordinate_clip, derived)
 
 
 @dataclasses.dataclass(frozen=True)

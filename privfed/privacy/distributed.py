@@ -342,6 +342,7 @@ def distributed_plan(
 ) -> DistributedNoisePlan:
     """:func:`plan_distributed_noise` from the run's config sections (the server and the runner's
     calibration call this with the same inputs, so they agree on every number)."""
+    from privfed.compression.quantize import coordinate_range
     from privfed.compression.rotation import padded_dim
     from privfed.compression.sparsify import kept_count
 
@@ -351,7 +352,13 @@ def distributed_plan(
         mechanism=mechanism,
         noise_multiplier=noise_multiplier,
         bits=secagg.bits,
-        coordinate_clip=secagg.clip,
+        coordinate_clip=coordinate_range(  # the server's range: same inputs, same number
+            coordinate_clip=secagg.clip,
+            clip_norm=clip_norm,
+            rotated=compression.rotation,
+            rotated_dim=rotated,
+            kept=kept,
+        ),
         clip_norm=clip_norm,
         kept=kept,
         rotated=rotated,

@@ -25,7 +25,7 @@ from privfed.client.stages import (
     UploadPipeline,
     UploadStage,
 )
-from privfed.compression.quantize import FixedPointCodec, max_norm_before_rounding
+from privfed.compression.quantize import FixedPointCodec, coordinate_range, max_norm_before_rounding
 from privfed.compression.rotation import padded_dim
 from privfed.compression.sparsify import kept_count
 from privfed.config import CompressionConfig, SecAggConfig
@@ -234,7 +234,15 @@ class FederatedServer:
             # Extra coordinates: the local loss, and (user-level DP) the "unclipped" bit; none under
             # distributed DP (they would reach the server noiseless).
             extra = 0 if user_mechanism != "central" else 2 if user_dp is not None else 1
-            clip = np.full(self._kept + extra, self.secagg.clip, dtype=np.float64)
+            # Rotated coordinates of a known L2 clip get a range of a few standard deviations (issue 16).
+            self._coordinate_range = coordinate_range(
+                coordinate_clip=self.secagg.clip,
+                clip_norm=None if user_dp is None or user_dp.adaptive is not None else user_dp.clip_norm,
+                rotated=c.rotation,
+                rotated_dim=self._rotated_dim,
+                kept=self._kept,
+            )
+            clip = np.full(self._kept + extra, self._coordinate_range, dtype=np.float64)
             clip[self._kept :] = self.secagg.loss_clip
             # Poisson cohorts (user-level DP) can exceed clients_per_round: leave room for everyone.
             summands = num_clients if user_dp is not None else clients_per_round
@@ -446,7 +454,7 @@ class FederatedServer:
         stages.append(
             FixedPointStage(
                 bits=self.secagg.bits,
-                clip=self.secagg.clip,
+                clip=self._coordinate_range,
                 extra_clip=self.secagg.loss_clip,
                 dim=self._kept,
                 extra=len(names) if plan is None else 0,
