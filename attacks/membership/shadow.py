@@ -431,7 +431,9 @@ def _train_model(
         client_pool, client_pop = _client_view(probe, recorder[0].local_models, population)
         arrays |= {"client_pool": client_pool, "client_population": client_pop}
     _save_npz(stats_path, arrays)
-    return FederationStats(pool, pop, client_pool, client_pop, float(summary["final_eval_accuracy"]))
+    final_accuracy = summary["final_eval_accuracy"]
+    assert final_accuracy is not None  # a completed run evaluated its last round
+    return FederationStats(pool, pop, client_pool, client_pop, float(final_accuracy))
 
 
 def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:

@@ -288,8 +288,8 @@ def run_or_resume(config: ExperimentConfig, path: Path, *, quiet: bool) -> dict[
     if run.is_completed():
         return run.read_summary()
     if (path / RunDirectory.CONFIG).exists():
-        return resume_experiment(path, quiet=quiet)
-    return run_experiment(config, path, quiet=quiet)
+        return dict(resume_experiment(path, quiet=quiet))
+    return dict(run_experiment(config, path, quiet=quiet))
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
