@@ -20,7 +20,18 @@ from privfed.registry import Registry
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKED = re.compile(r"<!-- test: ([\w-]+) -->[ \t]*\n```python\n(.*?)\n```", re.S)
-EXPECTED = {"quickstart", "strategy", "dataset", "adapter-method", "attack", "upload_stage", "transport"}
+EXPECTED = {
+    "quickstart",
+    "readme-testing",
+    "strategy",
+    "dataset",
+    "adapter-method",
+    "attack",
+    "upload_stage",
+    "transport",
+    "command",
+    "testing-upload-stage",
+}
 
 
 def doc_examples() -> list[tuple[str, Path, str]]:
