@@ -51,7 +51,6 @@ from privfed import (
 )
 from privfed.client import ExampleSet
 from privfed.experiments import Experiment, atomic_write_text, sweep_config
-from privfed.rng import generator
 from privfed.transport import Exchange, Reply, Transport
 
 __all__ = [
@@ -202,7 +201,7 @@ def audit_run(
     """
     if config.secagg.enabled:
         raise ConfigError("privfed audit runs without secure aggregation (the final model is what it audits)")
-    rng = generator(config.seed, "audit", "canaries")
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xA0D17]))
     included = rng.random(settings.num_canaries) < 0.5
     if included.sum() > config.partition.num_clients // 2:
         raise ConfigError(
@@ -367,7 +366,7 @@ def record_level_mia(
     def losses(vector: npt.NDArray[np.float32], data: ExampleSet) -> npt.NDArray[np.float64]:
         return -per_example_log_likelihoods(exp, vector, data)
 
-    rng = generator(seed, "audit", "record-level")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x31A]))
     participants = sorted(transport.real_participants)
     if not participants:
         return {}, {}
