@@ -70,23 +70,19 @@ def cohort_curve(config: ExperimentConfig, cohorts: list[int], out: Path) -> lis
     lines.append("")
     lines.append(f"smallest cohort within 3 points at epsilon={target:g}: {min(within) if within else 'none tried'}")
     (out / "cohorts.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
+    from privfed.plotting import figure, place_legend, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = figure(width=5.0)
     xs = [r["clients_per_round"] for r in rows]
+    delta = config.privacy.delta
     ax.plot(xs, [100 * r["accuracy_nodp"] for r in rows], "o-", label="no DP")
-    ax.plot(xs, [100 * r["accuracy_dp"] for r in rows], "s-", label=f"user-level DP, ε={target:g}")
+    ax.plot(xs, [100 * r["accuracy_dp"] for r in rows], "s-", label=f"user-level DP, ε = {target:g} (δ = {delta:.3g})")
     ax.plot(xs, [100 * r["accuracy_nodp"] - 3 for r in rows], ":", color="gray", label="no DP − 3 points")
     ax.set_xscale("log")
-    ax.set_xlabel(f"clients per round (E) of {config.partition.num_clients}")
+    ax.set_xlabel(f"clients per round (expected cohort, of {config.partition.num_clients})")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "cohorts.png", dpi=120)
-    plt.close(fig)
+    place_legend(ax)
+    save(fig, out / "cohorts.png")  # also cohorts.pdf and cohorts.svg
     return rows
 
 
