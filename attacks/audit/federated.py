@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from attacks._tables import table_values
 from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_directions, one_shot_epsilon
+from attacks.driver import ResultsFile, run_federation
 from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
 from attacks.provenance import attack_provenance, save_attack_config, settings_table, write_provenance
 from privfed import (
@@ -47,10 +48,9 @@ from privfed import (
     GlobalModel,
     ProtocolError,
     RunDirectory,
-    run_experiment,
 )
 from privfed.client import ExampleSet
-from privfed.experiments import Experiment, atomic_write_text, sweep_config
+from privfed.experiments import Experiment, sweep_config
 from privfed.transport import Exchange, Reply, Transport
 
 __all__ = [
@@ -227,7 +227,9 @@ def audit_run(
     candidates, extra = directions[: settings.num_canaries], directions[settings.num_canaries :]
     inserted = candidates[included]
     slots = list(range(int(included.sum())))
-    summary = run_experiment(config, out, quiet=quiet, transport_hook=hook)
+    # The canary transport's state (initial adapter, broadcasts) is not in the run directory:
+    # whatever is in ``out`` is replaced and the run starts afresh.
+    summary = run_federation(config, out, quiet=quiet, reuse=False, resume=False, transport_hook=hook)
     transport = holder["t"]
     assert transport.initial is not None
     checkpoint = RunDirectory(out).load_checkpoint()
@@ -499,34 +501,23 @@ def run_audit(
     out.mkdir(parents=True, exist_ok=True)
     table = settings_table(settings)
     save_attack_config(out, kind="audit", table=table, config=config)
-    results_path = out / "audit_results.json"
-    done: dict[str, dict[str, Any]] = {}
-    if results_path.exists():
-        done = {r["run"]: read_audit_record(r) for r in json.loads(results_path.read_text())}
-    records: list[dict[str, Any]] = []
+    results = ResultsFile(out / "audit_results.json", key=lambda r: r["run"], read=read_audit_record)
     for k, eps in enumerate(settings.epsilons, start=1):
         label = _label(eps)
-        reused = " (finished; reused)" if label in done else ""
+        done = results.finished(label)
+        reused = " (finished; reused)" if done is not None else ""
         print(f"point {k}/{len(settings.epsilons)}: ε={label}, seed={config.seed}{reused}", flush=True)
-        if label in done:
-            records.append(done[label])
+        if done is not None:
+            results.add(done)
             continue
         cfg = sweep_config(config, eps)
-        run_dir = out / f"eps-{label}"
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)  # an unfinished audit run: its canary state is gone, start it again
         target = None if math.isinf(eps) else eps
-        result = audit_run(cfg, settings, run_dir, quiet=quiet, audit_delta=config.privacy.delta)
+        result = audit_run(cfg, settings, out / f"eps-{label}", quiet=quiet, audit_delta=config.privacy.delta)
         record = {"run": label, "target_epsilon": target, **result}
-        records.append(record)
-        seen = {r["run"] for r in records}
-        kept = [r for label, r in done.items() if label not in seen]  # finished runs not reached yet
-        atomic_write_text(results_path, json.dumps(records + kept, indent=1))
+        results.add(record)
         if not quiet:
             print(json.dumps(record))
-    atomic_write_text(results_path, json.dumps(records, indent=1))  # drops records of epsilons no longer asked for
+    records = results.close()  # drops records of epsilons no longer asked for
     _collect_scores(out, [str(r["run"]) for r in records])
     run_dirs = [out / f"eps-{r['run']}" for r in records]
     write_provenance(

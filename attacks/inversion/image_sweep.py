@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ __all__ = ["image_records"]
 
 
 def image_records(
-    sweep: InversionSweep, done: Mapping[tuple[Any, ...], dict[str, Any]], out: Path
+    sweep: InversionSweep, done: Mapping[Hashable, dict[str, Any]], out: Path
 ) -> Iterator[dict[str, Any]]:
     """Run (or reuse from ``done``) every image configuration; yields records in order.
 

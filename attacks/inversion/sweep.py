@@ -27,16 +27,16 @@ import csv
 import dataclasses
 import io
 import itertools
-import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from attacks._tables import table_values
+from attacks.driver import ResultsFile
 from attacks.inversion.text import Target, text_span_attack
 from attacks.inversion.victim import TextBatch, TextVictim
 from attacks.metrics import rouge_scores, token_recovery
@@ -201,7 +201,7 @@ def _chance_f1(truth: Sequence[int], prior: Counter[int]) -> float:
     return token_recovery(truth, guess).f1
 
 
-def text_records(sweep: InversionSweep, done: Mapping[tuple[Any, ...], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def text_records(sweep: InversionSweep, done: Mapping[Hashable, dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Run (or reuse from ``done``) every text configuration; yields records in order."""
     cfg = sweep.text
     data = load_dataset(cfg.dataset)
@@ -393,29 +393,19 @@ def run_inversion_sweep(
     out.mkdir(parents=True, exist_ok=True)
     table = settings_table(sweep)
     save_attack_config(out, kind="inversion", table=table, config=None)
-    results_path = out / "inversion_results.json"
-    done: dict[tuple[Any, ...], dict[str, Any]] = {}
-    if results_path.exists():
-        try:
-            done = {_key(r): r for r in json.loads(results_path.read_text())}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(
-                f"{results_path} is not a results file of this command ({exc}); use a new --out"
-            ) from None
-    records: list[dict[str, Any]] = []
+    results = ResultsFile(out / "inversion_results.json", key=_key)
     sources: list[Iterator[dict[str, Any]]] = []
     if "text" in sweep.modalities:
-        sources.append(text_records(sweep, done))
+        sources.append(text_records(sweep, results.done))
     if "image" in sweep.modalities:
         if image_records is None:
             from attacks.inversion.image_sweep import image_records as default_image_records
 
             image_records = default_image_records
-        sources.append(image_records(sweep, done, out))
+        sources.append(image_records(sweep, results.done, out))
     for source in sources:
         for record in source:
-            records.append(record)
-            atomic_write_text(results_path, json.dumps(records, indent=1))
+            results.add(record)
             if progress is not None:
                 metric = (
                     f"token_f1={record['token_f1']:.3f}"
@@ -423,7 +413,8 @@ def run_inversion_sweep(
                     else f"psnr={record['psnr_db']:.1f}dB"
                 )
                 keys = ", ".join(f"{k}={record[k]}" for k in KEY_FIELDS[1:-1])
-                progress(f"[{len(records)}] {record['modality']} {keys}: {metric}")
+                progress(f"[{len(results.records)}] {record['modality']} {keys}: {metric}")
+    records = results.close()
     write_tables(records, out)
     # The attacks run on the CPU (attacks.inversion.victim); no federation, so no run directories.
     write_provenance(out, attack_provenance(out, device="cpu", table=table, config=None))

@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import re
-import shutil
 import sys
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attacks._tables import table_values
+from attacks.driver import ResultsFile, run_federation
 from attacks.membership.scores import (
     client_scores,
     lira_offline,
@@ -74,10 +73,10 @@ from attacks.membership.scores import (
 )
 from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
 from attacks.provenance import attack_provenance, save_attack_config, settings_table, write_provenance
-from privfed import ConfigError, ExperimentConfig, GlobalModel, RunDirectory, run_experiment
+from privfed import ConfigError, ExperimentConfig, GlobalModel, RunDirectory
 from privfed.client import ExampleSet
 from privfed.config import replace_paths
-from privfed.errors import PrivfedError, ProtocolError
+from privfed.errors import ProtocolError
 from privfed.experiments import Experiment, atomic_write_bytes, atomic_write_text, build_experiment
 from privfed.rng import generator
 from privfed.server import validate_update
@@ -371,15 +370,6 @@ def _client_view(
     return np.concatenate(pools), np.stack(pops)
 
 
-def _same_training(run: RunDirectory, config: ExperimentConfig) -> bool:
-    """Whether the finished run in ``run`` was trained from ``config`` (its ``name``, a label, may differ)."""
-    try:
-        saved = run.load_config()
-    except (PrivfedError, OSError):  # no or unreadable config: not a run to reuse
-        return False
-    return dataclasses.replace(saved, name=config.name) == config
-
-
 def _train_model(
     probe: Experiment,
     keep: npt.NDArray[np.bool_],
@@ -389,19 +379,25 @@ def _train_model(
     unit: Unit,
     quiet: bool,
 ) -> FederationStats:
-    """Train (or reuse) one federation on its half of the pool (``unit = record``) or of the clients."""
+    """Train (or reuse) one federation on its half of the pool (``unit = record``) or of the clients.
+
+    A finished federation of the same config (its ``name``, a label, may differ) is reused when its
+    statistics still load; anything else in ``out`` is trained again from scratch (the half-data
+    hook is not recorded in the run directory, so an interrupted one cannot be resumed).
+    """
     stats_path = out / "stats.npz"
-    run = RunDirectory(out)
-    finished = run.read_summary() if (out / RunDirectory.SUMMARY).exists() else {}
     client_view = unit == "record" and not probe.config.secagg.enabled
-    if finished.get("completed") and _same_training(run, probe.config):
-        accuracy = float(finished["final_eval_accuracy"])
-        reused = _load_stats(stats_path, keep, len(population), client_view=client_view, accuracy=accuracy)
-        if reused is not None:
-            return reused
-    if out.exists():
-        print(f"privfed attack membership: rerunning {out} (unfinished or other settings)", file=sys.stderr)
-        shutil.rmtree(out)
+    reused: list[FederationStats] = []
+
+    def reusable(summary: dict[str, Any]) -> bool:
+        accuracy = float(summary["final_eval_accuracy"])
+        stats = _load_stats(stats_path, keep, len(population), client_view=client_view, accuracy=accuracy)
+        reused.extend([stats] if stats is not None else [])
+        return stats is not None
+
+    def rerun(path: Path) -> None:
+        print(f"privfed attack membership: rerunning {path} (unfinished or other settings)", file=sys.stderr)
+
     recorder: list[LocalModelTransport] = []
 
     def wrap(inner: Transport) -> Transport:
@@ -409,15 +405,22 @@ def _train_model(
         recorder.append(LocalModelTransport(inner, absent))
         return recorder[-1]
 
-    summary = run_experiment(
+    summary = run_federation(
         probe.config,
         out,
         quiet=quiet,
+        other_config="replace",
+        ignore_name=True,
+        reuse=reusable,
+        resume=False,
         experiment_hook=(lambda exp: keep_half(exp, keep)) if unit == "record" else None,
         # Secure-aggregation rounds never go through a wrapped transport: the server sees only the sum.
         transport_hook=None if probe.config.secagg.enabled else wrap,
+        on_rerun=rerun,
     )
-    checkpoint = run.load_checkpoint()
+    if reused:
+        return reused[0]
+    checkpoint = RunDirectory(out).load_checkpoint()
     if checkpoint is None or not summary.get("completed"):
         raise ConfigError(f"federation {out} did not finish ({summary.get('stopped', 'no checkpoint')})")
     final = probe.layout.check_vector(checkpoint.arrays["global"])
@@ -431,9 +434,7 @@ def _train_model(
         client_pool, client_pop = _client_view(probe, recorder[0].local_models, population)
         arrays |= {"client_pool": client_pool, "client_population": client_pop}
     _save_npz(stats_path, arrays)
-    final_accuracy = summary["final_eval_accuracy"]
-    assert final_accuracy is not None  # a completed run evaluated its last round
-    return FederationStats(pool, pop, client_pool, client_pop, float(final_accuracy))
+    return FederationStats(pool, pop, client_pool, client_pop, float(summary["final_eval_accuracy"]))
 
 
 def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
@@ -640,12 +641,14 @@ def run_membership(
     table = settings_table(settings)
     save_attack_config(out, kind="membership", table=table, config=config)
     run_dirs = []
-    records, curves = [], {}
+    # Variants are recomputed from their federations' saved statistics (cheap), so none is skipped.
+    results = ResultsFile(out / "membership_results.json", key=lambda r: r["variant"], indent=2, newline=True)
+    curves = {}
     all_views: dict[str, tuple[_F64, npt.NDArray[np.bool_]]] = {}
     for name, cfg in settings.resolved_variants(config):
         record, scores, members = run_variant(name, cfg, settings, out / name, quiet=quiet)
         run_dirs += [out / name / f"model-{m}" for m in range(settings.num_models)]
-        records.append(record)
+        results.add(record)
         all_views |= {f"{name}.{a}": (v, members) for a, v in scores.items()}
         curves[f"{name} (acc {100 * record['eval_accuracy_mean']:.1f}%)"] = (scores["lira_online"], members)
         with np.load(out / name / "scores.npz") as saved:
@@ -660,7 +663,7 @@ def run_membership(
                     saved["client_update_lira_online"],
                     saved["client_update_members"],
                 )
-        atomic_write_text(out / "membership_results.json", json.dumps(records, indent=2) + "\n")
+    records = results.close()
     atomic_write_text(out / "membership_results.md", membership_table(records))
     save_scores(out / SCORES_FILE, all_views)  # every AUC/TPR of membership_results.json recomputes from these
     plot_roc(curves, out / "membership.png", title="online LiRA, shadow federations")

@@ -24,10 +24,11 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from privfed.config import (
     ExperimentConfig,
@@ -38,9 +39,13 @@ from privfed.config import (
     replace_path,
     replace_paths,
 )
-from privfed.errors import ConfigError, PrivacyBudgetExceeded
+from privfed.errors import ConfigError, PrivacyBudgetExceeded, PrivfedError
 from privfed.experiments.run_dir import RunDirectory, atomic_write_text, json_safe
 from privfed.experiments.runner import resume_experiment, run_experiment
+
+if TYPE_CHECKING:
+    from privfed.experiments.runner import Experiment
+    from privfed.transport import Transport
 
 __all__ = [
     "EPSILONS_AXIS",
@@ -281,15 +286,60 @@ def plan_sweep(
     return runs
 
 
-def run_or_resume(config: ExperimentConfig, path: Path, *, quiet: bool) -> dict[str, Any]:
-    """The summary of a finished run in ``path``; else resume the interrupted one there,
-    or run ``config`` into it afresh."""
+def run_or_resume(
+    config: ExperimentConfig,
+    path: Path,
+    *,
+    quiet: bool,
+    other_config: Literal["trust", "refuse", "replace"] = "trust",
+    ignore_name: bool = False,
+    reuse: bool | Callable[[dict[str, Any]], bool] = True,
+    resume: bool = True,
+    experiment_hook: Callable[[Experiment], Experiment] | None = None,
+    transport_hook: Callable[[Transport], Transport] | None = None,
+    on_rerun: Callable[[Path], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``config`` in the run directory ``path``, or reuse the finished run there, or resume it.
+
+    The one federation driver of sweeps and attacks:
+
+    - A finished run of the same config is reused (its summary returned) when ``reuse`` is true, or
+      is a callable that accepts its summary (e.g. the attack's saved statistics still load).
+    - An interrupted run of the same config is resumed when ``resume`` is true; with ``resume=False``
+      (a run whose hooks are not recorded in the run directory) it is run again from scratch.
+    - ``other_config`` says what a directory holding a run of another config is: ``"trust"`` (not
+      compared; the default), ``"refuse"`` (``ConfigError`` naming the first differing keys) or
+      ``"replace"`` (removed and run again). ``ignore_name`` compares configs without ``name`` (a label).
+    - Otherwise ``config`` runs afresh into ``path`` (with the hooks of :func:`run_experiment`);
+      anything left there is removed first when it is not resumed, and ``on_rerun(path)`` is told.
+
+    Returns:
+        the run's summary (``summary.json``).
+    """
     run = RunDirectory(path)
-    if run.is_completed():
-        return run.read_summary()
-    if (path / RunDirectory.CONFIG).exists():
+    has_config = (path / RunDirectory.CONFIG).exists()
+    same = True
+    if has_config and other_config != "trust":
+        differ = _config_differences(config, path, ignore_name=ignore_name)
+        if differ and other_config == "refuse":
+            raise ConfigError(
+                f"{str(path)!r} holds a run of another config (differs at {', '.join(differ[:4])}); "
+                "use another --out, or remove that directory to run it again"
+            )
+        same = not differ
+    if same and run.is_completed():
+        summary = run.read_summary()
+        if reuse is True or (callable(reuse) and reuse(summary)):
+            return summary
+    elif same and has_config and resume:
         return dict(resume_experiment(path, quiet=quiet))
-    return dict(run_experiment(config, path, quiet=quiet))
+    if path.exists() and (not resume or not same or has_config):
+        if on_rerun is not None:
+            on_rerun(path)
+        shutil.rmtree(path)
+    return dict(
+        run_experiment(config, path, quiet=quiet, experiment_hook=experiment_hook, transport_hook=transport_hook)
+    )
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -299,17 +349,18 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def _check_same_config(config: ExperimentConfig, path: Path) -> None:
-    """Refuse to reuse or resume a run directory that holds a run of another config."""
+def _config_differences(config: ExperimentConfig, path: Path, *, ignore_name: bool = False) -> list[str]:
+    """Dotted keys at which the run in ``path`` was configured otherwise than ``config`` (``["<unreadable>"]``
+    when its config does not load; ``[]`` when there is none)."""
     if not (path / RunDirectory.CONFIG).exists():
-        return
-    saved = config_to_dict(RunDirectory(path).load_config())
-    differ = _differences(saved, config_to_dict(config))
-    if differ:
-        raise ConfigError(
-            f"{str(path)!r} holds a run of another config (differs at {', '.join(differ[:4])}); "
-            "use another --out, or remove that directory to run it again"
-        )
+        return []
+    try:
+        saved = RunDirectory(path).load_config()
+    except (PrivfedError, OSError):
+        return ["<unreadable config>"]
+    if ignore_name:
+        saved = replace_path(saved, "name", config.name)
+    return _differences(config_to_dict(saved), config_to_dict(config))
 
 
 def run_sweep_point(
@@ -319,13 +370,13 @@ def run_sweep_point(
 
     With ``epsilon``, ``config`` is calibrated to it (:func:`sweep_config`) and runs in
     ``point_dir(out, epsilon)``; without, ``config`` runs as given in the run directory ``out``.
-    A run stopped by its privacy budget counts as finished.
+    A run stopped by its privacy budget counts as finished; a directory holding a run of another
+    config is refused.
     """
     path = out if epsilon is None else point_dir(out, epsilon)
     cfg = config if epsilon is None else sweep_config(config, epsilon)
-    _check_same_config(cfg, path)
     try:
-        return run_or_resume(cfg, path, quiet=quiet)
+        return run_or_resume(cfg, path, quiet=quiet, other_config="refuse")
     except PrivacyBudgetExceeded:
         return RunDirectory(path).read_summary()
 

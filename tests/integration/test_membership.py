@@ -198,14 +198,15 @@ def test_client_update_view_scores_each_example_under_its_own_clients_model(tmp_
     assert (tmp_path / "v" / "roc_client_update.png").stat().st_size > 0
 
     # A finished federation is reused only for the config it was trained from (its name is a label).
-    from attacks.membership.shadow import _same_training
-    from privfed import RunDirectory
     from privfed.config import replace_path
+    from privfed.experiments.sweep import _config_differences
 
-    run = RunDirectory(tmp_path / "v" / "model-0")
-    assert _same_training(run, config) and _same_training(run, replace_path(config, "name", "other"))
-    assert not _same_training(run, replace_path(config, "client.learning_rate", 0.02))
-    assert not _same_training(RunDirectory(tmp_path / "nothing"), config)
+    run = tmp_path / "v" / "model-0"
+    assert _config_differences(config, run, ignore_name=True) == []
+    assert _config_differences(replace_path(config, "name", "other"), run, ignore_name=True) == []
+    assert _config_differences(replace_path(config, "name", "other"), run) == ["name"]
+    changed = replace_path(config, "client.learning_rate", 0.02)
+    assert _config_differences(changed, run, ignore_name=True) == ["client.learning_rate"]
 
     # A federation recorded before the client view existed is reused, and the view is left out.
     for m in range(4):

@@ -1,0 +1,79 @@
+"""The one layer every attack driver stands on: federations run or reused, results kept by key.
+
+- :func:`run_federation` runs a federation with a config in a run directory, or reuses the
+  finished one there when its resolved config is the same, or resumes an interrupted one
+  (:func:`privfed.experiments.run_or_resume`, which ``privfed sweep`` uses too). A run whose
+  hooks (canary clients, a half of the data) are not recorded in its directory passes
+  ``resume=False``: an interrupted one is run again from scratch.
+- :class:`ResultsFile` is a JSON list of records keyed by their settings: a re-run finds the
+  records of finished keys (and skips their work), and every write is atomic (temporary file +
+  rename), so an interrupted driver leaves the last complete file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+from privfed import ConfigError
+from privfed.experiments import atomic_write_text, run_or_resume
+
+__all__ = ["ResultsFile", "run_federation"]
+
+run_federation = run_or_resume
+"""Run, reuse or resume a federation in a run directory: :func:`privfed.experiments.run_or_resume`."""
+
+
+class ResultsFile:
+    """A JSON list of result records, each keyed by its settings, rewritten atomically.
+
+    Args:
+        path: the result file (``audit_results.json``, ...); read if it exists.
+        key: the settings that identify a record (``record["run"]``, a tuple of fields, ...).
+        read: upgrades a stored record to today's form (e.g. a renamed key).
+        indent: of ``json.dumps``; ``newline``: end the file with a newline.
+
+    Raises:
+        ConfigError: the existing file is not a list of records this ``key`` can read.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        key: Callable[[Mapping[str, Any]], Hashable],
+        read: Callable[[Mapping[str, Any]], dict[str, Any]] = dict,
+        indent: int = 1,
+        newline: bool = False,
+    ) -> None:
+        self.path = path
+        self.key = key
+        self.indent = indent
+        self.newline = newline
+        self.records: list[dict[str, Any]] = []
+        self.done: dict[Hashable, dict[str, Any]] = {}
+        if path.exists():
+            try:
+                self.done = {key(r): read(r) for r in json.loads(path.read_text())}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ConfigError(f"{path} is not a results file of this command ({exc}); use a new --out") from None
+
+    def finished(self, key: Hashable) -> dict[str, Any] | None:
+        """The stored record of ``key`` from an earlier run, or ``None`` when it still has to run."""
+        return self.done.get(key)
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Append ``record`` and rewrite the file: this run's records, then earlier ones not reached yet."""
+        self.records.append(record)
+        seen = {self.key(r) for r in self.records}
+        self._write(self.records + [r for k, r in self.done.items() if k not in seen])
+
+    def close(self) -> list[dict[str, Any]]:
+        """Rewrite the file with this run's records only (keys no longer asked for are dropped); them."""
+        self._write(self.records)
+        return self.records
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path, json.dumps(records, indent=self.indent) + ("\n" if self.newline else ""))
