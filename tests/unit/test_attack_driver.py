@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from privfed.config import replace_path
 from tests.conftest import tiny_config
 
 
-def _key(record: dict[str, Any]) -> tuple[Any, ...]:
+def _key(record: Mapping[str, Any]) -> tuple[Any, ...]:
     return (record["a"], record["b"])
 
 
