@@ -23,6 +23,8 @@ Pure numpy; the generator for rounding is injected.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 from typing import ClassVar
 
@@ -146,6 +148,7 @@ class FixedPointCodec:
     num_summands: int
 
     _CHUNK: ClassVar[int] = 1 << 15
+    _MAX_SEGMENTS: ClassVar[int] = 64
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 52:
@@ -180,25 +183,55 @@ class FixedPointCodec:
         """Integer units per unit of input, per coordinate (float64[] or [d]): ``k / clip``."""
         return np.asarray(float(self.max_code) / np.asarray(self.clip, dtype=np.float64), dtype=np.float64)
 
+    @functools.cached_property
+    def _segments(self) -> tuple[tuple[int, int, float, float], ...]:
+        """Runs of equal range, ``(start, stop, clip, scale)``; ``stop = -1`` means to the end.
+
+        A stage's ranges are one value for the delta and another for a few metric coordinates,
+        so rounding works with scalar clips and scales over each run (no per-coordinate arrays).
+        """
+        clip = np.asarray(self.clip, dtype=np.float64)
+        scale = np.asarray(self.scale, dtype=np.float64)
+        if clip.ndim == 0:
+            return ((0, -1, float(clip), float(scale)),)
+        flat, scales = clip.reshape(-1), np.broadcast_to(scale, clip.shape).reshape(-1)
+        edges = [0, *(np.flatnonzero(flat[1:] != flat[:-1]) + 1).tolist(), flat.size]
+        return tuple((a, b, float(flat[a]), float(scales[a])) for a, b in itertools.pairwise(edges))
+
     def _rounded(self, x: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.int64]:
-        clip = np.broadcast_to(np.asarray(self.clip, dtype=np.float64), x.shape)
-        scale = np.broadcast_to(self.scale, x.shape)
+        segments = self._segments
+        if segments[0][1] != -1 and segments[-1][1] != x.size:
+            raise ValueError(f"the codec has ranges for {segments[-1][1]} coordinates; got {x.size}")
         out = np.empty(x.shape, dtype=np.int64)
-        # Work in cache-sized chunks: the float64 temporaries of a whole vector
-        # would cost more in memory traffic than the arithmetic itself.
+        # One pass per chunk in two reused cache-sized buffers (no temporaries): the float64
+        # traffic of whole-vector temporaries would cost more than the arithmetic itself.
+        chunk = min(self._CHUNK, max(x.size, 1))
+        y = np.empty(chunk, dtype=np.float64)
+        u = np.empty(chunk, dtype=np.float32)
+        top = float(self.max_code)
         for start in range(0, x.size, self._CHUNK):
             stop = min(start + self._CHUNK, x.size)
-            y = np.clip(x[start:stop], -clip[start:stop], clip[start:stop])
-            y *= scale[start:stop]
+            m = stop - start
+            if len(segments) > self._MAX_SEGMENTS:  # ranges that vary everywhere: per-coordinate arrays
+                clips = np.asarray(self.clip, dtype=np.float64)[start:stop]
+                np.clip(x[start:stop], -clips, clips, out=y[:m])
+                y[:m] *= np.asarray(self.scale)[start:stop]
+            else:
+                for a, b, clip, scale in segments:
+                    lo, hi = max(a, start), (stop if b == -1 else min(b, stop))
+                    if lo < hi:
+                        np.clip(x[lo:hi], -clip, clip, out=y[lo - start : hi - start])
+                        y[lo - start : hi - start] *= scale
             # floor(y + u), u ~ U[0, 1), is floor(y) + 1 with probability frac(y): unbiased.
             # float32 uniforms (24-bit resolution) halve the cost of the draw; the bias
             # they allow is below 2**-24 of one quantization step.
-            y += rng.random(stop - start, dtype=np.float32)
-            np.floor(y, out=y)
+            rng.random(m, dtype=np.float32, out=u[:m])
+            y[:m] += u[:m]
+            np.floor(y[:m], out=y[:m])
             # |y| <= k before rounding and k is an integer, so the code stays in [-k, k]; the
             # clamp guards the last float ulp (a sum of clients at the edge must never wrap).
-            np.clip(y, -self.max_code, self.max_code, out=y)
-            out[start:stop] = y.astype(np.int64)
+            np.clip(y[:m], -top, top, out=y[:m])
+            np.copyto(out[start:stop], y[:m], casting="unsafe")
         return out
 
     def encode(
