@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from privfed import load_config
-from privfed.compression import ROTATED_RANGE_STDDEVS, padded_dim
+from privfed.compression import COORDINATE_RANGE_STDDEVS, padded_dim
 from privfed.config import ExperimentConfig, replace_paths
 from privfed.errors import ConfigError
 from privfed.experiments import run_or_resume
@@ -175,7 +175,7 @@ def demo_coordinate_range(run_dir: Path, summary: Mapping[str, Any]) -> float:
     u = max(norms) if norms else 0.0
     if not u > 0:
         raise ConfigError(f"the fp32 run in {str(run_dir)!r} recorded no positive update_norm; cannot derive a range")
-    return ROTATED_RANGE_STDDEVS * 2 * u / math.sqrt(padded_dim(int(summary["trainable_params"])))
+    return COORDINATE_RANGE_STDDEVS * 2 * u / math.sqrt(padded_dim(int(summary["trainable_params"])))
 
 
 def _mechanism(config: ExperimentConfig) -> str | None:
@@ -369,7 +369,7 @@ def run_experiment(
         "configs": {"demo": str(demo_config), "cohort": str(cohort_config)},
         "config_overrides": {} if as_configured and not quick else (QUICK if quick else FULL),
         "demo_coordinate_range": coordinate_range,
-        "range_rule": f"R = {ROTATED_RANGE_STDDEVS:g} * 2 * max update_norm(fp32) / sqrt(padded trainable_params)",
+        "range_rule": f"R = {COORDINATE_RANGE_STDDEVS:g} * 2 * max update_norm(fp32) / sqrt(padded trainable_params)",
         "within_points": WITHIN_POINTS,
         "records": records,
         "skipped": skipped,

@@ -2,7 +2,7 @@
 
 from privfed.compression.packing import pack_bits, packed_size, unpack_bits
 from privfed.compression.quantize import (
-    ROTATED_RANGE_STDDEVS,
+    COORDINATE_RANGE_STDDEVS,
     ConditionalRoundingError,
     FixedPointCodec,
     coordinate_range,
@@ -13,7 +13,7 @@ from privfed.compression.rotation import fwht, inverse_rotate, padded_dim, rando
 from privfed.compression.sparsify import kept_count, shared_subset, top_k_indices
 
 __all__ = [
-    "ROTATED_RANGE_STDDEVS",
+    "COORDINATE_RANGE_STDDEVS",
     "ConditionalRoundingError",
     "FixedPointCodec",
     "coordinate_range",

@@ -35,7 +35,7 @@ from privfed.errors import PrivfedError, ProtocolError
 from privfed.secagg.crypto import mask_dtype
 
 __all__ = [
-    "ROTATED_RANGE_STDDEVS",
+    "COORDINATE_RANGE_STDDEVS",
     "ConditionalRoundingError",
     "FixedPointCodec",
     "coordinate_range",
@@ -45,7 +45,7 @@ __all__ = [
 
 # Per-coordinate range of rotated, L2-clipped coordinates, in standard deviations
 # (Kairouz, Liu, Steinke 2021, Sec. 5 choose k = 3..4; TFF's distributed DP uses 4).
-ROTATED_RANGE_STDDEVS = 4.0
+COORDINATE_RANGE_STDDEVS = 4.0
 
 
 class ConditionalRoundingError(PrivfedError, RuntimeError):
@@ -94,7 +94,7 @@ def coordinate_range(
     rotated: bool,
     rotated_dim: int,
     kept: int,
-    stddevs: float = ROTATED_RANGE_STDDEVS,
+    stddevs: float = COORDINATE_RANGE_STDDEVS,
 ) -> float:
     """The per-coordinate range the fixed-point stage clips to, derived from a known L2 clip when it can be.
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from privfed.adapters import AdapterLayout
 from privfed.client.stages import FixedPointStage, RotateStage, StageContext, Upload, UploadPipeline
-from privfed.compression import ROTATED_RANGE_STDDEVS, coordinate_range, inverse_rotate, padded_dim, random_signs
+from privfed.compression import COORDINATE_RANGE_STDDEVS, coordinate_range, inverse_rotate, padded_dim, random_signs
 from privfed.config import CompressionConfig, SecAggConfig
 from privfed.errors import ConfigError
 from privfed.privacy import AdaptiveClipping, DPFedAvgServer
@@ -67,7 +67,7 @@ def _fixed_point(pipeline: UploadPipeline) -> FixedPointStage:
 
 
 def test_coordinate_range_formula_and_when_it_applies() -> None:
-    k = ROTATED_RANGE_STDDEVS
+    k = COORDINATE_RANGE_STDDEVS
     assert k == 4.0
     derived = coordinate_range(coordinate_clip=1.0, clip_norm=0.1, rotated=True, rotated_dim=4096, kept=4096)
     assert derived == pytest.approx(4.0 * 0.1 / 64.0, rel=1e-15)
