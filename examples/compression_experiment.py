@@ -11,13 +11,14 @@ Two base configs (issue 16):
   rotation and ``compression.bits`` in {2, 4, 8, 16, 32}; SecAgg+ with rotation at every
   ``secagg.bits`` in that list that holds the cohort (``2^(b-1) - 1 >= clients_per_round``),
   SecAgg+ at 32 bits without rotation, and their reference ``fp32-uniform`` (SecAgg needs
-  ``server.weighting = "uniform"``: the server sees only the sum); shared-seed sparsity 0.5 and 0.9 (float32 values);
-  FFA-LoRA instead of LoRA; and two labelled *combinations* (FFA-LoRA + rotation + sparsity
+  ``server.weighting = "uniform"``: the server sees only the sum); shared-seed sparsity 0.5
+  and 0.9 (float32 values); FFA-LoRA instead of LoRA; and two labelled *combinations* (FFA-LoRA + rotation + sparsity
   0.9 at 8 and 4 bits), the only settings that turn more than one knob.
 * ``configs/compression_user_dp.toml`` (2,000 virtual clients on tweets, Poisson cohorts of
-  50, user-level DP at ε = 8): no DP; central DP-FedAvg (plain uploads); central DP-FedAvg
-  under SecAgg+ at 16 bits with rotation; distributed discrete Gaussian and Skellam at 16 bits
-  with rotation (the clients add the noise; the server adds none).
+  50, user-level DP at ε = 8; run at 5 of its 10 rounds, ``--as-configured`` for all): no DP;
+  central DP-FedAvg (plain uploads); central DP-FedAvg under SecAgg+ at 16 bits with rotation;
+  distributed discrete Gaussian and Skellam at 16 bits with rotation (the clients add the
+  noise; the server adds none).
 
 Per-coordinate range of the demo's quantized settings (no DP, so no known L2 clip): ``R = 4 ·
 2u / sqrt(d')`` with ``u`` the largest round update norm of the ``fp32`` run (a proxy for a
@@ -61,12 +62,13 @@ DISTRIBUTED = ("distributed_gaussian", "skellam")
 WITHIN_POINTS = 1.0
 RANGE = "<range>"  # placeholder for the demo's per-coordinate range R, known once fp32 has run
 
-# The full run's budget (about an hour on 2 idle cores, see docs/compression.md): the demo's 22
-# runs at half the rounds and half the sequence length of configs/demo.toml (about 2 min each
-# instead of 6); the cohort config as it is. --as-configured runs both configs unchanged.
+# The full run's budget (about an hour on 2 idle cores, estimated in docs/compression.md): the
+# demo's 17 runs at half the rounds and half the sequence length of configs/demo.toml (about
+# 1.6 min each instead of 6), the cohort's 5 runs at 5 of its 10 rounds (about 7 min each
+# instead of 13). --as-configured runs both configs unchanged (about 2.5 hours).
 FULL = {
     "demo": {"server.rounds": 4, "model.max_length": 64},
-    "cohort": {},
+    "cohort": {"server.rounds": 5, "eval.every": 5},
 }
 
 QUICK = {
@@ -389,7 +391,7 @@ def main() -> None:
     parser.add_argument("--cohort-config", type=Path, default=COHORT_CONFIG)
     parser.add_argument("--only", default=None, help="comma-separated setting names (fp32 always runs)")
     parser.add_argument(
-        "--as-configured", action="store_true", help="run the configs unchanged (the demo's 8 rounds at 128 tokens)"
+        "--as-configured", action="store_true", help="configs unchanged (demo 8 rounds, 128 tokens; cohort 10 rounds)"
     )
     args = parser.parse_args()
     out = args.out or Path("runs") / ("compression-quick" if args.quick else "compression")
