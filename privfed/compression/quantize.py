@@ -192,16 +192,19 @@ class FixedPointCodec:
         """
         clip = np.asarray(self.clip, dtype=np.float64)
         scale = np.asarray(self.scale, dtype=np.float64)
-        if clip.ndim == 0:
-            return ((0, -1, float(clip), float(scale)),)
+        if clip.size == 1:  # a scalar, or one range broadcast to every coordinate
+            return ((0, -1, float(clip.reshape(-1)[0]), float(scale.reshape(-1)[0])),)
         flat, scales = clip.reshape(-1), np.broadcast_to(scale, clip.shape).reshape(-1)
+        if flat.size == 0:
+            return ()
         edges = [0, *(np.flatnonzero(flat[1:] != flat[:-1]) + 1).tolist(), flat.size]
         return tuple((a, b, float(flat[a]), float(scales[a])) for a, b in itertools.pairwise(edges))
 
     def _rounded(self, x: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.int64]:
         segments = self._segments
-        if segments[0][1] != -1 and segments[-1][1] != x.size:
-            raise ValueError(f"the codec has ranges for {segments[-1][1]} coordinates; got {x.size}")
+        ranges = np.asarray(self.clip)
+        if ranges.size != 1 and ranges.size != x.size:
+            raise ValueError(f"the codec has ranges for {ranges.size} coordinates; got {x.size}")
         out = np.empty(x.shape, dtype=np.int64)
         # One pass per chunk in two reused cache-sized buffers (no temporaries): the float64
         # traffic of whole-vector temporaries would cost more than the arithmetic itself.
