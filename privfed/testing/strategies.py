@@ -377,7 +377,8 @@ def sample_dp_configs(draw: st.DrawFn) -> SampleDPConfig:
 
 @st.composite
 def user_dp_configs(draw: st.DrawFn, *, secagg: bool = False) -> UserDPConfig:
-    """``[privacy.user]`` sections (DP-FedAvg); distributed mechanisms only with ``secagg``.
+    """``[privacy.user]`` sections (DP-FedAvg); distributed mechanisms only with ``secagg``
+    and a fixed clip (adaptive clipping with them is refused).
 
     Under adaptive clipping an explicit ``count_stddev`` exceeds the noise multiplier, so
     the count query leaves noise for the delta sum (``delta_noise_multiplier`` refuses less).
@@ -387,7 +388,7 @@ def user_dp_configs(draw: st.DrawFn, *, secagg: bool = False) -> UserDPConfig:
     count = draw(st.one_of(st.just(0.0), st.floats(0.1, 10.0)))
     if adaptive and count and sigma and count <= sigma:
         count = 0.0  # the default (expected cohort / 20) is checked where the cohort is known
-    mechanisms = _choices(UserDPConfig, "mechanism") if secagg else ("central",)
+    mechanisms = _choices(UserDPConfig, "mechanism") if secagg and not adaptive else ("central",)
     return UserDPConfig(
         noise_multiplier=sigma,
         target_epsilon=target,
