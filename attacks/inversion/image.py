@@ -37,6 +37,7 @@ from torch import nn
 
 from attacks.inversion.defences import dp_sgd_mean, quantize_roundtrip, sum_updates
 from attacks.threat import Observation, ThreatModel
+from privfed.rng import derive_seed
 
 __all__ = [
     "ImageReconstruction",
@@ -550,7 +551,7 @@ def inverting_gradients(
     best_loss, best_x = float("inf"), torch.zeros((b, *image_shape), dtype=torch.float64)
     with _one_thread():
         for trial in range(restarts):
-            gen = torch.Generator().manual_seed(rng_seed * 1_000_003 + trial)
+            gen = torch.Generator().manual_seed(derive_seed(rng_seed, "inverting-gradients", "restart", trial))
             x = torch.rand((b, *image_shape), generator=gen, dtype=torch.float64).requires_grad_(True)
             optimizer = torch.optim.Adam([x], lr=lr)
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)

@@ -29,6 +29,7 @@ from attacks.inversion.vision import build_vision_model
 from attacks.metrics import psnr, ssim
 from attacks.threat import ThreatModel
 from privfed import load_dataset
+from privfed.rng import derive_seed
 
 if TYPE_CHECKING:
     from attacks.inversion.sweep import InversionSweep
@@ -94,7 +95,7 @@ def image_records(
                     labels=labels,
                     steps=cfg.steps,
                     restarts=cfg.restarts,
-                    rng_seed=sweep.seed + trial,
+                    rng_seed=derive_seed(sweep.seed, "inversion", "image-restarts", trial),
                 )
             originals = np.asarray(batches[0][0], dtype=np.float64)
             candidates = np.clip(np.asarray(result.images, dtype=np.float64), 0.0, 1.0)

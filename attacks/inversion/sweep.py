@@ -44,6 +44,7 @@ from attacks.provenance import attack_provenance, save_attack_config, settings_t
 from privfed import ConfigError, load_dataset
 from privfed.config import read_config_file
 from privfed.experiments import atomic_write_text
+from privfed.rng import generator
 
 __all__ = [
     "ImageSweep",
@@ -187,8 +188,8 @@ def _key(record: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def _rng(seed: int, *path: int | str) -> np.random.Generator:
-    words = [seed] + [int.from_bytes(str(p).encode(), "little") % (2**32) if isinstance(p, str) else p for p in path]
-    return np.random.default_rng(np.random.SeedSequence(words))
+    """The sweep's generator for one purpose: :func:`privfed.rng.generator` under ``"inversion"``."""
+    return generator(seed, "inversion", *path)
 
 
 def _best_match(reference: str, predictions: Sequence[str]) -> str:

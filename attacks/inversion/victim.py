@@ -22,6 +22,7 @@ from attacks.inversion.defences import quantize_roundtrip, sum_updates
 from attacks.inversion.text import Target
 from attacks.threat import Observation, ThreatModel
 from privfed import AdapterConfig, LoraAdapterConfig, load_base_model, wrap_model
+from privfed.rng import derive_seed
 
 __all__ = ["TextBatch", "TextVictim"]
 
@@ -98,7 +99,7 @@ class TextVictim:
         method = "lora" if target == "lora" else "ffa_lora"
         cfg = AdapterConfig(method=method, method_config=LoraAdapterConfig(rank=rank, alpha=2 * rank))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed + rank)
+            torch.manual_seed(derive_seed(self.seed, "inversion", "adapter-init", rank))
             wrapped = wrap_model(model, cfg, self.spec)
             for name, p in wrapped.named_parameters():
                 if ".lora_B." in name:
