@@ -264,7 +264,10 @@ def test_aborted_or_refused_rounds_count_as_rounds_without_an_update() -> None:
     ok = RoundResult(**base)
     aborted = RoundResult(**{**base, "round": 2, "num_clients": 0, "aborted": "below threshold"})
     refused = RoundResult(**{**base, "round": 3, "aggregate_rejected": "the aggregate is not finite"})
-    records = [_round_record(r, None, {}, {}) for r in (ok, aborted, refused)]
+    records: list[dict[str, Any]] = [
+        dict(_round_record(r, None, {}, seconds=0.0, seconds_train=0.0, seconds_eval=0.0))
+        for r in (ok, aborted, refused)
+    ]
     assert [r["update_applied"] for r in records] == [True, False, False]
     assert [r["aggregate_rejected"] for r in records] == [None, None, "the aggregate is not finite"]
     rounds, warnings = _no_update_warnings(records)
