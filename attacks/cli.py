@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from privfed import ConfigError, register_command, register_reproducer
+from privfed import register_command, register_reproducer
 from privfed.cli import overridden_file, quiet_libraries, split_config
 
 __all__ = ["register_commands"]
@@ -99,18 +99,11 @@ def _run_inversion(args: argparse.Namespace) -> int:
 
 
 def _run_exposure(args: argparse.Namespace) -> int:
-    from attacks._tables import table_values
     from attacks.membership import SecretSharerSettings, run_exposure
 
     quiet_libraries()
     raw, config = split_config(args.config, "exposure", args.set)
-    table = table_values(SecretSharerSettings, raw, "exposure")
-    try:
-        if "repeats" in table:
-            table["repeats"] = tuple(int(r) for r in table["repeats"])
-        settings = SecretSharerSettings(**table)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"exposure: {exc}") from None
+    settings = SecretSharerSettings.from_mapping(raw)
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-exposure"
     record = run_exposure(config, settings, out, quiet=args.quiet)
     print(f"exposure results: {out / 'exposure_results.json'} (max {record['max_exposure']:.2f} bits)")
@@ -142,10 +135,7 @@ def _run_audit(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     table, config = split_config(args.config, "audit", args.set)
-    try:
-        settings = AuditSettings.from_mapping(table)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"audit: {exc}") from None
+    settings = AuditSettings.from_mapping(table)
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-audit"
     records = run_audit(config, settings, out, quiet=args.quiet)
     keys = ["run", "epsilon", "epsilon_lower_bound_one_run", "epsilon_estimate_one_shot", "auc"]

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from privfed.config_fields import config_field
 from privfed.config_fields import config_field as _f
 from privfed.errors import ConfigError
 
@@ -61,6 +62,8 @@ __all__ = [
     "TransportConfig",
     "UserDPConfig",
     "apply_overrides",
+    "check_section",
+    "config_field",
     "config_from_dict",
     "config_to_dict",
     "dump_config",
@@ -72,6 +75,7 @@ __all__ = [
     "replace_paths",
     "required_positions",
     "schema_fields",
+    "section_from_dict",
     "validate_against_model",
 ]
 
@@ -988,6 +992,28 @@ def _from_mapping(cls: type[_T], raw: Mapping[str, Any], prefix: str = "") -> _T
             kwargs[config_attr] = parsed.pop(found[0])
         kwargs[others_attr] = tuple(parsed.items())
     return cls(**kwargs)
+
+
+def check_section(section: Any, *, prefix: str) -> None:
+    """Check each field of a constructed section against its :func:`config_field` rules.
+
+    For a settings class's ``__post_init__``: direct construction is validated as a parsed
+    table is (``ConfigError`` naming ``<prefix>.<field>``).
+    """
+    for field in dataclasses.fields(section):
+        if field.metadata and not _is_holder(field):
+            _check_rules(f"{prefix}.{field.name}", getattr(section, field.name), field.metadata)
+
+
+def section_from_dict(cls: type[_T], raw: Mapping[str, Any], *, prefix: str) -> _T:
+    """Build and validate one settings section from a TOML table, as a config section is.
+
+    ``cls`` is a dataclass whose fields carry :func:`config_field` rules (an attack's ``[audit]``
+    table, a method's settings); ``prefix`` names the table in errors. Unknown keys, wrong types
+    and values out of range are the one-line ``ConfigError`` of any config key
+    (``"audit.num_canaries must be >= 2; got 1"``).
+    """
+    return _from_mapping(cls, raw, prefix)
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:

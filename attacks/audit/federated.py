@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from attacks._tables import table_values
 from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_directions, one_shot_epsilon
 from attacks.driver import ResultsFile, run_federation
 from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
@@ -50,6 +49,7 @@ from privfed import (
     RunDirectory,
 )
 from privfed.client import ExampleSet
+from privfed.config import check_section, config_field, section_from_dict
 from privfed.experiments import Experiment, sweep_config
 from privfed.transport import Exchange, Reply, Transport
 
@@ -88,31 +88,32 @@ class AuditSettings:
         confidence: of the one-run lower bound.
     """
 
-    epsilons: tuple[float, ...] = (math.inf, 8.0, 1.0)
-    num_canaries: int = 100
-    num_unobserved: int = 2000
-    canary_norm: float = 0.0
-    confidence: float = 0.95
-    max_record_examples: int = 1500
+    epsilons: tuple[float, ...] = config_field((math.inf, 8.0, 1.0))
+    num_canaries: int = config_field(100, ge=2)
+    num_unobserved: int = config_field(2000, ge=10)
+    canary_norm: float = config_field(0.0, ge=0.0)
+    confidence: float = config_field(0.95, gt=0.0, lt=1.0)
+    max_record_examples: int = config_field(1500, ge=1)
 
     def __post_init__(self) -> None:
+        check_section(self, prefix="audit")
         if not self.epsilons or any(not e > 0 for e in self.epsilons):
-            raise ConfigError("audit.epsilons must be a non-empty list of values > 0 (inf = privacy off)")
-        if self.num_canaries < 2 or self.num_unobserved < 10:
-            raise ConfigError("audit.num_canaries must be >= 2 and audit.num_unobserved >= 10")
-        if self.canary_norm < 0 or not 0 < self.confidence < 1:
-            raise ConfigError("audit.canary_norm must be >= 0 and audit.confidence in (0, 1)")
+            raise ConfigError(
+                f"audit.epsilons must be a non-empty list of values > 0 (inf = privacy off); got {list(self.epsilons)}"
+            )
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> AuditSettings:
-        """Validate a TOML table (``"inf"`` allowed in ``epsilons``)."""
-        values = table_values(cls, raw, "audit")
-        if "epsilons" in values:
-            try:
-                values["epsilons"] = tuple(float(e) for e in values["epsilons"])
-            except (TypeError, ValueError):
-                raise ConfigError("audit.epsilons must be numbers or 'inf'") from None
-        return cls(**values)
+        """Validate a TOML table (``"inf"`` allowed in ``epsilons``) with the config's field rules."""
+        values = dict(raw)
+        if isinstance(values.get("epsilons"), list):
+            values["epsilons"] = [_inf(e) for e in values["epsilons"]]
+        return section_from_dict(cls, values, prefix="audit")
+
+
+def _inf(value: Any) -> Any:
+    """``"inf"`` (TOML has no other spelling in a list of numbers older configs used) as ``math.inf``."""
+    return math.inf if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity") else value
 
 
 class CanaryTransport:

@@ -35,14 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from attacks._tables import table_values
 from attacks.driver import ResultsFile
 from attacks.inversion.text import Target, text_span_attack
 from attacks.inversion.victim import TextBatch, TextVictim
 from attacks.metrics import rouge_scores, token_recovery
 from attacks.provenance import attack_provenance, save_attack_config, settings_table, write_provenance
 from privfed import ConfigError, load_dataset
-from privfed.config import read_config_file
+from privfed.config import check_section, config_field, read_config_file, section_from_dict
 from privfed.experiments import atomic_write_text
 from privfed.rng import generator
 
@@ -58,107 +57,94 @@ __all__ = [
 KEY_FIELDS = ("modality", "target", "rank", "batch_size", "noise_multiplier", "secagg_clients", "quant_bits", "trial")
 
 
+_TARGETS = ("full", "lora", "ffa_lora")
+
+
 @dataclasses.dataclass(frozen=True)
 class TextSweep:
-    """Text side: which model, data and grid."""
+    """Text side: which model, data and grid (``[inversion.text]``)."""
 
-    model: str = "minilm"
-    dataset: str = "tweets"
-    max_length: int = 32
-    targets: tuple[str, ...] = ("full", "lora", "ffa_lora")
-    ranks: tuple[int, ...] = (8, 4, 64)
-    batch_sizes: tuple[int, ...] = (1, 4, 16)
-    noise_multipliers: tuple[float, ...] = (0.0, 0.1, 1.0)
-    secagg_clients: tuple[int, ...] = (1, 8)
-    quant_bits: tuple[int, ...] = (0, 16, 8)
-    clip_norm: float = 1.0
-    learning_rate: float = 0.1
-    trials: int = 1
+    model: str = config_field("minilm", text=True)
+    dataset: str = config_field("tweets", text=True)
+    max_length: int = config_field(32, ge=8, le=512)
+    targets: tuple[str, ...] = config_field(_TARGETS)
+    ranks: tuple[int, ...] = config_field((8, 4, 64))
+    batch_sizes: tuple[int, ...] = config_field((1, 4, 16))
+    noise_multipliers: tuple[float, ...] = config_field((0.0, 0.1, 1.0))
+    secagg_clients: tuple[int, ...] = config_field((1, 8))
+    quant_bits: tuple[int, ...] = config_field((0, 16, 8))
+    clip_norm: float = config_field(1.0, gt=0.0)
+    learning_rate: float = config_field(0.1, gt=0.0)
+    trials: int = config_field(1, ge=1)
+
+    def __post_init__(self) -> None:
+        check_section(self, prefix="inversion.text")
+        _check_grid(self, "inversion.text")
+        _check_list("inversion.text.targets", self.targets, lambda t: t in _TARGETS, f"each one of {_TARGETS}")
+        _check_list("inversion.text.ranks", self.ranks, lambda r: 1 <= r <= 1024, "integers 1..1024")
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSweep:
-    """Image side: which vision model and attack on sklearn digits."""
+    """Image side: which vision model and attack on sklearn digits (``[inversion.image]``)."""
 
-    model: str = "digits_cnn"
-    attack: str = "inverting_gradients"
-    batch_sizes: tuple[int, ...] = (1, 4)
-    noise_multipliers: tuple[float, ...] = (0.0, 0.1, 1.0)
-    secagg_clients: tuple[int, ...] = (1, 8)
-    quant_bits: tuple[int, ...] = (0, 16, 8)
-    clip_norm: float = 1.0
-    learning_rate: float = 0.1
-    steps: int = 300
-    restarts: int = 2
-    trials: int = 1
+    model: str = config_field("digits_cnn", text=True)
+    attack: str = config_field("inverting_gradients", choices=lambda: ("dlg", "inverting_gradients"))
+    batch_sizes: tuple[int, ...] = config_field((1, 4))
+    noise_multipliers: tuple[float, ...] = config_field((0.0, 0.1, 1.0))
+    secagg_clients: tuple[int, ...] = config_field((1, 8))
+    quant_bits: tuple[int, ...] = config_field((0, 16, 8))
+    clip_norm: float = config_field(1.0, gt=0.0)
+    learning_rate: float = config_field(0.1, gt=0.0)
+    steps: int = config_field(300, ge=1)
+    restarts: int = config_field(2, ge=1)
+    trials: int = config_field(1, ge=1)
+
+    def __post_init__(self) -> None:
+        check_section(self, prefix="inversion.image")
+        _check_grid(self, "inversion.image")
 
 
 @dataclasses.dataclass(frozen=True)
 class InversionSweep:
     """The whole sweep (``[inversion]`` table)."""
 
-    seed: int = 0
-    design: str = "axes"
-    modalities: tuple[str, ...] = ("text", "image")
+    seed: int = config_field(0, ge=0, lt=2**63)
+    design: str = config_field("axes", choices=lambda: ("axes", "grid"))
+    modalities: tuple[str, ...] = config_field(("text", "image"))
     text: TextSweep = dataclasses.field(default_factory=TextSweep)
     image: ImageSweep = dataclasses.field(default_factory=ImageSweep)
 
+    def __post_init__(self) -> None:
+        check_section(self, prefix="inversion")
+        modalities = ("text", "image")
+        _check_list("inversion.modalities", self.modalities, lambda m: m in modalities, f"each one of {modalities}")
 
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+
+def _check_list(path: str, values: Sequence[Any], ok: Callable[[Any], bool], allowed: str) -> None:
+    """A list-valued setting: non-empty, every item allowed (one-line ``ConfigError`` otherwise)."""
+    if not values or not all(ok(v) for v in values):
+        raise ConfigError(f"{path} must be a non-empty list of {allowed}; got {list(values)}")
 
 
-def _section(cls: Any, raw: Mapping[str, Any], where: str) -> Any:
-    values: dict[str, Any] = {}
-    for name, value in table_values(cls, raw, where).items():
-        default = getattr(cls(), name)
-        if isinstance(default, tuple):
-            _check(isinstance(value, list) and len(value) > 0, f"{where}.{name} must be a non-empty list")
-            values[name] = tuple(value)
-        else:
-            values[name] = value
-    return cls(**values)
+def _check_grid(side: TextSweep | ImageSweep, where: str) -> None:
+    _check_list(f"{where}.batch_sizes", side.batch_sizes, lambda b: 1 <= b <= 256, "integers 1..256")
+    _check_list(f"{where}.noise_multipliers", side.noise_multipliers, lambda z: z >= 0, "numbers >= 0")
+    _check_list(f"{where}.secagg_clients", side.secagg_clients, lambda n: 1 <= n <= 64, "integers 1..64")
+    _check_list(f"{where}.quant_bits", side.quant_bits, lambda b: b == 0 or 8 <= b <= 62, "0 (float) or 8..62")
 
 
 def load_inversion_config(path: str | Path) -> InversionSweep:
-    """Read and validate the ``[inversion]`` table of a TOML file.
+    """Read and validate the ``[inversion]`` table of a TOML file with the config's field rules.
 
     Raises:
-        ConfigError: unreadable file, unknown keys, or values out of range.
+        ConfigError: unreadable file, unknown keys, or values out of range (one line naming the key).
     """
     raw = read_config_file(path)  # one-line ConfigError: missing, not UTF-8, not TOML, too deep, empty
     table = raw.get("inversion")
-    _check(isinstance(table, dict), f"{path}: needs an [inversion] table")
-    assert isinstance(table, dict)
-    top = {k: v for k, v in table.items() if k not in ("text", "image")}
-    base = _section(InversionSweep, top, "inversion")
-    sweep = dataclasses.replace(
-        base,
-        text=_section(TextSweep, table.get("text", {}), "inversion.text"),
-        image=_section(ImageSweep, table.get("image", {}), "inversion.image"),
-    )
-    _validate(sweep)
-    assert isinstance(sweep, InversionSweep)
-    return sweep
-
-
-def _validate(s: InversionSweep) -> None:
-    _check(s.design in ("axes", "grid"), f"inversion.design must be 'axes' or 'grid', got {s.design!r}")
-    _check(set(s.modalities) <= {"text", "image"}, f"inversion.modalities must be text/image, got {s.modalities}")
-    _check(isinstance(s.seed, int) and s.seed >= 0, "inversion.seed must be an integer >= 0")
-    for where, side in (("text", s.text), ("image", s.image)):
-        _check(all(isinstance(b, int) and 1 <= b <= 256 for b in side.batch_sizes), f"{where}.batch_sizes: 1..256")
-        _check(all(z >= 0 for z in side.noise_multipliers), f"{where}.noise_multipliers must be >= 0")
-        _check(all(isinstance(n, int) and 1 <= n <= 64 for n in side.secagg_clients), f"{where}.secagg_clients: 1..64")
-        _check(all(b == 0 or 8 <= b <= 62 for b in side.quant_bits), f"{where}.quant_bits: 0 (float) or 8..62")
-        _check(side.clip_norm > 0 and side.learning_rate > 0, f"{where}: clip_norm and learning_rate must be > 0")
-        _check(isinstance(side.trials, int) and side.trials >= 1, f"{where}.trials must be >= 1")
-    _check(set(s.text.targets) <= {"full", "lora", "ffa_lora"}, "text.targets: full, lora, ffa_lora")
-    _check(all(isinstance(r, int) and 1 <= r <= 1024 for r in s.text.ranks), "text.ranks: 1..1024")
-    _check(8 <= s.text.max_length <= 512, "text.max_length: 8..512")
-    _check(s.image.attack in ("dlg", "inverting_gradients"), "image.attack: dlg or inverting_gradients")
-    _check(s.image.steps >= 1 and s.image.restarts >= 1, "image.steps and image.restarts must be >= 1")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: needs an [inversion] table")
+    return section_from_dict(InversionSweep, table, prefix="inversion")
 
 
 def _points(

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from privfed import (
     register_dataset,
     run_experiment,
 )
-from privfed.config import replace_path
+from privfed.config import check_section, config_field, replace_path, section_from_dict
 from privfed.data import DatasetSpec
 from privfed.experiments import atomic_write_text
 
@@ -83,19 +83,23 @@ def log_perplexities(
 class SecretSharerSettings:
     """How many secrets, how often each is inserted, and how many candidates rank them."""
 
-    template: str = "my secret code is {:06d}"
-    space: int = 1_000_000
-    repeats: tuple[int, ...] = (1, 1, 4, 4, 16, 16)
-    candidates: int = 2000
-    max_base_examples: int = 0  # > 0: a seeded random subset of the corpus (secrets are always kept)
+    template: str = config_field("my secret code is {:06d}", text=True)
+    space: int = config_field(1_000_000, ge=11)
+    repeats: tuple[int, ...] = config_field((1, 1, 4, 4, 16, 16))
+    candidates: int = config_field(2000, ge=10)
+    max_base_examples: int = config_field(0, ge=0)  # > 0: a seeded random subset of the corpus (secrets kept)
 
     def __post_init__(self) -> None:
-        if self.max_base_examples < 0:
-            raise ConfigError("exposure max_base_examples must be >= 0 (0 = the whole corpus)")
+        check_section(self, prefix="exposure")
         if not self.repeats or min(self.repeats) < 1:
-            raise ConfigError("exposure repeats must be a non-empty list of counts >= 1")
-        if not 10 <= self.candidates < self.space:
-            raise ConfigError("exposure candidates must be >= 10 and below the secret space")
+            raise ConfigError(f"exposure.repeats must be a non-empty list of counts >= 1; got {list(self.repeats)}")
+        if self.candidates >= self.space:
+            raise ConfigError(f"exposure.candidates must be below exposure.space ({self.space}); got {self.candidates}")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> SecretSharerSettings:
+        """Validate an ``[exposure]`` TOML table with the config's field rules."""
+        return section_from_dict(cls, raw, prefix="exposure")
 
 
 def _canaried(base_name: str, settings: SecretSharerSettings, seed: int) -> tuple[str, list[int]]:

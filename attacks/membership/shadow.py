@@ -60,7 +60,6 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from attacks._tables import table_values
 from attacks.driver import ResultsFile, run_federation
 from attacks.membership.scores import (
     client_scores,
@@ -75,7 +74,7 @@ from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_score
 from attacks.provenance import attack_provenance, save_attack_config, settings_table, write_provenance
 from privfed import ConfigError, ExperimentConfig, GlobalModel, RunDirectory
 from privfed.client import ExampleSet
-from privfed.config import replace_paths
+from privfed.config import check_section, config_field, replace_paths, section_from_dict
 from privfed.errors import ProtocolError
 from privfed.experiments import Experiment, atomic_write_bytes, atomic_write_text, build_experiment
 from privfed.rng import generator
@@ -128,41 +127,38 @@ class MembershipSettings:
             with ``name`` and a ``set`` table of dotted keys.
     """
 
-    num_models: int = 8
-    population: int = 500
-    rmia_gamma: float = 2.0
-    unit: Unit = "record"
+    num_models: int = config_field(8, ge=4)
+    population: int = config_field(500, ge=10)
+    rmia_gamma: float = config_field(2.0, gt=0.0)
+    unit: str = config_field("record", choices=lambda: ("record", "client"))
     variants: tuple[Variant, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.num_models < 4 or self.num_models % 2:
-            raise ConfigError("membership.num_models must be an even number >= 4")
-        if self.population < 10:
-            raise ConfigError("membership.population must be >= 10")
-        if not (np.isfinite(self.rmia_gamma) and self.rmia_gamma > 0):
-            raise ConfigError("membership.rmia_gamma must be a finite number > 0")
-        if self.unit not in ("record", "client"):
-            raise ConfigError(f"membership.unit must be 'record' or 'client', got {self.unit!r}")
+        check_section(self, prefix="membership")
+        if self.num_models % 2:
+            raise ConfigError(f"membership.num_models must be even (each example is IN half); got {self.num_models}")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names) or any(not _NAME.match(n) for n in names):
-            raise ConfigError(f"membership.variants need unique names of letters, digits, '_', '.', '-' (got {names})")
+            raise ConfigError(f"membership.variants need unique names of letters, digits, '_', '.', '-'; got {names}")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> MembershipSettings:
-        """Validate a TOML table."""
-        values = table_values(cls, raw, "membership")
+        """Validate a TOML table with the config's field rules; ``variants`` is a list of tables."""
+        values = dict(raw)
+        items = values.pop("variants", [])
+        if not isinstance(items, list):
+            raise ConfigError(f"membership.variants must be a list of tables; got {items!r}")
         variants = []
-        for item in values.pop("variants", []):
+        for item in items:
             if not isinstance(item, Mapping) or set(item) - {"name", "set"} or "name" not in item:
-                raise ConfigError("membership.variants entries need a 'name' and an optional 'set' table")
+                raise ConfigError(
+                    f"membership.variants entries need a 'name' and an optional 'set' table; got {item!r}"
+                )
             overrides = item.get("set", {})
             if not isinstance(overrides, Mapping):
                 raise ConfigError(f"membership.variants[{item['name']!r}].set must be a table of dotted keys")
             variants.append(Variant(str(item["name"]), dict(overrides)))
-        try:
-            return cls(**values, variants=tuple(variants))
-        except TypeError as exc:
-            raise ConfigError(f"membership: {exc}") from None
+        return dataclasses.replace(section_from_dict(cls, values, prefix="membership"), variants=tuple(variants))
 
     def resolved_variants(self, config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
         """``(name, config)`` per variant, overrides applied and validated."""
@@ -552,7 +548,16 @@ def run_variant(
     for m in range(settings.num_models):
         if not quiet:
             print(f"[{name}] federation {m + 1}/{settings.num_models}", file=sys.stderr)
-        stats.append(_train_model(probe, keep[m], out / f"model-{m}", population, unit=settings.unit, quiet=quiet))
+        stats.append(
+            _train_model(
+                probe,
+                keep[m],
+                out / f"model-{m}",
+                population,
+                unit="client" if settings.unit == "client" else "record",
+                quiet=quiet,
+            )
+        )
     pool_matrix = np.stack([s.pool for s in stats])
     pop_matrix = np.stack([s.population for s in stats])
     task = probe.task.name

@@ -270,7 +270,7 @@ def test_client_level_membership_refuses_secure_aggregation() -> None:
     with pytest.raises(ConfigError, match="secure aggregation"):
         settings.resolved_variants(config)
     with pytest.raises(ConfigError, match="unit"):
-        MembershipSettings(unit="sample")  # type: ignore[arg-type]
+        MembershipSettings(unit="sample")
 
 
 def test_a_dp_sgd_variant_trains_every_federation_within_its_budget(tmp_path: Path) -> None:
