@@ -116,7 +116,7 @@ def roc_axes(ax: Axes, *, floor: float) -> None:
     ax.set_ylabel("true positive rate (log scale)")
 
 
-def _style(fig: Figure) -> None:
+def _style(fig: Figure, *, grid: bool = True) -> None:
     for ax in fig.get_axes():
         texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]
         for text in texts:
@@ -125,7 +125,8 @@ def _style(fig: Figure) -> None:
         ax.xaxis.label.set_fontsize(_LABEL_SIZE)
         ax.yaxis.label.set_fontsize(_LABEL_SIZE)
         ax.tick_params(labelsize=_TICK_SIZE)
-        ax.grid(True, which="major", alpha=0.3, linewidth=0.6)
+        if grid:
+            ax.grid(True, which="major", alpha=0.3, linewidth=0.6)
         legend = ax.get_legend()
         if legend is not None:
             for text in legend.get_texts():
@@ -135,18 +136,19 @@ def _style(fig: Figure) -> None:
                 legend.get_title().set_fontsize(_LEGEND_SIZE)
 
 
-def save(fig: Figure, path: str | Path, *, formats: Sequence[str] = FORMATS) -> list[Path]:
+def save(fig: Figure, path: str | Path, *, formats: Sequence[str] = FORMATS, grid: bool = True) -> list[Path]:
     """Style ``fig`` and write it as ``path`` with each of ``formats`` as suffix; the paths written.
 
     ``path``'s own suffix is replaced (``plot.png`` -> ``plot.png``, ``plot.pdf``, ``plot.svg``).
     PDF and SVG keep text as text (TrueType in PDF, not outlines), so a paper's
     typesetting can search and restyle it. Files are written whole or not at all.
+    ``grid=False`` leaves the axes without grid lines (image panels).
     """
     import matplotlib
 
     from privfed.experiments.run_dir import atomic_write_bytes
 
-    _style(fig)
+    _style(fig, grid=grid)
     base = Path(path)
     written = []
     with matplotlib.rc_context({"pdf.fonttype": 42, "svg.fonttype": "none", "svg.hashsalt": "privfed"}):

@@ -533,25 +533,26 @@ def run_audit(
 def plot_audit(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Accountant ε next to the one-run lower bound and the one-shot estimate, and AUC / TPR@FPR, per run.
 
-    A TPR that is not resolvable (``None``) is left out of its line.
+    Written with :mod:`privfed.plotting` (PNG, PDF and SVG). A TPR that is not resolvable
+    (``None``) is left out of its line.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from privfed.plotting import epsilon_label, figure, place_legend, save
 
     records = [read_audit_record(r) for r in records]
-    labels = [str(r["run"]) for r in records]
+    labels = ["no DP" if str(r["run"]) in ("inf", "none") else f"ε = {r['run']}" for r in records]
+    deltas = {r.get("delta") for r in records if r.get("delta") is not None}
+    delta = deltas.pop() if len(deltas) == 1 else None
     x = np.arange(len(records))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax, bx) = figure(nrows=2, width=6.0, height=5.0)
     acc = [r["epsilon"] if r["epsilon"] is not None else np.nan for r in records]
     ax.bar(x - 0.25, acc, 0.25, label="accountant ε")
     ax.bar(x, [r["epsilon_lower_bound_one_run"] for r in records], 0.25, label="one-run lower bound (95%)")
     ax.bar(x + 0.25, [r[ONE_SHOT_KEY] for r in records], 0.25, label="one-shot estimate (not a bound)")
-    ax.set_xticks(x, [f"target {lab}" for lab in labels])
-    ax.set_ylabel("ε")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel(epsilon_label(unit="user", delta=delta))
     ax.set_yscale("symlog", linthresh=1.0)
-    ax.legend(fontsize=7)
+    ax.set_title("ε: accountant vs audit, per target")
+    place_legend(ax)
     bx.plot(x, [r["auc"] for r in records], "o-", label="AUC")
 
     def tprs(key: str) -> list[float]:
@@ -559,10 +560,9 @@ def plot_audit(records: Sequence[Mapping[str, Any]], path: Path) -> None:
 
     bx.plot(x, tprs("tpr_at_1pct_fpr"), "s-", label="TPR @ 1% FPR")
     bx.plot(x, tprs("tpr_at_0.1pct_fpr"), "^-", label="TPR @ 0.1% FPR")
-    bx.set_xticks(x, [f"target {lab}" for lab in labels])
+    bx.set_xticks(x, labels)
     bx.set_ylim(0, 1.02)
-    bx.legend(fontsize=7)
+    bx.set_ylabel("canary AUC / TPR")
     bx.set_title("canary membership (white-box score over every round)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    place_legend(bx)
+    save(fig, path)

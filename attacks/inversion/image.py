@@ -617,11 +617,9 @@ def plot_reconstructions(
     *,
     titles: Sequence[str] | None = None,
 ) -> Path:
-    """PNG grid: originals on top, reconstructions (as given: match them first) below; ``titles`` per column."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Image grid (PNG, PDF, SVG via :mod:`privfed.plotting`): originals on top, reconstructions
+    (as given: match them first) below; ``titles`` per column. Returns the PNG path."""
+    from privfed.plotting import figure, save
 
     a = np.asarray(originals, dtype=np.float64)
     r = np.clip(np.asarray(reconstructions, dtype=np.float64), 0.0, 1.0)
@@ -630,7 +628,8 @@ def plot_reconstructions(
     n = a.shape[0]
     if titles is not None and len(titles) != n:
         raise ValueError(f"need {n} titles, got {len(titles)}")
-    fig, axes = plt.subplots(2, n, figsize=(1.4 * n + 0.6, 3.0), squeeze=False)
+    fig, grid = figure(ncols=n, nrows=2, width=1.4 * n + 0.6, height=3.0)
+    axes = np.asarray(grid, dtype=object).reshape(2, n)
     for j in range(n):
         for row, batch in enumerate((a, r)):
             ax = axes[row][j]
@@ -642,11 +641,9 @@ def plot_reconstructions(
             ax.set_xticks([])
             ax.set_yticks([])
         if titles is not None:
-            axes[0][j].set_title(titles[j], fontsize=7)
-    axes[0][0].set_ylabel("original", fontsize=8)
-    axes[1][0].set_ylabel("reconstruction", fontsize=8)
-    fig.tight_layout()
+            axes[0][j].set_title(titles[j])
+    axes[0][0].set_ylabel("original")
+    axes[1][0].set_ylabel("reconstruction")
     out = Path(path)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
+    save(fig, out, grid=False)  # also .pdf and .svg beside it
     return out

@@ -313,20 +313,22 @@ def write_tables(records: Sequence[Mapping[str, Any]], out: Path) -> None:
 
 
 def plot_defence_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """One panel per knob (batch size, noise, SecAgg cohort, bits): text token F1 and image PSNR/50 dB."""
-    import matplotlib
+    """One panel per knob (batch size, noise, SecAgg cohort, bits): text token F1 and image PSNR/50 dB.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Written with :mod:`privfed.plotting` (PNG, PDF and SVG), one legend beside the last panel.
+    """
+    from privfed.plotting import figure, save
 
     knobs = (
         ("batch_size", "batch size"),
-        ("noise_multiplier", "DP noise multiplier"),
+        ("noise_multiplier", "DP noise multiplier σ"),
         ("secagg_clients", "clients in the SecAgg sum"),
         ("quant_bits", "upload bits (32 = float)"),
     )
     baseline = {k: Counter(r[k] for r in records).most_common(1)[0][0] for k, _ in knobs} if records else {}
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    fig, axes = figure(ncols=4, width=11.0, height=2.8)
+    handles: list[Any] = []
+    labels: list[str] = []
     for ax, (knob, label) in zip(axes, knobs, strict=True):
         series: dict[str, list[tuple[float, float]]] = {}
         for r in records:
@@ -343,7 +345,10 @@ def plot_defence_curves(records: Sequence[Mapping[str, Any]], path: Path) -> Non
             pts.sort()
             xs = [p[0] for p in pts]
             ys = [float(np.mean([q[1] for q in pts if q[0] == x])) for x in xs]
-            ax.plot(xs, ys, marker="o", label=name)
+            (line,) = ax.plot(xs, ys, marker="o", label=name)
+            if name not in labels:
+                handles.append(line)
+                labels.append(name)
         ax.set_xlabel(label)
         ax.set_ylim(-0.02, 1.05)
         if knob in ("batch_size", "secagg_clients"):
@@ -351,17 +356,9 @@ def plot_defence_curves(records: Sequence[Mapping[str, Any]], path: Path) -> Non
         if knob == "noise_multiplier":
             ax.set_xscale("symlog", linthresh=0.1)
     axes[0].set_ylabel("token F1 (text) / PSNR÷50 (image)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1:]:
-        h, lab = ax.get_legend_handles_labels()
-        for hh, ll in zip(h, lab, strict=True):
-            if ll not in labels:
-                handles.append(hh)
-                labels.append(ll)
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 8), fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1, 0.86))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if handles:  # beside the last panel, outside every axes: it never hides a line
+        axes[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    save(fig, path)
 
 
 def run_inversion_sweep(

@@ -249,8 +249,12 @@ def test_old_result_files_are_read_under_the_new_one_shot_key(tmp_path: Path) ->
     table = audit_table([_old_record(), _old_record(run="inf", epsilon=None, **{"tpr_at_0.1pct_fpr": None})])
     assert "one-shot ε estimate (not a bound)" in table and "lower bound" in table
     assert "| 8 | 7.96 | 1.07 | 3.17 |" in table and "n/a" in table
-    plot_audit([_old_record()], tmp_path / "a.png")
-    assert (tmp_path / "a.png").stat().st_size > 0
+    plot_audit([_old_record()], tmp_path / "old.png")  # no delta in the file: the axis says so
+    assert "δ unknown" in (tmp_path / "old.svg").read_text()
+    plot_audit([_old_record(delta=1e-5), _old_record(run="inf", epsilon=None, delta=1e-5)], tmp_path / "a.png")
+    assert all((tmp_path / f"a.{fmt}").stat().st_size > 1000 for fmt in ("png", "pdf", "svg"))
+    svg = (tmp_path / "a.svg").read_text()  # the house style keeps text as text: the ε axis names unit and δ
+    assert "user-level" in svg and "δ = 1e-05" in svg and "no DP" in svg
 
 
 def test_audit_verdict_is_ok_or_violated() -> None:

@@ -284,5 +284,8 @@ def test_plot_reconstructions_writes_a_png(
     x, _ = digits
     out = plot_reconstructions(x[:3], x[3:6], tmp_path / "grid.png", titles=["a", "b", "c"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "grid.pdf").read_bytes()[:5] == b"%PDF-" and "reconstruction" in (
+        tmp_path / "grid.svg"
+    ).read_text()
     with pytest.raises(ValueError, match="titles"):
         plot_reconstructions(x[:3], x[3:6], tmp_path / "bad.png", titles=["a"])
