@@ -168,13 +168,13 @@ def assemble(out: Path) -> dict[str, Any]:
 
 
 def plot_recipes(report: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Every complete sweep on one privacy-utility plot: DP points, the recipe's no-DP level dashed."""
-    import matplotlib
+    """Every complete sweep on one privacy-utility plot: DP points, the recipe's no-DP level dashed.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Written with :mod:`privfed.plotting` (PNG, PDF and SVG beside it).
+    """
+    from privfed.plotting import epsilon_label, figure, place_legend, save
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = figure(width=6.4, height=4.2)
     for i, (name, rows) in enumerate(sorted(report.items())):
         color = f"C{i}"
         dp = sorted(
@@ -194,13 +194,11 @@ def plot_recipes(report: dict[str, list[dict[str, Any]]], path: Path) -> None:
     )
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("record-level epsilon per client (delta 1e-5)")
+    ax.set_xlabel(epsilon_label(unit="record", delta=1e-5, target=True) + ", per client")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("DP-SGD recipes (dashed: the same recipe without DP)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.set_title("DP-SGD recipes (dashed: the same recipe without DP)")
+    place_legend(ax)
+    save(fig, path)
 
 
 def main() -> None:
