@@ -51,6 +51,7 @@ from privfed import (
 from privfed.client import ExampleSet
 from privfed.config import check_section, config_field, section_from_dict
 from privfed.experiments import Experiment, sweep_config
+from privfed.rng import generator
 from privfed.transport import Exchange, Reply, Transport
 
 __all__ = [
@@ -202,7 +203,7 @@ def audit_run(
     """
     if config.secagg.enabled:
         raise ConfigError("privfed audit runs without secure aggregation (the final model is what it audits)")
-    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xA0D17]))
+    rng = generator(config.seed, "audit", "canaries")
     included = rng.random(settings.num_canaries) < 0.5
     if included.sum() > config.partition.num_clients // 2:
         raise ConfigError(
@@ -369,7 +370,7 @@ def record_level_mia(
     def losses(vector: npt.NDArray[np.float32], data: ExampleSet) -> npt.NDArray[np.float64]:
         return -per_example_log_likelihoods(exp, vector, data)
 
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x31A]))
+    rng = generator(seed, "audit", "record-level")
     participants = sorted(transport.real_participants)
     if not participants:
         return {}, {}
@@ -394,12 +395,9 @@ def record_level_mia(
     out: dict[str, Any] = {}
     for name, values in (("record_loss", loss_scores), ("record_reference", ref_scores)):
         metrics = membership_metrics(values, labels).to_dict()
-        out |= {f"{name}_{k}": v for k, v in metrics.items() if k.startswith(("auc", "tpr_"))}
-    out |= {
-        "record_num_members": int(labels.sum()),
-        "record_num_nonmembers": int((~labels).sum()),
-        "record_min_resolvable_fpr": 1.0 / int((~labels).sum()),
-    }
+        # Each view's own smallest resolvable FPR beside its TPRs, as attacks.results writes and checks.
+        out |= {f"{name}_{k}": v for k, v in metrics.items() if k.startswith(("auc", "tpr_", "min_resolvable_fpr"))}
+    out |= {"record_num_members": int(labels.sum()), "record_num_nonmembers": int((~labels).sum())}
     return out, {"record_loss": (loss_scores, labels), "record_reference": (ref_scores, labels)}
 
 

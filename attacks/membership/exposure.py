@@ -40,6 +40,7 @@ from privfed import (
 from privfed.config import check_section, config_field, replace_path, section_from_dict
 from privfed.data import DatasetSpec
 from privfed.experiments import atomic_write_text
+from privfed.rng import generator
 
 __all__ = ["SecretSharerSettings", "exposure", "log_perplexities", "run_exposure"]
 
@@ -106,7 +107,7 @@ def _canaried(base_name: str, settings: SecretSharerSettings, seed: int) -> tupl
     base = load_dataset(base_name)
     if base.texts is None or base.groups is None:
         raise ConfigError(f"exposure needs a text dataset with natural client groups; {base_name!r} is not")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EC2E7]))
+    rng = generator(seed, "exposure", "secrets")
     values = [int(v) for v in rng.choice(settings.space, size=len(settings.repeats), replace=False)]
     group = str(base.groups[0])  # every copy goes to the client that holds this group
     label = int(base.labels[0])
@@ -158,7 +159,7 @@ def run_exposure(
     exp = build_experiment(cfg)
     train_texts = [exp.dataset.texts[i] for i in exp.train_indices] if exp.dataset.texts else []
     tokenizer = load_base_model(config.model.name, init_seed=0).tokenizer
-    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xCA1D]))
+    rng = generator(config.seed, "exposure", "candidates")
     taken = set(values)
     pool = [int(v) for v in rng.choice(settings.space, size=settings.candidates + len(values), replace=False)]
     candidates = [settings.template.format(v) for v in pool if v not in taken][: settings.candidates]

@@ -18,6 +18,7 @@ from attacks.audit.federated import (
     read_audit_record,
 )
 from attacks.metrics import load_scores, membership_metrics
+from attacks.results import upgrade_record
 from privfed import ClientUpdate, ConfigError, GlobalModel, dump_config
 from privfed.cli import main
 from privfed.transport import Exchange, Reply
@@ -105,7 +106,12 @@ def test_dp_audit_respects_the_accountant_and_cli(tmp_path: Path, capsys: pytest
     for key in ("privacy_mode", "delta", "epsilon_estimate_one_shot", "tpr_at_0.1pct_fpr", "num_nonmembers"):
         assert key in record
     assert (out / "audit.png").exists() and (out / "eps-1" / "canary_roc.png").exists()
-    assert set(load_scores(out / "audit_scores.npz")) >= {"1.whitebox", "1.final_model"}
+    scores = load_scores(out / "audit_scores.npz")
+    assert set(scores) >= {"1.whitebox", "1.final_model"}
+    # What the audit writes is already in the form attacks.results derives from the scores (every view,
+    # the record-level ones included, with its own min_resolvable_fpr): upgrading it changes nothing.
+    assert upgrade_record(record, scores) == record
+    assert record["record_loss_min_resolvable_fpr"] == 1 / record["record_num_nonmembers"]
     printed = capsys.readouterr().out
     assert "audit directory" in printed
     assert f"accountant epsilon {record['epsilon']:.3f}: OK" in printed  # one verdict line per audit

@@ -25,13 +25,11 @@ RESULTS = sorted(p for p in DOCS.glob("*.json") if p.name.startswith(("audit", "
 # Result files whose scores were never saved (measured before the drivers saved them) and cannot be
 # regenerated cheaply on a 2-core CPU; each needs its documented command rerun to get them.
 MISSING_SCORES = {
-    "audit_results.json": "4 canary federations of 1000 clients, about 8 min each alone on 2 cores",
     "membership_results.json": "4 variants x 6 shadow federations, 3-4 min each",
     "membership_views_results.json": "2 variants x 6 shadow federations, 3 min each",
     "membership_dp_results.json": "12 federations (6 with DP-SGD, 27 min)",
     "membership_clients_results.json": "8 federations, about 5 min each",
     "membership_smollm2_results.json": "4 SmolLM2 federations, about 10 min each",
-    "exposure_smollm2.json": "one SmolLM2 federation, about 25 min (exposure ranks, no AUC/TPR)",
 }
 
 
