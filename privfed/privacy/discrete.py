@@ -53,6 +53,9 @@ def _check_scale(name: str, value: float) -> float:
     return float(value)
 
 
+_POINT_MASS_SIGMA = 0.05
+
+
 def discrete_gaussian(*, sigma: float, size: int | tuple[int, ...], rng: np.random.Generator) -> npt.NDArray[np.int64]:
     """i.i.d. discrete Gaussian ``N_Z(0, sigma^2)`` draws (Canonne, Kamath, Steinke 2020, Alg. 3).
 
@@ -69,7 +72,10 @@ def discrete_gaussian(*, sigma: float, size: int | tuple[int, ...], rng: np.rand
     shape = (size,) if isinstance(size, int) else tuple(size)
     n = int(np.prod(shape))
     out = np.zeros(n, dtype=np.int64)
-    if sigma == 0 or n == 0:
+    if sigma < _POINT_MASS_SIGMA or n == 0:
+        # N_Z(0, sigma^2) puts mass below 2 exp(-1 / (2 sigma^2)) (< 1e-86 here) off 0: the float coin
+        # flips below cannot resolve it, and sigma**2 would underflow to 0 for tiny sigma (0/0 in the
+        # acceptance test: a loop that never accepts).
         return out.reshape(shape)
     t = math.floor(sigma) + 1
     p = -math.expm1(-1.0 / t)  # success probability of a geometric with ratio exp(-1/t)

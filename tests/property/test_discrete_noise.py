@@ -113,3 +113,9 @@ def test_bad_scales_are_refused() -> None:
         discrete_gaussian(sigma=-1.0, size=3, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="variance must be"):
         skellam(variance=float("nan"), size=3, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("sigma", [1e-300, 5e-324, 1e-8, 0.049])
+def test_a_tiny_discrete_gaussian_is_the_point_mass_at_zero_and_terminates(sigma: float) -> None:
+    """sigma**2 underflows for tiny sigma; the sampler used to loop forever on 0/0 (hypothesis found it)."""
+    assert not discrete_gaussian(sigma=sigma, size=1000, rng=np.random.default_rng(0)).any()
