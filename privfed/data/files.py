@@ -23,7 +23,8 @@ What happens to the rows, as for the built-in loaders:
 Everything else that is wrong is a one-line :class:`~privfed.errors.DataError`
 naming the file, the column and the line or row: a missing file, a missing
 column (with the columns found), an empty file, text that is not UTF-8 (with
-the byte offset), a row without a label or client, a single class.
+the byte offset), a row without a label or client, a single class (a file that
+is one client's own data may hold one: ``min_classes=1``).
 Parquet needs ``pyarrow`` and ``hf:`` needs ``datasets``; without them the
 loader raises an ``ImportError`` that says what to install.
 """
@@ -130,6 +131,7 @@ def load_table_file(
     text_column: str = "text",
     label_column: str = "label",
     client_column: str = "",
+    min_classes: int = 2,
 ) -> Dataset:
     """Read a ``.csv``, ``.tsv``, ``.jsonl`` or ``.parquet`` file into a text-classification :class:`Dataset`.
 
@@ -138,6 +140,8 @@ def load_table_file(
         name: the dataset's name (``data.name``).
         text_column / label_column: the columns holding each example's text and class.
         client_column: a column naming each example's client (natural partition), or ``""``.
+        min_classes: the fewest distinct classes the rows must hold (2 for a dataset a run is
+            split from; 1 for one client's own file, which may hold a single class).
 
     Raises:
         DataError: see the module doc.
@@ -154,7 +158,14 @@ def load_table_file(
         table = _read_parquet(path, needed)
     else:
         raise DataError(f"data file {str(path)!r} must end in .csv, .tsv, .jsonl or .parquet")
-    return _build(table, name=name, text_column=text_column, label_column=label_column, client_column=client_column)
+    return _build(
+        table,
+        name=name,
+        text_column=text_column,
+        label_column=label_column,
+        client_column=client_column,
+        min_classes=min_classes,
+    )
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -266,11 +277,13 @@ def load_hf_dir(
     text_column: str = "text",
     label_column: str = "label",
     client_column: str = "",
+    min_classes: int = 2,
 ) -> Dataset:
     """Read a ``datasets`` dataset saved with ``save_to_disk`` (offline) into a text-classification :class:`Dataset`.
 
     A ``DatasetDict`` contributes every split, in sorted split order. A
-    ``ClassLabel`` label column keeps its class names.
+    ``ClassLabel`` label column keeps its class names. ``min_classes`` as for
+    :func:`load_table_file`.
 
     Raises:
         DataError: see the module doc.
@@ -321,6 +334,7 @@ def load_hf_dir(
         text_column=text_column,
         label_column=label_column,
         client_column=client_column,
+        min_classes=min_classes,
     )
 
 
@@ -370,7 +384,11 @@ def _class_names(labels: Sequence[str | int]) -> tuple[list[str], tuple[str, ...
     return as_text, tuple(sorted(distinct))
 
 
-def _build(table: _Table, *, name: str, text_column: str, label_column: str, client_column: str) -> Dataset:
+def _build(
+    table: _Table, *, name: str, text_column: str, label_column: str, client_column: str, min_classes: int
+) -> Dataset:
+    if isinstance(min_classes, bool) or not isinstance(min_classes, int) or min_classes < 1:
+        raise ValueError(f"min_classes must be an integer >= 1; got {min_classes!r}")
     _check_columns(table, text_column=text_column, label_column=label_column, client_column=client_column)
     texts: list[str] = []
     labels: list[str | int] = []
@@ -412,10 +430,12 @@ def _build(table: _Table, *, name: str, text_column: str, label_column: str, cli
             stacklevel=4,
         )
     present = sorted({int(i) for i in kept_index})
-    if len(present) < 2:
+    if len(present) < min_classes:
+        found = ", ".join(repr(names[i]) for i in present[:5]) + (", ..." if len(present) > 5 else "")
+        count = "one class only" if len(present) == 1 else f"{len(present)} classes only"
         raise DataError(
-            f"{table.source} column {label_column!r} (data.label_column) has one class only "
-            f"({names[present[0]]!r} in {len(kept_texts)} rows); classification needs at least 2"
+            f"{table.source} column {label_column!r} (data.label_column) has {count} "
+            f"({found} in {len(kept_texts)} rows); classification needs at least {min_classes}"
         )
     return Dataset(
         name=name,

@@ -191,3 +191,24 @@ def test_labels_are_int64_and_groups_align(tmp_path: Path) -> None:
     assert d.labels.dtype == np.int64 and len(d) == 30
     assert d.groups is not None
     assert all(d.groups[i] == f"c{int(d.texts[i].split()[1]) % 5}" for i in range(30))
+
+
+def test_min_classes_lets_one_clients_file_hold_a_single_class(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "one.csv", "text,label\nx,b\ny,b\nz,b\n")
+    with pytest.raises(DataError, match=r"has one class only \('b' in 3 rows\); classification needs at least 2"):
+        load_table_file(path, name="one")  # the default: a dataset a run is split from needs 2
+    d = load_table_file(path, name="one", min_classes=1)
+    assert d.label_names == ("b",) and d.labels.tolist() == [0, 0, 0] and d.texts == ("x", "y", "z")
+    two = _csv(tmp_path / "two.csv", "text,label\nx,a\ny,b\n")
+    with pytest.raises(DataError, match=r"has 2 classes only \('a', 'b' in 2 rows\); classification needs at least 3"):
+        load_table_file(two, name="two", min_classes=3)
+    with pytest.raises(ValueError, match="min_classes must be an integer >= 1; got 0"):
+        load_table_file(two, name="two", min_classes=0)
+
+
+def test_min_classes_for_a_saved_dataset(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": ["pos", "pos"]}).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(DataError, match="one class only"):
+        load_hf_dir(tmp_path / "hf", name="h")
+    assert load_hf_dir(tmp_path / "hf", name="h", min_classes=1).label_names == ("pos",)
