@@ -17,7 +17,6 @@ import hashlib
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 __all__ = ["derive_seed", "generator", "torch_rng"]
 
@@ -65,6 +64,8 @@ def torch_rng(seed: int) -> Iterator[None]:
     on) the caller's global RNG. The GPUs' generators are forked only once
     CUDA is in use, so a CPU run never initialises it.
     """
+    import torch  # here, not at the top: the numpy stages import this module and must not load torch
+
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []  # type: ignore[no-untyped-call]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

@@ -1,6 +1,38 @@
-"""Client side: local data and local training."""
+"""Client side: local data and local training.
 
-from privfed.client.data import ExampleSet
-from privfed.client.trainer import ClientTrainer, LocalResult
+Importing ``privfed.client`` (or a pure-numpy module inside it, such as
+``privfed.client.stages``) is cheap: ``ClientTrainer`` and friends load torch and
+opacus, so each public name is imported from its module the first time it is
+used (PEP 562 module ``__getattr__``, as in ``privfed/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from privfed.client.data import ExampleSet
+    from privfed.client.trainer import ClientTrainer, LocalResult
 
 __all__ = ["ClientTrainer", "ExampleSet", "LocalResult"]
+
+_EXPORTS: dict[str, str] = {
+    "ClientTrainer": "privfed.client.trainer",
+    "ExampleSet": "privfed.client.data",
+    "LocalResult": "privfed.client.trainer",
+}
+
+if not TYPE_CHECKING:  # type checkers see the imports above; at run time names load on first use
+
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'privfed.client' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,22 +1,35 @@
-"""Server side: strategies and round orchestration."""
+"""Server side: strategies and round orchestration.
 
-from privfed.server.server import (
-    FederatedServer,
-    RoundResult,
-    check_strategy_composes,
-    sample_cohort,
-    validate_update,
-)
-from privfed.server.strategies import (
-    FedAdam,
-    FedAdamConfig,
-    FedAvg,
-    Strategy,
-    make_strategy,
-    register_strategy,
-    strategy_names,
-    weighted_mean,
-)
+Importing ``privfed.server`` (or ``privfed.server.strategies``, which config
+validation does to list the registered strategies) is cheap: each public name is
+imported from its module the first time it is used (PEP 562 module
+``__getattr__``, as in ``privfed/__init__.py``), so the round orchestration in
+``privfed.server.server`` and what it pulls in load only when needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from privfed.server.server import (
+        FederatedServer,
+        RoundResult,
+        check_strategy_composes,
+        sample_cohort,
+        validate_update,
+    )
+    from privfed.server.strategies import (
+        FedAdam,
+        FedAdamConfig,
+        FedAvg,
+        Strategy,
+        make_strategy,
+        register_strategy,
+        strategy_names,
+        weighted_mean,
+    )
 
 __all__ = [
     "FedAdam",
@@ -33,3 +46,38 @@ __all__ = [
     "validate_update",
     "weighted_mean",
 ]
+
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "privfed.server.server": (
+        "FederatedServer",
+        "RoundResult",
+        "check_strategy_composes",
+        "sample_cohort",
+        "validate_update",
+    ),
+    "privfed.server.strategies": (
+        "FedAdam",
+        "FedAdamConfig",
+        "FedAvg",
+        "Strategy",
+        "make_strategy",
+        "register_strategy",
+        "strategy_names",
+        "weighted_mean",
+    ),
+}
+_EXPORTS: dict[str, str] = {name: module for module, names in _SOURCES.items() for name in names}
+
+if not TYPE_CHECKING:  # type checkers see the imports above; at run time names load on first use
+
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'privfed.server' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
