@@ -23,6 +23,12 @@ Messages a node handles:
   compression): local training, then the round's stages (rotate, sparsify/top-k, fixed
   point); reply :class:`~privfed.transport.messages.EncodedUpdate`, or ``Decline``.
 * SecAgg+ messages of the round in progress: the SecAgg+ client's reply.
+
+A node-local :class:`~privfed.client.policy.NodePolicy` (optional) is checked before
+each training round: DP-SGD settings, upload stages (clip, distributed noise share) or a
+record-level budget weaker than the policy make the node reply ``Decline`` without
+training, and :attr:`ClientNode.refusal` says why (one line). The node's
+:class:`~privfed.client.policy.NodeLedger` records the DP-SGD it actually ran.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from __future__ import annotations
 import numpy as np
 
 from privfed.client.data import ExampleSet
+from privfed.client.policy import NodeLedger, NodePolicy
 from privfed.client.stages import FixedPointStage, StageContext, Upload, UploadPipeline
-from privfed.client.trainer import ClientTrainer, LocalResult
+from privfed.client.trainer import ClientTrainer, LocalResult, sampling_rate_for
 from privfed.compression.quantize import ConditionalRoundingError
 from privfed.errors import ProtocolError
 from privfed.rng import derive_seed, generator
@@ -63,6 +70,10 @@ class ClientNode:
         last_secure_round: the highest secure round this client already answered (a
             node rebuilt per message, as in Flower, passes the value it persisted);
             ``None``: none yet.
+        policy: this node's own privacy policy (``None``: it runs whatever the server sends).
+        record_ledger: this node's record-level ledger so far (a node rebuilt per message
+            passes the one it persisted); ``None``: a fresh one when ``policy`` names a
+            ``record_delta``.
     """
 
     def __init__(
@@ -74,6 +85,8 @@ class ClientNode:
         seed: int,
         crypto_random: RandomSource = system_random,
         last_secure_round: int | None = None,
+        policy: NodePolicy | None = None,
+        record_ledger: NodeLedger | None = None,
     ) -> None:
         self.client_id = client_id
         self.trainer = trainer
@@ -82,16 +95,60 @@ class ClientNode:
         self.crypto_random = crypto_random
         self._secagg: SecAggClient | None = None
         self.last_secure_round = last_secure_round
+        self.policy = policy
+        if record_ledger is None and policy is not None:
+            record_ledger = NodeLedger.for_policy(policy, client_id=client_id)
+        self.record_ledger = record_ledger
+        #: Why the node declined its last training round under its policy (``None``: it did not).
+        self.refusal: str | None = None
+
+    @property
+    def record_epsilon(self) -> float | None:
+        """Record-level epsilon this node has spent (at its ledger's delta), ``None`` without a ledger."""
+        return None if self.record_ledger is None else self.record_ledger.epsilon()
 
     @property
     def secagg_client(self) -> SecAggClient | None:
         """The SecAgg+ client of the secure round in progress (``None`` when there is none)."""
         return self._secagg
 
+    def _refuse(self, round: int, pipeline: UploadPipeline | None) -> bytes | None:
+        """A ``Decline`` when the round's instructions or budget fail this node's policy, else ``None``."""
+        self.refusal = None
+        if self.policy is None:
+            return None
+        reason = self.policy.check_sample_dp(self.trainer.dp)
+        if reason is None and pipeline is not None:
+            reason = self.policy.check_upload(pipeline)
+        if reason is None and self.record_ledger is not None and self.trainer.dp is not None:
+            n = len(self.data)
+            reason = self.record_ledger.refusal(
+                self.record_ledger.event(
+                    noise_multiplier=self.trainer.dp.noise_multiplier,
+                    sample_rate=sampling_rate_for(self.trainer.config, n),
+                    steps=self.trainer.steps_for(n),
+                    round=round,
+                )
+            )
+        if reason is None:
+            return None
+        self.refusal = reason
+        return Decline(round=round, client_id=self.client_id).to_bytes()
+
     def _train(self, round: int, vector: np.ndarray) -> LocalResult:
-        return self.trainer.train(
+        result = self.trainer.train(
             global_vector=vector, data=self.data, seed=derive_seed(self.seed, "local", round, self.client_id)
         )
+        if self.record_ledger is not None and self.trainer.dp is not None:  # spent, whatever the update is
+            self.record_ledger.record(
+                self.record_ledger.event(
+                    noise_multiplier=self.trainer.dp.noise_multiplier,
+                    sample_rate=sampling_rate_for(self.trainer.config, len(self.data)),
+                    steps=result.steps,
+                    round=round,
+                )
+            )
+        return result
 
     def handle(self, data: bytes) -> bytes | None:
         """The reply to one server message, or ``None`` when the node stays silent.
@@ -125,6 +182,9 @@ class ClientNode:
         return self._secagg.step(data)
 
     def _plain_round(self, message: GlobalModel) -> bytes:
+        refused = self._refuse(message.round, None)
+        if refused is not None:
+            return refused
         result = self._train(message.round, message.vector)
         return ClientUpdate(
             round=message.round,
@@ -136,6 +196,9 @@ class ClientNode:
 
     def _compressed_round(self, message: CompressedRoundRequest) -> bytes:
         pipeline = UploadPipeline.from_json(message.stages)
+        refused = self._refuse(message.round, pipeline)
+        if refused is not None:
+            return refused
         result = self._train(message.round, message.vector)
         if not (np.isfinite(result.delta).all() and np.isfinite(result.train_loss)):
             return Decline(round=message.round, client_id=self.client_id).to_bytes()
@@ -160,6 +223,9 @@ class ClientNode:
 
     def _secure_round(self, message: SecureRoundRequest) -> bytes:
         pipeline = UploadPipeline.from_json(message.stages)
+        refused = self._refuse(message.round, pipeline)
+        if refused is not None:
+            return refused
         result = self._train(message.round, message.vector)
         upload = Upload(values=result.delta.astype(np.float64), metrics={"train_loss": result.train_loss})
         if not (np.isfinite(upload.values).all() and np.isfinite(result.train_loss)):
