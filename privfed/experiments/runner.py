@@ -151,24 +151,30 @@ def split_data(config: ExperimentConfig, dataset: Dataset) -> tuple[IndexArray, 
     return train, held, [train[part] for part in parts]
 
 
-def build_experiment(config: ExperimentConfig) -> Experiment:
-    """Load data and model, split, partition and tokenize, as ``config`` says.
+@dataclasses.dataclass(eq=False)
+class _BuiltModel:
+    """A run's PEFT-wrapped model (base frozen), built from its config and number of classes alone."""
 
-    Raises:
-        ConfigError: if model and dataset do not fit together or the partition is impossible.
+    model: Any
+    layout: AdapterLayout
+    tokenizer: Any
+    task: Task
+    base_params: int
+    base_fingerprint: str
+
+
+def _build_model(config: ExperimentConfig, *, num_classes: int) -> _BuiltModel:
+    """The model, tokenizer and task of ``config``; ``num_classes`` sizes a classifier's head.
+
+    Needs no data: a Flower node training on its own file builds the run's model from the
+    run's class count (seeded exactly as :func:`build_experiment` does).
     """
-    _check_compatible(config)
-    apply_determinism(device=config.model.device)
     seed = config.seed
-    dataset = load_data(config.data)
-    assert dataset.texts is not None
-    train, held, client_indices = split_data(config, dataset)
-
     spec = get_model_spec(config.model.name)
     device = resolve_device(config.model.device)  # before the (slow) load
     loaded = load_base_model(
         config.model.name,
-        num_labels=dataset.num_classes if spec.task == "classification" else None,
+        num_labels=num_classes if spec.task == "classification" else None,
         init_seed=derive_seed(seed, "model-init"),
     )
     validate_against_model(config, loaded.model)
@@ -177,9 +183,31 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     with torch_rng(derive_seed(seed, "adapter-init")):
         model = wrap_model(loaded.model, config.adapter, spec)
     model.to(device)
-    layout = AdapterLayout.from_model(model)
+    return _BuiltModel(
+        model=model,
+        layout=AdapterLayout.from_model(model),
+        tokenizer=loaded.tokenizer,
+        task=get_task(spec.task),
+        base_params=base_params,
+        base_fingerprint=base_fingerprint,
+    )
 
-    tokens = tokenize_texts(loaded.tokenizer, dataset.texts, max_length=config.model.max_length)
+
+def build_experiment(config: ExperimentConfig) -> Experiment:
+    """Load data and model, split, partition and tokenize, as ``config`` says.
+
+    Raises:
+        ConfigError: if model and dataset do not fit together or the partition is impossible.
+    """
+    _check_compatible(config)
+    apply_determinism(device=config.model.device)
+    dataset = load_data(config.data)
+    assert dataset.texts is not None
+    train, held, client_indices = split_data(config, dataset)
+    built = _build_model(config, num_classes=dataset.num_classes)
+    model, layout = built.model, built.layout
+
+    tokens = tokenize_texts(built.tokenizer, dataset.texts, max_length=config.model.max_length)
 
     def examples(rows: IndexArray) -> ExampleSet:
         return ExampleSet(tokens=tokens.take(rows), labels=dataset.labels[rows])
@@ -190,7 +218,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             texts=dataset.texts, labels=dataset.labels, rows=np.concatenate([train, held])
         ),
         "partition": fingerprint_arrays(client_indices),
-        "base_model": base_fingerprint,
+        "base_model": built.base_fingerprint,
         "initial_adapter": fingerprint_arrays([initial_vector]),
     }
     return Experiment(
@@ -202,10 +230,10 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         model=model,
         layout=layout,
         initial_vector=initial_vector,
-        task=get_task(spec.task),
+        task=built.task,
         client_data=[examples(rows) for rows in client_indices],
         eval_data=examples(held),
-        base_params=base_params,
+        base_params=built.base_params,
         fingerprints=fingerprints,
     )
 

@@ -234,3 +234,99 @@ def test_local_examples_map_labels_by_name_and_refuse_what_the_run_cannot_use(tm
     )
     with pytest.raises(DataError, match=r"does not support record-level DP yet .*'sample'"):
         local_examples(client_side(dump_config(record_dp)), str(path))
+
+
+def _fake_message(fields: dict[str, Any]) -> Any:
+    """A stand-in for a Flower ``Message`` (building a real one needs a running Flower task)."""
+    import types
+
+    from flwr.app import ConfigRecord
+
+    from privfed.transport.flower.grid import RECORD
+
+    return types.SimpleNamespace(content=RecordDict({RECORD: ConfigRecord(fields)}))
+
+
+def test_a_node_with_its_own_single_class_file_never_reads_the_servers_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's data.path is not on this node; it gets the classes from the server's record, builds
+    the model and trainer from the config alone, trains on its one-class file, and its update equals
+    the in-process client's on the same examples."""
+    import privfed.data.files
+    import privfed.experiments.runner as runner
+    from privfed.client.node import ClientNode
+    from privfed.transport.flower import client_app
+    from privfed.transport.messages import ClientUpdate, GlobalModel
+
+    config = tiny_config(**{"partition.num_clients": NUM_NODES})
+    exp = build_experiment(config)
+    reference_trainer = runner._prepare_privacy(exp).trainer
+    names = exp.dataset.label_names
+    client = exp.client_data[0]
+    label = int(np.bincount(client.labels).argmax())
+    positions = np.flatnonzero(client.labels == label)
+    rows, _ = _partition_rows(exp, 0)
+    own = _write_csv(tmp_path / "mine.csv", ["text", "label"], ([rows[p][1], rows[p][0]] for p in positions))
+
+    calls: list[str] = []
+
+    def no_dataset(*args: Any, **kwargs: Any) -> Any:
+        calls.append("read")
+        raise AssertionError("a node with its own data read the run's dataset")
+
+    monkeypatch.setattr(runner, "build_experiment", no_dataset)
+    monkeypatch.setattr(runner, "load_data", no_dataset)
+    monkeypatch.setattr(privfed.data.files, "load_data", no_dataset)
+    monkeypatch.setattr(client_app, "_reply", lambda msg, fields: fields)
+    # the server's own file, on the server's machine only
+    server_file = tmp_path / "server-only" / "news.csv"
+    node_toml = dump_config(replace_path(config, "data.path", str(server_file)))
+    context = Context(
+        run_id=1, node_id=7, node_config={"partition-id": 0, "data-path": str(own)}, state=RecordDict(), run_config={}
+    )
+    common = {"config": node_toml, "label-names": list(names)}
+    hello = client_app.hello(
+        _fake_message({**common, "warm-up": True, "client-id": -1, "round": 0, "stage": "hello"}), context
+    )
+    assert hello["client-id"] == 0  # type: ignore[index]
+    side = client_app.client_side(node_toml)
+    assert side._trainer is not None and not side.built_partition  # warmed up without the dataset
+
+    start = GlobalModel(round=1, vector=exp.initial_vector).to_bytes()
+    fields: dict[str, Any] = client_app._serve(  # type: ignore[assignment]
+        _fake_message({**common, "client-id": 0, "round": 1, "stage": "train", "data": start}), context
+    )
+    assert "error" not in fields, fields.get("error")
+    got = ClientUpdate.from_bytes(fields["data"])
+    assert calls == [] and not side.built_partition and not server_file.parent.exists()
+
+    examples = client_app.local_examples(side, str(own))  # cached: what the node trained on
+    assert examples.labels.tolist() == [label] * len(positions)  # the one class, at its index in the run
+    reference = ClientNode(client_id=0, trainer=reference_trainer, data=client.subset(positions), seed=config.seed)
+    want = ClientUpdate.from_bytes(reference.handle(start))  # type: ignore[arg-type]
+    assert got.num_examples == want.num_examples == len(positions)
+    assert got.train_loss == pytest.approx(want.train_loss, abs=1e-6)
+    assert float(np.abs(got.delta).max()) > 1e-4  # it trained
+    np.testing.assert_allclose(got.delta, want.delta, rtol=0, atol=1e-6)
+
+    # a server naming other classes: the node declines with the reason, in one line
+    other_run = dump_config(replace_path(replace_path(config, "data.path", str(server_file)), "name", "other"))
+    other = {"config": other_run, "label-names": ["x", "y"], "client-id": 0, "round": 1, "stage": "train"}
+    fields = client_app._serve(_fake_message({**other, "data": start}), context)  # type: ignore[assignment]
+    assert message_kind(fields["data"]) == Decline.KIND
+    assert f"label(s) {names[label]!r} that are not classes of this run; allowed: 'x', 'y'" in fields["error"]
+    assert calls == []
+
+
+@pytest.mark.parametrize("value", [[], ["a", "a"], ["a", ""], "a,b", [1, 2]])
+def test_malformed_label_names_from_the_server_are_a_protocol_error(value: Any) -> None:
+    from flwr.app import ConfigRecord
+
+    from privfed.errors import ProtocolError
+    from privfed.transport.flower.node_data import record_label_names
+
+    assert record_label_names(ConfigRecord({"config": ""})) is None
+    assert record_label_names(ConfigRecord({"label-names": ["b", "a"]})) == ("b", "a")
+    with pytest.raises(ProtocolError, match="'label-names' must be a non-empty list of distinct class names"):
+        record_label_names({"label-names": value})

@@ -58,7 +58,13 @@ from privfed.secagg.client import SecAggClient
 from privfed.secagg.crypto import KEY_BYTES
 from privfed.transport.base import STAGES
 from privfed.transport.flower.grid import RECORD, field
-from privfed.transport.flower.node_data import DATA_PATH_KEY, ClientSide, client_side, local_examples
+from privfed.transport.flower.node_data import (
+    DATA_PATH_KEY,
+    ClientSide,
+    client_side,
+    local_examples,
+    record_label_names,
+)
 from privfed.transport.messages import ClientUpdate, Decline, SecureRoundRequest, message_kind
 
 __all__ = ["DATA_PATH_KEY", "ClientSide", "app", "client_side", "local_examples"]
@@ -121,7 +127,8 @@ def hello(msg: Message, context: Context) -> Message:
     client_id = _client_id(context)
     config_toml = field(record, "config", str)
     if record.get("warm-up", False):
-        num_clients = len(client_side(config_toml).client_data)
+        own_data = context.node_config.get(DATA_PATH_KEY) is not None
+        num_clients = client_side(config_toml).warm_up(own_data=own_data, label_names=record_label_names(record))
     else:
         import tomllib
 
@@ -236,7 +243,11 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
             context.state.config_records.pop(_SECAGG_STATE, None)
             try:
                 data_path = _data_path(context)
-                examples = side.client_data[client_id] if data_path is None else local_examples(side, data_path)
+                examples = (
+                    side.client_data[client_id]
+                    if data_path is None
+                    else local_examples(side, data_path, label_names=record_label_names(record))
+                )
             except (DataError, ImportError) as exc:  # this node's own data: decline, say why
                 error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
                 decline = Decline(round=field(record, "round", int), client_id=client_id).to_bytes()

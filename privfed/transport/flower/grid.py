@@ -14,6 +14,10 @@ and reason (``privfed: client K rejected in round R: ...`` on stderr) and keeps 
 latest in :attr:`GridExchanger.client_errors`. The server counts the ``Decline`` as a
 rejected client.
 
+Every message also carries the run's class names (``"label-names"``, from the server's
+``data`` config, loaded once per process): a node training on its own file maps its
+labels onto them by name without reading the server's dataset.
+
 Node ids: each node states its privfed client id (its ``partition-id``) in the
 ``query.hello`` exchange that opens a run; privfed addresses clients, this module maps
 them to Flower node ids.
@@ -83,10 +87,21 @@ class GridExchanger:
         self.warm_up = warm_up
         self.config_toml = dump_config(config)
         self.config_sha256 = hashlib.sha256(self.config_toml.encode()).hexdigest()
+        self._data = config.data
+        self._label_names: list[str] | None = None
         self.reply_timeout = reply_timeout
         self.node_of: dict[int, int] = {}  # privfed client id -> Flower node id
         self.client_errors: dict[int, str] = {}  # client id -> the last error its node reported
         self._reported: set[tuple[int, str]] = set()
+
+    @property
+    def label_names(self) -> list[str]:
+        """The run's class names (the server's dataset; memoised, so the runner's load is reused)."""
+        if self._label_names is None:
+            from privfed.data.files import load_data
+
+            self._label_names = list(load_data(self._data).label_names)
+        return self._label_names
 
     def _content(self, *, client_id: int, round: int, stage: str, data: bytes) -> RecordDict:
         return RecordDict(
@@ -99,6 +114,7 @@ class GridExchanger:
                         "stage": stage,
                         "config": self.config_toml,
                         "config-sha256": self.config_sha256,
+                        "label-names": self.label_names,
                     }
                 )
             }

@@ -1,13 +1,22 @@
 """What a Flower client process needs to serve a node: the run's trainer and the node's examples.
 
 A node without ``data-path`` in its node config takes partition ``partition-id`` of the
-config's dataset; with it, the node reads its own file (:func:`local_examples`).
+config's dataset: the process loads, splits and partitions that dataset exactly as the
+in-process run does (:func:`~privfed.experiments.runner.build_experiment`). A node with
+``data-path`` trains on its own file (:func:`local_examples`) and never reads the config's
+dataset: the run's class names come from the server with every message (``"label-names"``,
+:func:`record_label_names`), and its model and trainer are built from the config and the
+number of classes alone, seeded as the in-process run seeds them, so they equal the
+in-process ones. Record-level DP calibrates its noise multiplier on the partition's sizes,
+so a record-level-DP trainer is still the one the partition run builds.
+
+Both are built on first use and cached per process, keyed by the config's SHA-256.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +25,157 @@ import numpy as np
 from privfed.client.data import ExampleSet
 from privfed.client.trainer import ClientTrainer
 from privfed.config import ExperimentConfig, config_from_dict
-from privfed.errors import DataError
+from privfed.errors import DataError, ProtocolError
 
-__all__ = ["DATA_PATH_KEY", "ClientSide", "client_side", "local_examples"]
+__all__ = ["DATA_PATH_KEY", "LABEL_NAMES_KEY", "ClientSide", "client_side", "local_examples", "record_label_names"]
 
 #: Node config key naming this SuperNode's own data (a table file or a ``save_to_disk`` directory).
 DATA_PATH_KEY = "data-path"
+#: Message record key holding the run's class names, in class-index order (sent by the server).
+LABEL_NAMES_KEY = "label-names"
 
 
-@dataclasses.dataclass(eq=False)
 class ClientSide:
-    """What one process needs to serve a client: its config, examples and a trainer.
+    """What one process needs to serve a client of one run: its config, examples and a trainer.
 
-    ``label_names`` are the run's classes (a node's own data is mapped onto them by name).
+    Built lazily: :attr:`client_data` (the partition of the config's dataset) loads and
+    partitions that dataset on first use, and then the trainer is the in-process run's;
+    a process that only serves nodes with their own data, told the run's classes
+    (:meth:`set_label_names`), builds the model and trainer without any dataset.
+
+    Args:
+        config: the run's config.
+        client_data: per client, its examples (built on first use when ``None``).
+        trainer: the trainer (built on first use when ``None``).
+        label_names: the run's classes, if known.
+        num_labels: the classifier's number of classes; ``None`` for a causal LM.
     """
 
-    config: ExperimentConfig
-    client_data: list[ExampleSet]
-    trainer: ClientTrainer
-    label_names: tuple[str, ...] = ()
-    num_labels: int | None = None  # the classifier's number of classes; None for a causal LM
-    _tokenizer: Any = None
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        client_data: list[ExampleSet] | None = None,
+        trainer: ClientTrainer | None = None,
+        label_names: Sequence[str] = (),
+        num_labels: int | None = None,
+    ) -> None:
+        self.config = config
+        self._client_data = client_data
+        self._trainer = trainer
+        self._label_names = tuple(label_names)
+        self._num_labels = num_labels
+        self._tokenizer: Any = None
+
+    @property
+    def client_data(self) -> list[ExampleSet]:
+        """Per client, its partition of the config's dataset (loaded and partitioned on first use)."""
+        if self._client_data is None:
+            self._build_partition()
+        assert self._client_data is not None
+        return self._client_data
+
+    @property
+    def trainer(self) -> ClientTrainer:
+        """The run's client trainer, equal to the in-process run's."""
+        if self._trainer is None:
+            if self._node_only():
+                self._build_node()
+            else:
+                self._build_partition()
+        assert self._trainer is not None
+        return self._trainer
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The run's classes: as the server sent them, else from the config's dataset."""
+        if not self._label_names:
+            self._build_partition()
+        return self._label_names
+
+    @property
+    def built_partition(self) -> bool:
+        """Whether this process loaded and partitioned the config's dataset."""
+        return self._client_data is not None
+
+    def set_label_names(self, names: Sequence[str]) -> None:
+        """The run's classes, as the server sent them.
+
+        Raises:
+            DataError: they differ from the classes this process already holds for the run.
+        """
+        names = tuple(names)
+        if self._label_names and names != self._label_names:
+            raise DataError(
+                f"the server's classes ({_shown(names)}) differ from the classes of data.name "
+                f"{self.config.data.name!r} on this node ({_shown(self._label_names)})"
+            )
+        self._label_names = names
+
+    def warm_up(self, *, own_data: bool, label_names: Sequence[str] | None) -> int:
+        """Build what serving a node needs now (a long-lived process); returns the number of clients.
+
+        A node with its own data (``own_data``) builds its model and trainer only, once the
+        server has sent the run's classes; any other node its partition of the config's dataset.
+        """
+        if not own_data:
+            return len(self.client_data)
+        if label_names is not None:
+            self.set_label_names(label_names)
+        if self._trainer is None and self._node_only():
+            self._build_node()  # the node's file is read each round (a bad one declines the round)
+        return self.config.partition.num_clients
 
     def tokenizer(self) -> Any:
         """The run's tokenizer (loaded once, only when a node reads its own data)."""
+        if self._tokenizer is None and self._trainer is None and self._node_only():
+            self._build_node()  # the model and its tokenizer in one load
         if self._tokenizer is None:
             from privfed.models import load_base_model
 
-            self._tokenizer = load_base_model(self.config.model.name, num_labels=self.num_labels).tokenizer
+            self._tokenizer = load_base_model(self.config.model.name, num_labels=self._labels()).tokenizer
         return self._tokenizer
+
+    def _node_only(self) -> bool:
+        """Whether the trainer can be built without the config's dataset (classes known, no record-level DP)."""
+        return self._client_data is None and bool(self._label_names) and not self.config.privacy.sample_level
+
+    def _labels(self) -> int | None:
+        if self._num_labels is None and self._label_names:
+            from privfed.models.registry import get_model_spec
+
+            if get_model_spec(self.config.model.name).task == "classification":
+                self._num_labels = len(self._label_names)
+        return self._num_labels
+
+    def _build_partition(self) -> None:
+        from privfed.experiments.runner import _prepare_privacy, build_experiment
+
+        exp = build_experiment(self.config)
+        names = exp.dataset.label_names
+        self.set_label_names(names)
+        # The trainer exactly as the in-process run builds it (DP-SGD with the calibrated sigma).
+        self._trainer = _prepare_privacy(exp).trainer
+        self._client_data = exp.client_data
+        self._num_labels = exp.dataset.num_classes if exp.task.name == "classification" else None
+
+    def _build_node(self) -> None:
+        from privfed.experiments.provenance import apply_determinism
+        from privfed.experiments.runner import _build_model, _check_compatible
+
+        config = self.config
+        _check_compatible(config)
+        apply_determinism(device=config.model.device)
+        built = _build_model(config, num_classes=len(self._label_names))
+        # As _prepare_privacy builds it without record-level DP (the only case built here).
+        self._trainer = ClientTrainer(
+            model=built.model, layout=built.layout, task=built.task, config=config.client, dp=None
+        )
+        self._tokenizer = built.tokenizer
+        self._labels()
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(map(repr, names[:5])) + (", ..." if len(names) > 5 else "")
 
 
 _CACHE: dict[str, ClientSide] = {}
@@ -52,41 +183,53 @@ _LOCAL: dict[tuple[int, str, int, int], ExampleSet] = {}  # (id of the ClientSid
 
 
 def client_side(config_toml: str) -> ClientSide:
-    """The client side of the experiment ``config_toml`` describes, built once per process."""
+    """The client side of the experiment ``config_toml`` describes, one per process (built on first use)."""
     import tomllib
 
     digest = hashlib.sha256(config_toml.encode()).hexdigest()
     cached = _CACHE.get(digest)
     if cached is not None:
         return cached
-    from privfed.experiments.runner import _prepare_privacy, build_experiment
-
     config = config_from_dict(tomllib.loads(config_toml))
-    exp = build_experiment(config)
-    # The trainer exactly as the in-process run builds it (DP-SGD with the calibrated sigma).
-    trainer = _prepare_privacy(exp).trainer
     _CACHE.clear()  # one experiment per process
     _LOCAL.clear()
-    _CACHE[digest] = built = ClientSide(
-        config=config,
-        client_data=exp.client_data,
-        trainer=trainer,
-        label_names=exp.dataset.label_names,
-        num_labels=exp.dataset.num_classes if exp.task.name == "classification" else None,
-    )
+    _CACHE[digest] = built = ClientSide(config)
     return built
 
 
-def local_examples(side: ClientSide, path: str) -> ExampleSet:
+def record_label_names(record: Any) -> tuple[str, ...] | None:
+    """The run's class names in a server message's record (``"label-names"``); ``None`` if absent.
+
+    Raises:
+        ProtocolError: present but not a non-empty list of distinct, non-empty strings.
+    """
+    value = record.get(LABEL_NAMES_KEY)
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(n, str) and n for n in value)
+        or len(set(value)) < len(value)
+    ):
+        raise ProtocolError(
+            f"Flower record field {LABEL_NAMES_KEY!r} must be a non-empty list of distinct class names; "
+            f"got {str(value)[:80]}"
+        )
+    return tuple(value)
+
+
+def local_examples(side: ClientSide, path: str, *, label_names: Sequence[str] | None = None) -> ExampleSet:
     """This node's own examples: the file or ``save_to_disk`` directory ``path``, tokenized for the run.
 
     Read with :func:`~privfed.data.files.load_table_file` (or :func:`~privfed.data.files.load_hf_dir`
-    for a directory) and the run's ``data.text_column`` / ``data.label_column``; its class names
-    are mapped onto the run's (``side.label_names``). Cached per process, keyed by the file's
-    path, mtime and size.
+    for a directory) and the run's ``data.text_column`` / ``data.label_column``; the file may hold a
+    single class. Its class names are mapped onto the run's: ``label_names`` as the server sent them
+    (then the config's dataset is not read), else ``side.label_names``. Cached per process, keyed by
+    the file's path, mtime and size.
 
     Raises:
-        DataError: missing or unreadable file, wrong columns, too few classes, a label that is
+        DataError: missing or unreadable file, wrong columns, no labelled row, a label that is
             not a class of the run, or record-level DP (whose accounting assumes the partition).
     """
     from privfed.data.files import load_hf_dir, load_table_file
@@ -99,6 +242,8 @@ def local_examples(side: ClientSide, path: str) -> ExampleSet:
             f"(privacy.mode = {config.privacy.mode!r}): the server accounts for the partition of "
             f"data.name {config.data.name!r}; allowed: privacy.mode 'none' or 'user'"
         )
+    if label_names is not None:
+        side.set_label_names(label_names)
     file = Path(path)
     try:
         stat = file.stat()
@@ -109,19 +254,22 @@ def local_examples(side: ClientSide, path: str) -> ExampleSet:
     cached = _LOCAL.get(key)
     if cached is not None:
         return cached
-    columns = {"text_column": config.data.text_column, "label_column": config.data.label_column}
-    if file.is_dir():
-        dataset = load_hf_dir(file, name=config.data.name, **columns)
-    else:
-        dataset = load_table_file(file, name=config.data.name, **columns)
+    load = load_hf_dir if file.is_dir() else load_table_file
+    dataset = load(
+        file,
+        name=config.data.name,
+        text_column=config.data.text_column,
+        label_column=config.data.label_column,
+        min_classes=1,  # one node's data may well hold a single class (non-IID)
+    )
     assert dataset.texts is not None
-    position = {name: i for i, name in enumerate(side.label_names)}
+    run_names = side.label_names
+    position = {name: i for i, name in enumerate(run_names)}
     unknown = [name for name in dataset.label_names if name not in position]
     if unknown:
-        shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
         raise DataError(
-            f"{DATA_PATH_KEY} {path!r} column {config.data.label_column!r} has label(s) {shown} that are not "
-            f"classes of this run; allowed: {', '.join(map(repr, side.label_names))}"
+            f"{DATA_PATH_KEY} {path!r} column {config.data.label_column!r} has label(s) {_shown(unknown)} that are not "
+            f"classes of this run; allowed: {', '.join(map(repr, run_names))}"
         )
     to_run = np.array([position[name] for name in dataset.label_names], dtype=np.int64)
     tokens = tokenize_texts(side.tokenizer(), dataset.texts, max_length=config.model.max_length)
