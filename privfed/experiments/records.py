@@ -46,6 +46,8 @@ class RoundMetrics(TypedDict):
     unclipped_fraction: NotRequired[float | None]
     #: Record-level DP: the largest epsilon any client has spent so far.
     epsilon_sample_max: NotRequired[float]
+    #: Flower nodes with a record-level ledger (node-local policy): the largest epsilon a node reported.
+    client_record_epsilon_max: NotRequired[float]
     seconds: float
     seconds_train: float
     seconds_eval: float

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from privfed.adapters.layout import AdapterLayout
 from privfed.adapters.methods import wrap_model
 from privfed.client.data import ExampleSet
 from privfed.client.node import ClientNode
+from privfed.client.policy import NodePolicy
 from privfed.client.trainer import ClientTrainer, SampleDP, local_steps, sampling_rate_for
 from privfed.config import ExperimentConfig, validate_against_model
 from privfed.data.files import dataset_spec_for, load_data
@@ -320,10 +322,15 @@ class _RoundExtras(TypedDict, total=False):
     clip_norm: float | None
     unclipped_fraction: float | None
     epsilon_sample_max: float
+    client_record_epsilon_max: float
 
 
 def _round_extras(
-    ledger: PrivacyLedger, plan: PrivacyPlan, result: RoundResult, evaluation: EvalMetrics | None
+    ledger: PrivacyLedger,
+    plan: PrivacyPlan,
+    result: RoundResult,
+    evaluation: EvalMetrics | None,
+    client_epsilon: float | None = None,
 ) -> _RoundExtras:
     out: _RoundExtras = {}
     if evaluation is not None and "eval_perplexity" in evaluation:
@@ -334,7 +341,21 @@ def _round_extras(
         out["unclipped_fraction"] = result.unclipped_fraction
     if plan.sample_noise_multiplier is not None:
         out["epsilon_sample_max"] = ledger.epsilon_sample_max()
+    if client_epsilon is not None:
+        out["client_record_epsilon_max"] = client_epsilon
     return out
+
+
+def _honest_node_policy(dp: _Privacy, config: ExperimentConfig) -> NodePolicy:
+    """What the config says, as each in-process node's own policy: an honest server never meets a refusal."""
+    p = config.privacy
+    return NodePolicy.honest(
+        pipeline=dp.server.upload_pipeline() if dp.server.distributed is not None else None,
+        sample_dp=dp.trainer.dp,
+        max_record_epsilon=(p.sample.target_epsilon or None) if p.sample_level else None,
+        record_delta=p.delta,
+        accountant=p.accountant,
+    )
 
 
 def _update_applied(result: RoundResult) -> bool:
@@ -828,11 +849,19 @@ def _execute(
         run_dir.truncate_metrics(start_round)
     tracker = open_tracker(config, run_dir.path, start_round=start_round)  # a copy of metrics; the run dir rules
 
+    policy = _honest_node_policy(dp, config)
     nodes = [
-        ClientNode(client_id=i, trainer=trainer, data=data, seed=config.seed) for i, data in enumerate(exp.client_data)
+        ClientNode(client_id=i, trainer=trainer, data=data, seed=config.seed, policy=policy)
+        for i, data in enumerate(exp.client_data)
     ]
+    if checkpoint is not None:  # each node's ledger resumes from the server's record of its client
+        for node in nodes:
+            if node.record_ledger is not None:
+                mine = [e for e in ledger.events if e.scope == "sample" and e.subject == node.client_id]
+                node.record_ledger.load_json(json.dumps([e.to_json() for e in mine]))
     transport = make_transport(config.transport.kind, nodes=nodes, config=config)
     close = getattr(transport, "close", None)  # a distributed engine holds processes (and a hook may wrap it)
+    client_epsilon = getattr(transport, "client_record_epsilon_max", None)  # what Flower nodes report
     if transport_hook is not None:
         transport = transport_hook(transport)
     total = config.server.rounds
@@ -865,7 +894,7 @@ def _execute(
             record = _round_record(
                 result,
                 evaluation,
-                _round_extras(ledger, plan, result, evaluation),
+                _round_extras(ledger, plan, result, evaluation, client_epsilon() if callable(client_epsilon) else None),
                 seconds=finished - started,
                 seconds_train=trained - started,
                 seconds_eval=finished - trained,

@@ -308,3 +308,62 @@ def test_honest_policy_sets_no_floor_without_distributed_noise() -> None:
         record_delta=1e-5,
     )
     assert dataclasses.astuple(policy) == (2.0, 1e-5, 0.9, None, None, "rdp")
+
+
+# --- an honest in-process run is unchanged ----------------------------------------------------------------------------
+
+HONEST_RUNS = {
+    "record-level": {"privacy.mode": "sample", "privacy.delta": 1e-3, "privacy.sample.target_epsilon": 8.0},
+    "distributed": {
+        "server.weighting": "uniform",
+        "partition.num_clients": 6,
+        "server.clients_per_round": 6,
+        "secagg.enabled": True,
+        "secagg.bits": 24,
+        "secagg.clip": 0.05,
+        "privacy.mode": "user",
+        "privacy.delta": 1e-2,
+        "privacy.user.clip_norm": 0.1,
+        "privacy.user.target_epsilon": 8.0,
+        "privacy.user.mechanism": "distributed_gaussian",
+    },
+}
+
+
+@pytest.mark.slow  # two pairs of tiny-bert runs: 40-160 s on 2 shared cores
+@pytest.mark.parametrize("extra", list(HONEST_RUNS.values()), ids=list(HONEST_RUNS))
+def test_an_honest_in_process_run_never_declines_and_matches_a_run_without_policies(
+    tmp_path: Path, extra: dict[str, Any]
+) -> None:
+    from privfed.experiments import run_experiment
+    from tests.conftest import tiny_config
+
+    config = tiny_config(**{"server.rounds": 2, "data.max_train_examples": 120, "data.max_eval_examples": 30, **extra})
+    seen: list[ClientNode] = []
+
+    def keep(t: Any) -> Any:
+        seen.extend(t.nodes)
+        return t
+
+    def without_policy(t: Any) -> Any:
+        nodes = [ClientNode(client_id=n.client_id, trainer=n.trainer, data=n.data, seed=n.seed) for n in t.nodes]
+        return SimulationTransport(nodes=nodes)
+
+    run_experiment(config, tmp_path / "policy", quiet=True, transport_hook=keep)
+    run_experiment(config, tmp_path / "bare", quiet=True, transport_hook=without_policy)
+    policy = seen[0].policy
+    assert policy is not None
+    if config.privacy.sample_level:  # the node's own budget is the config's, and it spent some of it
+        assert policy.max_record_epsilon == 8.0 and policy.min_sample_noise_multiplier is not None
+        assert max(n.record_epsilon or 0.0 for n in seen) > 0
+    else:
+        assert policy.min_local_noise_multiplier is not None and policy.max_clip_norm is not None
+    assert all(n.refusal is None for n in seen)
+    lines = [
+        [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("policy", "bare")
+    ]
+    drop = {"seconds", "seconds_train", "seconds_eval", "seconds_waiting_slowest"}
+    with_policy, bare = ([{k: v for k, v in r.items() if k not in drop} for r in run] for run in lines)
+    assert with_policy == bare and len(bare) == 2
+    assert all(r["clients_rejected"] == 0 for r in bare)

@@ -47,6 +47,7 @@ def test_optional_keys_are_seen_at_run_time() -> None:
         "clip_norm",
         "unclipped_fraction",
         "epsilon_sample_max",
+        "client_record_epsilon_max",
     }
     assert RunSummary.__optional_keys__ == {
         "initial_eval_perplexity",
