@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 
 from privfed.client.stages import AppendMetricsStage, FixedPointStage, UploadPipeline
 from privfed.client.trainer import LocalResult
+from privfed.config import PrivacyConfig
 from privfed.secagg import SecAggServer
 from privfed.transport.flower import client_app
 from privfed.transport.flower.grid import RECORD
@@ -22,6 +23,8 @@ from privfed.transport.messages import SecureRoundRequest
 
 
 class _Trainer:
+    dp = None  # no DP-SGD
+
     def train(self, *, global_vector: Any, data: Any, seed: int) -> LocalResult:
         del data
         r = np.random.default_rng(seed)
@@ -30,7 +33,8 @@ class _Trainer:
 
 
 def test_a_rerun_secure_round_is_refused_across_client_app_invocations(monkeypatch: pytest.MonkeyPatch) -> None:
-    side = client_app.ClientSide(config=types.SimpleNamespace(seed=3), client_data=[None] * 3, trainer=_Trainer())  # type: ignore[arg-type, list-item]
+    config = types.SimpleNamespace(seed=3, privacy=PrivacyConfig())  # no DP: the node's policy imposes nothing
+    side = client_app.ClientSide(config=config, client_data=[None] * 3, trainer=_Trainer())  # type: ignore[arg-type, list-item]
     monkeypatch.setattr(client_app, "client_side", lambda config_toml: side)
     # Building a real flwr Message needs a running Flower task; the reply is inspected as its fields.
     monkeypatch.setattr(client_app, "_reply", lambda msg, fields: fields)

@@ -23,9 +23,20 @@ A SuperNode's own data: with ``data-path`` in its node config (``--node-config
 run's ``data.text_column`` / ``data.label_column``, its labels mapped by name onto the
 run's classes; without it, the node takes partition ``partition-id`` of the config's
 dataset. A file the node cannot use (missing, wrong columns, a label that is not a class
-of the run, record-level DP) makes it answer each round with a ``Decline`` and the error
-in one line (the reply's ``"error"`` field): the server counts it as a rejected client and
-prints the line; the run goes on.
+of the run) makes it answer each round with a ``Decline`` and the error in one line (the
+reply's ``"error"`` field): the server counts it as a rejected client and prints the line;
+the run goes on.
+
+A SuperNode's own privacy policy (:class:`~privfed.client.policy.NodePolicy`): the keys of
+:data:`~privfed.client.policy.POLICY_KEYS` in its node config (``max-epsilon``, ``delta``,
+``min-noise-multiplier``, ``min-local-noise-multiplier``, ``max-clip``, ``accountant``),
+over those of a node-local TOML file named by ``policy-path``, over what the run's config
+says (record-level DP: ``privacy.sample.target_epsilon`` at ``privacy.delta``). A round
+whose instructions are weaker, or whose DP-SGD steps would take the node past its
+record-level budget, is declined with the reason in ``"error"``. The node's record-level
+ledger (the DP-SGD it actually ran on its own data) lives in ``context.state`` like the
+SecAgg+ state, and each training reply carries its spent ``"record-epsilon"`` at its
+``"record-delta"``: a node with its own ``data-path`` keeps its own record-level budget.
 
 Fault injection, for tests only: the environment variable ``PRIVFED_TEST_FAULTS`` of
 a node's process (a SuperNode's, or the process that starts the Simulation Engine,
@@ -52,8 +63,9 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from privfed.client.node import ClientNode
-from privfed.config import config_from_dict
-from privfed.errors import DataError, ProtocolError
+from privfed.client.policy import POLICY_KEYS, NodeLedger, NodePolicy, read_policy_file
+from privfed.config import ExperimentConfig, config_from_dict
+from privfed.errors import ConfigError, DataError, ProtocolError
 from privfed.secagg.client import SecAggClient
 from privfed.secagg.crypto import KEY_BYTES
 from privfed.transport.base import STAGES
@@ -67,12 +79,35 @@ from privfed.transport.flower.node_data import (
 )
 from privfed.transport.messages import ClientUpdate, Decline, SecureRoundRequest, message_kind
 
-__all__ = ["DATA_PATH_KEY", "ClientSide", "app", "client_side", "local_examples"]
+__all__ = ["DATA_PATH_KEY", "POLICY_PATH_KEY", "ClientSide", "app", "client_side", "local_examples", "node_policy"]
 
 app = ClientApp()
 
 _SECAGG_STATE = "privfed-secagg"
 _ANSWERED_STATE = "privfed-answered"  # {"last-secure-round": int}: ClientNode.last_secure_round
+_LEDGER_STATE = "privfed-record-ledger"  # {"events": JSON}: this node's NodeLedger
+
+#: Node config key naming a node-local TOML file with this SuperNode's privacy policy.
+POLICY_PATH_KEY = "policy-path"
+
+
+def node_policy(context: Context, config: ExperimentConfig) -> NodePolicy:
+    """This SuperNode's privacy policy: its node config's policy keys, over its ``policy-path``
+    file's, over what the run's ``config`` says (``ConfigError`` for a bad key or file)."""
+    p = config.privacy
+    defaults = NodePolicy(
+        max_record_epsilon=(p.sample.target_epsilon or None) if p.sample_level else None,
+        record_delta=p.delta if p.sample_level else None,
+        accountant=p.accountant,
+    )
+    raw: dict[str, Any] = {}
+    path = context.node_config.get(POLICY_PATH_KEY)
+    if path is not None:
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigError(f"{POLICY_PATH_KEY} in this Flower node's config must be a non-empty path; got {path!r}")
+        raw.update(read_policy_file(path))
+    raw.update({key: value for key, value in context.node_config.items() if key in POLICY_KEYS})
+    return NodePolicy.from_mapping(raw, source="node config", defaults=defaults)
 
 
 def _data_path(context: Context) -> str | None:
@@ -235,6 +270,7 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
     if addressee != client_id:
         raise ProtocolError(f"message for client {addressee} reached client {client_id}")
     data = field(record, "data", bytes)
+    extra: dict[str, Any] = {}  # the node's record-level epsilon, its reason for declining
     try:
         if message_kind(data) is None:  # a SecAgg+ message of the round in progress
             reply = _secagg_step(context, client_id, data)
@@ -248,10 +284,15 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
                     if data_path is None
                     else local_examples(side, data_path, label_names=record_label_names(record))
                 )
-            except (DataError, ImportError) as exc:  # this node's own data: decline, say why
+                policy = node_policy(context, side.config)
+            except (DataError, ConfigError, ImportError) as exc:  # own data or policy unusable: decline, say why
                 error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
                 decline = Decline(round=field(record, "round", int), client_id=client_id).to_bytes()
                 return _reply(msg, {"client-id": client_id, "data": decline, "error": error})
+            ledger = NodeLedger.for_policy(policy, client_id=client_id)
+            saved = context.state.config_records.get(_LEDGER_STATE)
+            if ledger is not None and saved is not None:
+                ledger.load_json(field(saved, "events", str))
             secret = os.urandom(KEY_BYTES)
             answered = context.state.config_records.get(_ANSWERED_STATE)
             node = ClientNode(
@@ -261,6 +302,8 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
                 seed=side.config.seed,
                 crypto_random=_RoundRandom(secret),
                 last_secure_round=None if answered is None else field(answered, "last-secure-round", int),
+                policy=policy,
+                record_ledger=ledger,
             )
             try:
                 answer = node.handle(data)
@@ -269,6 +312,12 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
                     context.state.config_records[_ANSWERED_STATE] = ConfigRecord(
                         {"last-secure-round": node.last_secure_round}
                     )
+                if ledger is not None:  # DP-SGD that ran is spent, whatever happened next
+                    context.state.config_records[_LEDGER_STATE] = ConfigRecord({"events": ledger.to_json()})
+            if ledger is not None:
+                extra.update({"record-epsilon": ledger.epsilon(), "record-delta": ledger.delta})
+            if node.refusal is not None:
+                extra["error"] = node.refusal
             secagg = node.secagg_client  # set by a SecureRoundRequest (none after a Decline)
             if secagg is not None:
                 _save_secagg(context, secret=secret, request=data, client=secagg)
@@ -278,7 +327,7 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
     except ProtocolError:
         # The node refuses (an unsafe SecAgg+ request, a forged key): it stays silent.
         return _reply(msg, {"client-id": client_id})
-    return _reply(msg, {"client-id": client_id, "data": reply})
+    return _reply(msg, {"client-id": client_id, "data": reply, **extra})
 
 
 def _register(stage: str) -> None:

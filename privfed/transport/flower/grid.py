@@ -12,7 +12,10 @@ A node that declines a round because it cannot use its own data (``data-path``) 
 the reason to its reply (``"error"``, one line); the exchanger prints it once per client
 and reason (``privfed: client K rejected in round R: ...`` on stderr) and keeps the
 latest in :attr:`GridExchanger.client_errors`. The server counts the ``Decline`` as a
-rejected client.
+rejected client. A node with a record-level ledger (its own privacy policy, see
+:mod:`privfed.client.policy`) reports its spent epsilon with each reply
+(``"record-epsilon"``); :meth:`GridTransport.client_record_epsilon_max` is the largest
+one reported so far (``client_record_epsilon_max`` in ``metrics.jsonl``).
 
 Every message also carries the run's class names (``"label-names"``, from the server's
 ``data`` config, loaded once per process): a node training on its own file maps its
@@ -92,6 +95,7 @@ class GridExchanger:
         self.reply_timeout = reply_timeout
         self.node_of: dict[int, int] = {}  # privfed client id -> Flower node id
         self.client_errors: dict[int, str] = {}  # client id -> the last error its node reported
+        self.record_epsilon: dict[int, float] = {}  # client id -> the record-level epsilon its node last reported
         self._reported: set[tuple[int, str]] = set()
 
     @property
@@ -218,6 +222,9 @@ class GridExchanger:
             error = record.get("error") if record is not None else None
             if isinstance(error, str):
                 self._report(client_of_node[node], round, error)
+            spent = record.get("record-epsilon") if record is not None else None
+            if isinstance(spent, float) and spent >= 0:
+                self.record_epsilon[client_of_node[node]] = spent
             up += len(payload)
             replies.append(Reply(sender=client_of_node[node], data=payload))
         return Exchange(replies=tuple(replies), bytes_down=down, bytes_up=up, seconds_waiting=waited)
@@ -266,6 +273,10 @@ class GridTransport:
         on_reply: Callable[[int], None] | None = None,
     ) -> Exchange:
         return self.exchanger.exchange(messages, round=round, stage=stage, on_reply=on_reply)
+
+    def client_record_epsilon_max(self) -> float | None:
+        """The largest record-level epsilon any node has reported (``None``: none reported one)."""
+        return max(self.exchanger.record_epsilon.values(), default=None)
 
 
 _ACTIVE: list[GridExchanger] = []

@@ -230,18 +230,13 @@ def local_examples(side: ClientSide, path: str, *, label_names: Sequence[str] | 
 
     Raises:
         DataError: missing or unreadable file, wrong columns, no labelled row, a label that is
-            not a class of the run, or record-level DP (whose accounting assumes the partition).
+            not a class of the run. (Record-level DP is allowed: the node's own ledger accounts its
+            data, see :mod:`privfed.client.policy`.)
     """
     from privfed.data.files import load_hf_dir, load_table_file
     from privfed.data.tokenize import tokenize_texts
 
     config = side.config
-    if config.privacy.sample_level:
-        raise DataError(
-            f"{DATA_PATH_KEY} (a SuperNode's own data) does not support record-level DP yet "
-            f"(privacy.mode = {config.privacy.mode!r}): the server accounts for the partition of "
-            f"data.name {config.data.name!r}; allowed: privacy.mode 'none' or 'user'"
-        )
     if label_names is not None:
         side.set_label_names(label_names)
     file = Path(path)
