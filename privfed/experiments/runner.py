@@ -638,6 +638,18 @@ class _Privacy:
     server: FederatedServer
 
 
+def _sample_dp(config: ExperimentConfig, *, noise_multiplier: float) -> SampleDP:
+    """The DP-SGD settings of ``config`` with the run's record-level noise multiplier (as resolved)."""
+    p = config.privacy
+    return SampleDP(
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=p.sample.max_grad_norm,
+        secure_noise=p.secure_noise,
+        seed=config.seed,
+        grad_sample_mode=p.sample.grad_sample_mode,
+    )
+
+
 def _prepare_privacy(exp: Experiment) -> _Privacy:
     """Resolve noise multipliers, build the ledger, DP-FedAvg, the (DP-)trainer and the server.
 
@@ -696,13 +708,7 @@ def _prepare_privacy(exp: Experiment) -> _Privacy:
                 f"({plan.user_noise_multiplier / 2:.3g}) or use larger cohorts"
             ) from None
     sample_dp = (
-        SampleDP(
-            noise_multiplier=plan.sample_noise_multiplier,
-            max_grad_norm=privacy.sample.max_grad_norm,
-            secure_noise=privacy.secure_noise,
-            seed=config.seed,
-            grad_sample_mode=privacy.sample.grad_sample_mode,
-        )
+        _sample_dp(config, noise_multiplier=plan.sample_noise_multiplier)
         if plan.sample_noise_multiplier is not None
         else None
     )
