@@ -1,9 +1,9 @@
-"""privfed on Flower's Simulation Engine: its cost over the in-process simulation, and its SecAgg+ against Flower's.
+"""privfed on Flower's Simulation and Deployment Engines: cost over in process, and its SecAgg+ against Flower's.
 
     python benchmarks/flower.py [--quick]
 
-Prints one JSON object. Everything runs in this process on Flower's Simulation Engine
-(Ray backend, one 1-CPU actor per core); nothing goes over a network.
+Prints one JSON object. The Simulation Engine parts run in this process (Ray backend, one
+1-CPU actor per core); the deployment part starts local Flower processes on 127.0.0.1.
 
 * ``privfed``: one :class:`~privfed.server.server.FederatedServer` round of a tiny
   federated LoRA run (real local training, one step), plain and with SecAgg+, over the
@@ -29,13 +29,22 @@ Prints one JSON object. Everything runs in this process on Flower's Simulation E
   pulling every 20 ms as privfed's does). ``secagg_round_vs_flower_secaggplus`` is
   the plain ratio of seconds per SecAgg+ round (privfed's includes one local training step).
 
-``--quick``: tiny-bert, 4 clients (under a minute); the full run: MiniLM with LoRA r = 11
-(d = 103,301), 5 clients per round.
+* ``deployment`` (:func:`deployment_rounds`): the same config on a local Deployment Engine
+  (a SuperLink and one SuperNode per client on 127.0.0.1, privfed's SuperNodes with their
+  long-lived ClientApp workers, ``flwr run examples/flower_app``) against the same config run
+  in process: ``overhead_vs_inprocess_deployment`` (plain rounds after the first) and
+  ``startup_seconds_deployment`` (the ``flwr run``'s time outside its rounds). The full run also
+  runs a SecAgg+ config there. ``--nodes flower`` uses plain ``flower-supernode`` instead (a
+  ClientApp process per message); ``--deployment-only`` skips the Simulation Engine parts.
+
+``--quick``: tiny-bert, 4 clients (plain rounds only on the deployment); the full run: MiniLM
+with LoRA r = 11 (d = 103,301), 5 clients per round.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -253,9 +262,176 @@ def flower_secaggplus_rounds(
     }
 
 
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def deployment_rounds(
+    raw: dict[str, Any], *, rounds: int, nodes: str = "privfed", secagg: bool = True
+) -> dict[str, Any]:
+    """Seconds per round of ``raw`` (plain, then SecAgg+) on a local Deployment Engine and in process.
+
+    A SuperLink (``--insecure``) and one SuperNode per client on 127.0.0.1, then ``flwr run
+    examples/flower_app`` on it with the plain config and (``secagg``) again with SecAgg+, each
+    ``rounds`` rounds; every process with one torch thread (``OMP_NUM_THREADS=1``: 4 nodes share
+    the cores); the in-process reference runs the same configs with ``transport.kind =
+    "simulation"`` (one torch thread, as in :func:`privfed_rounds`). Seconds per round are
+    ``metrics.jsonl``'s ``seconds`` (the whole round: exchanges, aggregation, evaluation),
+    medians over the rounds after the first. ``startup_seconds_deployment`` = the plain ``flwr
+    run``'s wall time minus its rounds' seconds (ServerApp start, model build, the nodes'
+    opening exchange, the final save); ``daemons_start_seconds``: SuperLink and SuperNodes up
+    and registered. ``nodes``: ``"privfed"`` (``python -m privfed.transport.flower.supernode``:
+    one long-lived ClientApp worker per node, 50 ms polling) or ``"flower"`` (plain
+    ``flower-supernode``: a fresh ClientApp process per message, 3 s idle polling).
+    """
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    import urllib.request
+
+    import torch
+
+    from privfed.config import config_from_dict, dump_config
+    from privfed.experiments.runner import run_experiment
+
+    bin_dir = Path(sys.executable).parent
+    app_src = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
+    n = int(raw["partition"]["num_clients"])
+    configs = {
+        name: config_from_dict(
+            {
+                **raw,
+                "server": {**raw["server"], "rounds": rounds},
+                "secagg": {**raw["secagg"], "enabled": name == "secagg"},
+                "transport": {"kind": "simulation", "reply_timeout": 300.0},
+            }
+        )
+        for name in (("plain", "secagg") if secagg else ("plain",))
+    }
+    result: dict[str, Any] = {"nodes": nodes, "rounds": rounds, "num_supernodes": n}
+    per_round: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="privfed-flower-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for name, config in configs.items():
+                run_experiment(config, tmp / f"inprocess_{name}", quiet=True)
+                records = [
+                    json.loads(x) for x in (tmp / f"inprocess_{name}" / "metrics.jsonl").read_text().splitlines()
+                ]
+                per_round[f"{name}_inprocess"] = [float(r["seconds"]) for r in records]
+        finally:
+            torch.set_num_threads(threads)
+
+        home, link_cwd, logs = tmp / "flwrhome", tmp / "link", tmp / "logs"
+        for folder in (home, link_cwd, logs):
+            folder.mkdir()
+        link_port, *node_ports = _free_ports(1 + n)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
+        )
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(home),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        app = tmp / "app"
+        shutil.copytree(app_src, app, ignore=shutil.ignore_patterns("__pycache__"))
+        procs: list[subprocess.Popen[bytes]] = []
+
+        def start(name: str, args: list[str], cwd: Path) -> None:
+            with (logs / f"{name}.log").open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                )
+
+        started = time.perf_counter()
+        try:
+            start("superlink", [str(bin_dir / "flower-superlink"), "--insecure", "--port", str(link_port),
+                                "--disable-runtime-dependency-installation"], link_cwd)  # fmt: skip
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{link_port}/health", timeout=2):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError((logs / "superlink.log").read_text()[-2000:]) from None
+                    time.sleep(0.2)
+            node = (
+                [sys.executable, "-m", "privfed.transport.flower.supernode"]
+                if nodes == "privfed"
+                else [str(bin_dir / "flower-supernode")]
+            )
+            for k, port in enumerate(node_ports):
+                start(f"supernode{k}", [*node, "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                                        "--port", str(port), "--node-config", f"partition-id={k}"], tmp)  # fmt: skip
+            result["daemons_start_seconds"] = time.perf_counter() - started
+            for name, config in configs.items():
+                config_path, out = tmp / f"{name}.toml", tmp / f"deployment_{name}"
+                config_path.write_text(dump_config(config))
+                began = time.perf_counter()
+                run = subprocess.run(
+                    [str(bin_dir / "flwr"), "run", str(app), "bench", "--stream",
+                     "--run-config", f"config='{config_path}' out-dir='{out}'"],
+                    cwd=tmp, env=env, capture_output=True, text=True, timeout=1800,
+                )  # fmt: skip
+                wall = time.perf_counter() - began
+                if not (out / "summary.json").exists():
+                    raise RuntimeError(f"flwr run ({name}) wrote no summary: {run.stdout[-1500:]} {run.stderr[-1500:]}")
+                records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+                if any(r["num_clients"] != n for r in records):
+                    raise RuntimeError(f"a deployment round ({name}) aggregated fewer than {n} clients: {records}")
+                per_round[f"{name}_deployment"] = [float(r["seconds"]) for r in records]
+                result[f"flwr_run_seconds_{name}"] = wall
+                result[f"startup_seconds_deployment_{name}"] = wall - sum(per_round[f"{name}_deployment"])
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for proc in procs:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, sig)
+                if sig == signal.SIGTERM:
+                    end = time.monotonic() + 5
+                    while time.monotonic() < end and any(p.poll() is None for p in procs):
+                        time.sleep(0.1)
+            for proc in procs:
+                proc.wait(timeout=10)
+    seconds = {name: statistics.median(values[1:]) for name, values in per_round.items()}
+    result["seconds_per_round"] = seconds
+    result["first_round_seconds"] = {name: values[0] for name, values in per_round.items()}
+    result["startup_seconds_deployment"] = result["startup_seconds_deployment_plain"]
+    result["overhead_vs_inprocess_deployment"] = seconds["plain_deployment"] / seconds["plain_inprocess"]
+    if secagg:
+        result["overhead_vs_inprocess_deployment_secagg"] = seconds["secagg_deployment"] / seconds["secagg_inprocess"]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny-bert, 4 clients, 3 repeats (< 1 minute)")
+    parser.add_argument(
+        "--nodes",
+        choices=("privfed", "flower"),
+        default="privfed",
+        help="SuperNodes of the deployment: privfed's (long-lived ClientApp worker, 50 ms polling; "
+        "default) or plain flower-supernode (a ClientApp process per message)",
+    )
+    parser.add_argument("--deployment-only", action="store_true", help="only the Deployment Engine part")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -263,6 +439,16 @@ def main() -> None:
     started = time.perf_counter()
     report: dict[str, Any] = {"benchmark": "flower", "quick": args.quick, "machine": machine(), "repeats": repeats}
     report["load_average_at_start"] = os.getloadavg()[0]  # other work on these cores skews every figure
+    deployment = deployment_rounds(
+        _raw_config(quick=args.quick), rounds=repeats + 1, nodes=args.nodes, secagg=not args.quick
+    )
+    report["deployment"] = deployment
+    report["overhead_vs_inprocess_deployment"] = deployment["overhead_vs_inprocess_deployment"]
+    report["startup_seconds_deployment"] = deployment["startup_seconds_deployment"]
+    if args.deployment_only:
+        report["seconds_total"] = time.perf_counter() - started
+        print(json.dumps(report, indent=2))
+        return
     ours = privfed_rounds(_raw_config(quick=args.quick), repeats=repeats)
     report["privfed"] = ours
     report["overhead_vs_inprocess"] = ours["overhead_vs_inprocess"]

@@ -7,6 +7,10 @@ Run config (``[tool.flwr.app.config]``, override with ``flwr run --run-config``)
 * ``out-dir``: the run directory to create (``metrics.jsonl``, ``summary.json``, ``adapter/``).
 * ``resume``: continue the run in ``out-dir`` from its last checkpoint.
 * ``startup-timeout``: seconds to wait for ``partition.num_clients`` SuperNodes.
+* ``warm-up``: have every node build the experiment (model, data, trainer) in the opening
+  exchange (default true): a long-lived ClientApp worker (``python -m
+  privfed.transport.flower.supernode``) then keeps it, so round 1 does not pay for it. With
+  Flower's default per-message ClientApp processes it is one extra build per node; set false.
 
 The ServerApp waits for one SuperNode per client (each with ``partition-id`` in its
 ``--node-config``), then runs privfed's runner with ``transport.kind =
@@ -23,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from privfed.config import load_config, replace_path
 from privfed.errors import ConfigError
 from privfed.transport.flower.grid import GridExchanger, serving_grid
+from privfed.transport.flower.latency import cap_grid_object_pulls
 
 __all__ = ["app"]
 
@@ -33,6 +38,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     from privfed.experiments.runner import run_experiment
 
+    cap_grid_object_pulls()  # a reply's parts: retried after 10 ms, not 1 s (privfed.transport.flower.latency)
     run_config = context.run_config
     config_path, out_dir = str(run_config.get("config", "")), str(run_config.get("out-dir", ""))
     if not config_path or not out_dir:
@@ -41,7 +47,12 @@ def main(grid: Grid, context: Context) -> None:
             f"config={config_path!r}, out-dir={out_dir!r} (flwr run --run-config \"config='...' out-dir='...'\")"
         )
     config = replace_path(load_config(config_path), "transport.kind", "flower-deployment")
-    exchanger = GridExchanger(grid, config=config, reply_timeout=config.transport.reply_timeout)
+    exchanger = GridExchanger(
+        grid,
+        config=config,
+        reply_timeout=config.transport.reply_timeout,
+        warm_up=bool(run_config.get("warm-up", True)),
+    )
     exchanger.discover(
         num_clients=config.partition.num_clients, timeout=float(run_config.get("startup-timeout", 600.0))
     )
