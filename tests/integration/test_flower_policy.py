@@ -1,0 +1,136 @@
+"""A SuperNode's own privacy policy through privfed's Flower apps (loopback grid, as in test_flower_node_data.py).
+
+A node with its own data (``data-path``) under record-level DP keeps its own ledger in
+``context.state``, stops training at the budget its ``--node-config`` names, and reports
+its spent epsilon, which the server writes to ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from conftest import tiny_config
+from flwr.app import Context, RecordDict
+from test_flower_node_data import LoopbackGrid, _partition_rows, _write_csv
+
+from privfed.client.policy import NodeLedger
+from privfed.client.trainer import sampling_rate_for
+from privfed.config import dump_config
+from privfed.errors import ConfigError
+from privfed.experiments.runner import build_experiment
+
+DELTA = 1e-3
+SIGMA = 1.0
+STEPS = 3  # tiny_config's client.local_steps
+
+
+@pytest.fixture
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task identity a ServerApp process has (Flower sets it before calling main)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+def _opacus_epsilon(q: float, steps: int) -> float:
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(SIGMA, q, steps)]
+    return float(accountant.get_epsilon(delta=DELTA))
+
+
+@pytest.mark.slow  # 3 rounds of the tiny model over the loopback grid: 20-60 s on 2 shared cores
+def test_a_node_with_its_own_data_stops_at_its_record_level_budget_and_reports_its_epsilon(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], server_identity: None
+) -> None:
+    from privfed.transport.flower import server_app
+
+    config = tiny_config(
+        **{
+            "server.rounds": 3,
+            "partition.num_clients": 3,
+            "server.clients_per_round": 3,
+            "privacy.mode": "sample",
+            "privacy.delta": DELTA,
+            "privacy.sample.noise_multiplier": SIGMA,  # no target: the server sets no record-level budget
+        }
+    )
+    exp = build_experiment(config)
+    rows, _ = _partition_rows(exp, 0, slice(0, 20))
+    own = _write_csv(tmp_path / "node0.csv", ["label", "text"], rows)
+    q_own = sampling_rate_for(config.client, 20)
+    budget = _opacus_epsilon(q_own, 2 * STEPS) * (1 + 1e-9)  # room for exactly two rounds on its own 20 examples
+    assert _opacus_epsilon(q_own, 3 * STEPS) > budget
+    grid = LoopbackGrid(
+        {
+            100: {"partition-id": 0, "data-path": str(own), "max-epsilon": budget, "delta": DELTA},
+            101: {"partition-id": 1},  # the run's partition, no budget of its own: it accounts and reports
+            102: {"partition-id": 2},
+        }
+    )
+    config_path = tmp_path / "experiment.toml"
+    config_path.write_text(dump_config(config))
+    out = tmp_path / "flower_run"
+    run_config = {"config": str(config_path), "out-dir": str(out)}
+    server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))  # type: ignore[arg-type]
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["num_clients"], r["clients_rejected"]) for r in records] == [(3, 0), (3, 0), (2, 1)]
+    # node 0's ledger, as its SuperNode keeps it: two rounds of its own data, at its budget, not past it
+    ledger = NodeLedger(client_id=0, delta=DELTA, budget=budget)
+    ledger.load_json(grid.contexts[100].state.config_records["privfed-record-ledger"]["events"])  # type: ignore[arg-type]
+    assert [(e.round, e.steps, e.sample_rate) for e in ledger.events] == [(1, STEPS, q_own), (2, STEPS, q_own)]
+    assert ledger.epsilon() == pytest.approx(_opacus_epsilon(q_own, 2 * STEPS), rel=1e-9)
+    assert ledger.epsilon() <= budget
+    # the server's metrics: the largest epsilon any node reported, round by round
+    q_part = [sampling_rate_for(config.client, len(exp.client_data[c])) for c in (1, 2)]
+
+    def want(round: int) -> float:
+        mine = _opacus_epsilon(q_own, min(round, 2) * STEPS)
+        return max([mine, *(_opacus_epsilon(q, round * STEPS) for q in q_part)])
+
+    got = [r["client_record_epsilon_max"] for r in records]
+    assert got == pytest.approx([want(1), want(2), want(3)], rel=1e-6)
+    assert got[0] < got[1]
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("privfed: client 0 rejected")]
+    assert len(lines) == 1 and lines[0].startswith(
+        "privfed: client 0 rejected in round 3: node policy: the next round would raise client 0's record-level "
+        "epsilon to "
+    ), err[-2000:]
+
+
+def test_node_policy_comes_from_the_node_config_over_its_file_over_the_run_config(tmp_path: Path) -> None:
+    """And a policy the node cannot use (a budget without its delta, an unreadable file) is a one-line ConfigError."""
+    from privfed.transport.flower.client_app import node_policy
+
+    config = tiny_config()  # no DP: the run's config names no delta
+    context = Context(run_id=1, node_id=1, node_config={"max-epsilon": 2.0}, state=RecordDict(), run_config={})
+    with pytest.raises(ConfigError, match=r"max_record_epsilon = 2 needs record_delta"):
+        node_policy(context, config)
+    file = tmp_path / "policy.toml"
+    file.write_text("max-epsilon = 1.5\ndelta = 1e-5\nmin-noise-multiplier = 0.8\n")
+    context = Context(
+        run_id=1, node_id=1, node_config={"policy-path": str(file), "max-epsilon": 1.0}, state=RecordDict(),
+        run_config={},
+    )  # fmt: skip
+    policy = node_policy(context, config)
+    # the node config's key over the file's, the file's over the run's
+    assert (policy.max_record_epsilon, policy.record_delta, policy.min_sample_noise_multiplier) == (1.0, 1e-5, 0.8)
+    record_dp = tiny_config(**{"privacy.mode": "sample", "privacy.delta": 1e-4, "privacy.sample.target_epsilon": 6.0})
+    empty = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    assert (
+        node_policy(empty, record_dp).max_record_epsilon == 6.0 and node_policy(empty, record_dp).record_delta == 1e-4
+    )
+    missing = Context(
+        run_id=1, node_id=1, node_config={"policy-path": str(tmp_path / "nope.toml")}, state=RecordDict(), run_config={}
+    )
+    with pytest.raises(ConfigError, match=r"node policy file .*nope.toml' cannot be read"):
+        node_policy(missing, config)
