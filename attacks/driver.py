@@ -5,7 +5,8 @@
   (:func:`privfed.experiments.run_or_resume`, which ``privfed sweep`` uses too). A run whose
   hooks (canary clients, a half of the data) are not recorded in its directory passes
   ``resume=False``: an interrupted one is run again from scratch.
-- :class:`ResultsFile` is a JSON list of records keyed by their settings: a re-run finds the
+- :class:`ResultsFile` is a JSON list of records keyed by their settings (or, with ``one=True``,
+  the one record of a driver that computes one, as ``exposure_results.json``): a re-run finds the
   records of finished keys (and skips their work), and every write is atomic (temporary file +
   rename), so an interrupted driver leaves the last complete file, never half of one.
 """
@@ -34,6 +35,7 @@ class ResultsFile:
         key: the settings that identify a record (``record["run"]``, a tuple of fields, ...).
         read: upgrades a stored record to today's form (e.g. a renamed key).
         indent: of ``json.dumps``; ``newline``: end the file with a newline.
+        one: the file is one record (a JSON object), not a list: :meth:`add` replaces it.
 
     Raises:
         ConfigError: the existing file is not a list of records this ``key`` can read.
@@ -47,16 +49,19 @@ class ResultsFile:
         read: Callable[[Mapping[str, Any]], dict[str, Any]] = dict,
         indent: int = 1,
         newline: bool = False,
+        one: bool = False,
     ) -> None:
         self.path = path
         self.key = key
         self.indent = indent
         self.newline = newline
+        self.one = one
         self.records: list[dict[str, Any]] = []
         self.done: dict[Hashable, dict[str, Any]] = {}
         if path.exists():
             try:
-                self.done = {key(r): read(r) for r in json.loads(path.read_text())}
+                stored = json.loads(path.read_text())
+                self.done = {key(r): read(r) for r in ([stored] if one and isinstance(stored, dict) else stored)}
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise ConfigError(f"{path} is not a results file of this command ({exc}); use a new --out") from None
 
@@ -64,16 +69,25 @@ class ResultsFile:
         """The stored record of ``key`` from an earlier run, or ``None`` when it still has to run."""
         return self.done.get(key)
 
-    def add(self, record: dict[str, Any]) -> None:
-        """Append ``record`` and rewrite the file: this run's records, then earlier ones not reached yet."""
-        self.records.append(record)
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Append ``record`` and rewrite the file: this run's records, then earlier ones not reached yet
+        (with ``one``: ``record`` alone)."""
+        if self.one:
+            self.records = [dict(record)]
+            self._write(self.records)
+            return
+        self.records.append(dict(record))
         seen = {self.key(r) for r in self.records}
         self._write(self.records + [r for k, r in self.done.items() if k not in seen])
 
     def close(self) -> list[dict[str, Any]]:
-        """Rewrite the file with this run's records only (keys no longer asked for are dropped); them."""
-        self._write(self.records)
+        """Rewrite the file with this run's records only (keys no longer asked for are dropped); them.
+
+        With ``one`` and nothing added, the file is left as it is."""
+        if self.records or not self.one:
+            self._write(self.records)
         return self.records
 
     def _write(self, records: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.path, json.dumps(records, indent=self.indent) + ("\n" if self.newline else ""))
+        content: object = records[0] if self.one and records else records
+        atomic_write_text(self.path, json.dumps(content, indent=self.indent) + ("\n" if self.newline else ""))

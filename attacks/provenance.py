@@ -36,6 +36,7 @@ __all__ = [
     "PROVENANCE_FILE",
     "RESULT_FILES",
     "attack_provenance",
+    "config_digest",
     "read_attack_provenance",
     "save_attack_config",
     "settings_digest",
@@ -85,6 +86,11 @@ def settings_digest(table: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def config_digest(config: ExperimentConfig) -> str:
+    """SHA-256 of ``config`` as its resolved TOML (the ``experiment_config`` fingerprint)."""
+    return hashlib.sha256(dump_config(config).encode()).hexdigest()
+
+
 def save_attack_config(out: Path, *, kind: str, table: Mapping[str, Any], config: ExperimentConfig | None) -> Path:
     """Write ``out/<kind>.toml``: ``config`` resolved (when the attack has one) plus its ``[kind]`` table."""
     import tomllib
@@ -109,7 +115,7 @@ def attack_provenance(
     """The provenance record of an attack in ``out`` (see the module docstring for its fingerprints)."""
     fingerprints = {"attack_settings": settings_digest(table)}
     if config is not None:
-        fingerprints["experiment_config"] = hashlib.sha256(dump_config(config).encode()).hexdigest()
+        fingerprints["experiment_config"] = config_digest(config)
     for run_dir in sorted(run_dirs):
         summary_path = run_dir / "summary.json"
         if not summary_path.exists():

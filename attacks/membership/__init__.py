@@ -1,6 +1,13 @@
 """Membership inference: scores from per-example statistics (higher = more likely a member)."""
 
-from attacks.membership.exposure import SecretSharerSettings, exposure, log_perplexities, run_exposure
+from attacks.membership.exposure import (
+    ExposureRecord,
+    SecretExposure,
+    SecretSharerSettings,
+    exposure,
+    log_perplexities,
+    run_exposure,
+)
 from attacks.membership.scores import (
     client_scores,
     lira_offline,
@@ -23,8 +30,10 @@ from attacks.membership.shadow import (
 )
 
 __all__ = [
+    "ExposureRecord",
     "LocalModelTransport",
     "MembershipSettings",
+    "SecretExposure",
     "SecretSharerSettings",
     "Variant",
     "balanced_keep",

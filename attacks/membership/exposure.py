@@ -15,16 +15,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from attacks.driver import ResultsFile, run_federation
 from attacks.metrics import save_scores
-from attacks.provenance import attack_provenance, save_attack_config, settings_table
+from attacks.provenance import (
+    RESULT_FILES,
+    attack_provenance,
+    config_digest,
+    save_attack_config,
+    settings_digest,
+    settings_table,
+)
 from privfed import (
     ConfigError,
     Dataset,
@@ -35,14 +43,13 @@ from privfed import (
     load_base_model,
     load_dataset,
     register_dataset,
-    run_experiment,
 )
 from privfed.config import check_section, config_field, replace_path, section_from_dict
 from privfed.data import DatasetSpec
-from privfed.experiments import atomic_write_text
+from privfed.experiments import Provenance
 from privfed.rng import generator
 
-__all__ = ["SecretSharerSettings", "exposure", "log_perplexities", "run_exposure"]
+__all__ = ["ExposureRecord", "SecretExposure", "SecretSharerSettings", "exposure", "log_perplexities", "run_exposure"]
 
 
 def exposure(secret_score: float, candidate_scores: npt.ArrayLike) -> float:
@@ -133,9 +140,45 @@ def _canaried(base_name: str, settings: SecretSharerSettings, seed: int) -> tupl
     return name, values
 
 
+class SecretExposure(TypedDict):
+    """One inserted secret in ``exposure_results.json`` (in this key order)."""
+
+    secret: str
+    #: Copies inserted into the corpus, and how many of them the training split holds.
+    inserted: int
+    copies_in_training: int
+    #: Bits, between 0 and ``max_exposure``.
+    exposure_before: float
+    exposure_after: float
+
+
+class ExposureRecord(TypedDict):
+    """``exposure_results.json``, and what :func:`run_exposure` returns (in this key order)."""
+
+    privacy_mode: str
+    epsilon_user: float | None
+    epsilon_sample_max: float | None
+    #: Never-inserted candidates each secret is ranked among, and ``log2(candidates + 1)``.
+    candidates: int
+    max_exposure: float
+    final_eval_perplexity: float | None
+    secrets: list[SecretExposure]
+    provenance: Provenance
+
+
+RESULT_FILE = RESULT_FILES["exposure"]
+SCORES_FILE = "exposure_scores.npz"
+
+
+def _record_key(record: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """What identifies an exposure record: the digests of its settings and of its experiment config."""
+    fingerprints = (record.get("provenance") or {}).get("fingerprints") or {}
+    return fingerprints.get("attack_settings"), fingerprints.get("experiment_config")
+
+
 def run_exposure(
     config: ExperimentConfig, settings: SecretSharerSettings, out: Path, *, quiet: bool = True
-) -> dict[str, Any]:
+) -> ExposureRecord:
     """Insert secrets, train ``config`` federated into ``out/run``, and report each secret's exposure.
 
     Writes ``out/exposure_results.json``: per secret its value, how many copies
@@ -146,13 +189,27 @@ def run_exposure(
     every exposure recomputes. The record's ``provenance`` key is the attack's provenance
     (:mod:`attacks.provenance`); the config it was run from is saved as ``exposure.toml``
     (``privfed attack exposure exposure.toml`` re-runs it).
+
+    Re-runs (:mod:`attacks.driver`): the federation in ``out/run`` is reused when finished with the
+    same config, resumed when interrupted, and replaced when it holds another config; a result file
+    whose record has the same settings and config (and whose scores are saved) is returned as it is.
     """
     name, values = _canaried(config.data.name, settings, config.seed)
     cfg = replace_path(config, "data.name", name)
     out.mkdir(parents=True, exist_ok=True)
     table = settings_table(settings)
     save_attack_config(out, kind="exposure", table=table, config=config)
-    summary = run_experiment(cfg, out / "run", quiet=quiet)
+    results = ResultsFile(out / RESULT_FILE, key=_record_key, one=True)
+    done = results.finished((settings_digest(table), config_digest(config)))
+    if done is not None and (out / SCORES_FILE).exists():
+        if not quiet:
+            print(f"privfed attack exposure: {out / RESULT_FILE} is finished for these settings; reused")
+        return cast(ExposureRecord, done)
+
+    def rerun(path: Path) -> None:
+        print(f"privfed attack exposure: rerunning {path} (it holds a run of other settings)", file=sys.stderr)
+
+    summary = run_federation(cfg, out / "run", quiet=quiet, other_config="replace", on_rerun=rerun)
     checkpoint = RunDirectory(out / "run").load_checkpoint()
     if checkpoint is None:
         raise ConfigError(f"no checkpoint in {out / 'run'}")
@@ -164,7 +221,6 @@ def run_exposure(
     pool = [int(v) for v in rng.choice(settings.space, size=settings.candidates + len(values), replace=False)]
     candidates = [settings.template.format(v) for v in pool if v not in taken][: settings.candidates]
     secrets = [settings.template.format(v) for v in values]
-    results = []
     scores = {}
     for stage, vector in (("before", exp.initial_vector), ("after", checkpoint.arrays["global"])):
         exp.layout.load_into(exp.model, vector)
@@ -172,24 +228,24 @@ def run_exposure(
             log_perplexities(exp.model, tokenizer, secrets),
             log_perplexities(exp.model, tokenizer, candidates),
         )
-    for j, repeats in enumerate(settings.repeats):
-        results.append(
-            {
-                "secret": secrets[j],
-                "inserted": repeats,
-                "copies_in_training": sum(t == secrets[j] for t in train_texts),
-                "exposure_before": exposure(scores["before"][0][j], scores["before"][1]),
-                "exposure_after": exposure(scores["after"][0][j], scores["after"][1]),
-            }
-        )
-    record = {
+    results_per_secret: list[SecretExposure] = [
+        {
+            "secret": secrets[j],
+            "inserted": repeats,
+            "copies_in_training": sum(t == secrets[j] for t in train_texts),
+            "exposure_before": exposure(scores["before"][0][j], scores["before"][1]),
+            "exposure_after": exposure(scores["after"][0][j], scores["after"][1]),
+        }
+        for j, repeats in enumerate(settings.repeats)
+    ]
+    record: ExposureRecord = {
         "privacy_mode": cfg.privacy.mode,
         "epsilon_user": summary.get("epsilon_user"),
         "epsilon_sample_max": summary.get("epsilon_sample_max"),
         "candidates": len(candidates),
         "max_exposure": float(np.log2(len(candidates) + 1)),
         "final_eval_perplexity": summary.get("final_eval_perplexity"),
-        "secrets": results,
+        "secrets": results_per_secret,
         "provenance": attack_provenance(
             out, device=config.model.device, table=table, config=config, run_dirs=[out / "run"]
         ),
@@ -201,6 +257,6 @@ def run_exposure(
         )
         for stage, (secret_scores, candidate_scores) in scores.items()
     }
-    save_scores(out / "exposure_scores.npz", views)
-    atomic_write_text(out / "exposure_results.json", json.dumps(record, indent=1))
+    save_scores(out / SCORES_FILE, views)  # before the record: a record on disk always has its scores
+    results.add(record)
     return record
