@@ -330,3 +330,77 @@ def test_malformed_label_names_from_the_server_are_a_protocol_error(value: Any) 
     assert record_label_names(ConfigRecord({"label-names": ["b", "a"]})) == ("b", "a")
     with pytest.raises(ProtocolError, match="'label-names' must be a non-empty list of distinct class names"):
         record_label_names({"label-names": value})
+
+
+@pytest.mark.slow  # 24-48 s on 2 loaded cores: sigma calibration, two model builds, two DP-SGD runs
+def test_record_level_dp_node_trains_with_the_servers_noise_multiplier_not_its_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under record-level DP with a target epsilon, sigma is calibrated on the partition's sizes: the
+    node takes the server's sigma from the message and its DP-SGD update equals the in-process one."""
+    import privfed.data.files
+    import privfed.experiments.runner as runner
+    from privfed.transport.flower.node_data import RunFacts, client_side, local_examples
+
+    config = tiny_config(
+        **{
+            "partition.num_clients": NUM_NODES,
+            "privacy.mode": "sample",
+            "privacy.delta": 1e-3,
+            "privacy.sample.target_epsilon": 4.0,
+        }
+    )
+    exp = build_experiment(config)
+    reference = runner._prepare_privacy(exp).trainer
+    assert reference.dp is not None
+    sigma = reference.dp.noise_multiplier
+    rows, _ = _partition_rows(exp, 2)
+    own = _write_csv(tmp_path / "mine.csv", ["text", "label"], ([text, label] for label, text in rows))
+
+    def no_dataset(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a node with its own data read the run's dataset")
+
+    monkeypatch.setattr(runner, "build_experiment", no_dataset)
+    monkeypatch.setattr(runner, "load_data", no_dataset)
+    monkeypatch.setattr(privfed.data.files, "load_data", no_dataset)
+    node_config = replace_path(config, "data.path", str(tmp_path / "server-only" / "news.csv"))
+    names = exp.dataset.label_names
+
+    # without the server's sigma the node could only calibrate on the partition: it would need the dataset
+    blind = client_side(dump_config(replace_path(node_config, "name", "blind")))
+    blind_examples = local_examples(blind, str(own), run=RunFacts(label_names=names))
+    assert len(blind_examples) == len(rows)
+    with pytest.raises(AssertionError, match="read the run's dataset"):
+        _ = blind.trainer
+
+    side = client_side(dump_config(node_config))
+    examples = local_examples(side, str(own), run=RunFacts(label_names=names, sample_noise_multiplier=sigma))
+    assert side.trainer.dp == reference.dp and not side.built_partition
+    np.testing.assert_array_equal(examples.labels, exp.client_data[2].labels)
+    got = side.trainer.train(global_vector=exp.initial_vector, data=examples, seed=11)
+    want = reference.train(global_vector=exp.initial_vector, data=exp.client_data[2], seed=11)
+    assert got.steps == want.steps > 0 and float(np.abs(got.delta).max()) > 1e-4
+    np.testing.assert_allclose(got.delta, want.delta, rtol=0, atol=1e-6)
+
+
+def test_the_server_sends_its_classes_and_record_level_sigma_with_every_message() -> None:
+    import types
+
+    from privfed.errors import ProtocolError
+    from privfed.transport.flower.grid import RECORD, GridExchanger, active_grid_transport, serving_grid
+    from privfed.transport.flower.node_data import run_facts
+
+    config = tiny_config(**{"partition.num_clients": NUM_NODES})
+    exchanger = GridExchanger(None, config=config, reply_timeout=1.0)  # type: ignore[arg-type]
+    plain = exchanger._content(client_id=0, round=1, stage="train", data=b"").config_records[RECORD]
+    facts = run_facts(plain)
+    assert facts.label_names == build_experiment(config).dataset.label_names
+    assert facts.sample_noise_multiplier is None and "sample-noise-multiplier" not in plain
+    node = types.SimpleNamespace(trainer=types.SimpleNamespace(dp=types.SimpleNamespace(noise_multiplier=1.25)))
+    with serving_grid(exchanger):
+        active_grid_transport(config=config, nodes=[node])
+    record = exchanger._content(client_id=0, round=1, stage="train", data=b"").config_records[RECORD]
+    assert run_facts(record).sample_noise_multiplier == 1.25
+    for bad in (0.0, -1.0, float("nan"), "1.0", True):
+        with pytest.raises(ProtocolError, match="'sample-noise-multiplier' must be a finite number > 0"):
+            run_facts({"sample-noise-multiplier": bad})

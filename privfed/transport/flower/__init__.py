@@ -35,7 +35,7 @@ def _flower_simulation(*, nodes: Sequence[Any], config: Any) -> Transport:
 def _flower_deployment(*, nodes: Sequence[Any], config: Any) -> Transport:
     from privfed.transport.flower.grid import active_grid_transport
 
-    return active_grid_transport(config=config)
+    return active_grid_transport(config=config, nodes=nodes)
 
 
 register_transport("flower-simulation", _flower_simulation)

@@ -75,7 +75,7 @@ from privfed.transport.flower.node_data import (
     ClientSide,
     client_side,
     local_examples,
-    record_label_names,
+    run_facts,
 )
 from privfed.transport.messages import ClientUpdate, Decline, SecureRoundRequest, message_kind
 
@@ -163,7 +163,7 @@ def hello(msg: Message, context: Context) -> Message:
     config_toml = field(record, "config", str)
     if record.get("warm-up", False):
         own_data = context.node_config.get(DATA_PATH_KEY) is not None
-        num_clients = client_side(config_toml).warm_up(own_data=own_data, label_names=record_label_names(record))
+        num_clients = client_side(config_toml).warm_up(own_data=own_data, run=run_facts(record))
     else:
         import tomllib
 
@@ -282,7 +282,7 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
                 examples = (
                     side.client_data[client_id]
                     if data_path is None
-                    else local_examples(side, data_path, label_names=record_label_names(record))
+                    else local_examples(side, data_path, run=run_facts(record))
                 )
                 policy = node_policy(context, side.config)
             except (DataError, ConfigError, ImportError) as exc:  # own data or policy unusable: decline, say why

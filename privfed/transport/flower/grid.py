@@ -19,7 +19,9 @@ one reported so far (``client_record_epsilon_max`` in ``metrics.jsonl``).
 
 Every message also carries the run's class names (``"label-names"``, from the server's
 ``data`` config, loaded once per process): a node training on its own file maps its
-labels onto them by name without reading the server's dataset.
+labels onto them by name without reading the server's dataset. Under record-level DP
+they also carry the DP-SGD noise multiplier the run resolved (``"sample-noise-multiplier"``,
+calibrated on the partition's sizes), so such a node trains with the server's sigma.
 
 Node ids: each node states its privfed client id (its ``partition-id``) in the
 ``query.hello`` exchange that opens a run; privfed addresses clients, this module maps
@@ -32,7 +34,7 @@ import contextlib
 import hashlib
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -92,6 +94,8 @@ class GridExchanger:
         self.config_sha256 = hashlib.sha256(self.config_toml.encode()).hexdigest()
         self._data = config.data
         self._label_names: list[str] | None = None
+        #: record-level DP-SGD noise multiplier the run resolved (sent to nodes; None: no record-level DP)
+        self.sample_noise_multiplier: float | None = None
         self.reply_timeout = reply_timeout
         self.node_of: dict[int, int] = {}  # privfed client id -> Flower node id
         self.client_errors: dict[int, str] = {}  # client id -> the last error its node reported
@@ -108,21 +112,20 @@ class GridExchanger:
         return self._label_names
 
     def _content(self, *, client_id: int, round: int, stage: str, data: bytes) -> RecordDict:
-        return RecordDict(
+        record = ConfigRecord(
             {
-                RECORD: ConfigRecord(
-                    {
-                        "data": data,
-                        "client-id": client_id,
-                        "round": round,
-                        "stage": stage,
-                        "config": self.config_toml,
-                        "config-sha256": self.config_sha256,
-                        "label-names": self.label_names,
-                    }
-                )
+                "data": data,
+                "client-id": client_id,
+                "round": round,
+                "stage": stage,
+                "config": self.config_toml,
+                "config-sha256": self.config_sha256,
+                "label-names": self.label_names,
             }
         )
+        if self.sample_noise_multiplier is not None:
+            record["sample-noise-multiplier"] = self.sample_noise_multiplier
+        return RecordDict({RECORD: record})
 
     def discover(self, *, num_clients: int, timeout: float) -> dict[int, int]:
         """Wait for ``num_clients`` nodes, have each build its client, learn their client ids.
@@ -292,11 +295,19 @@ def serving_grid(exchanger: GridExchanger) -> Iterator[GridExchanger]:
         _ACTIVE.remove(exchanger)
 
 
-def active_grid_transport(*, config: Any) -> GridTransport:
-    """The transport of the ServerApp this runs in (``transport.kind = "flower-deployment"``)."""
+def active_grid_transport(*, config: Any, nodes: Sequence[Any] = ()) -> GridTransport:
+    """The transport of the ServerApp this runs in (``transport.kind = "flower-deployment"``).
+
+    ``nodes`` are the runner's in-process client nodes: their trainer's DP-SGD noise multiplier
+    (record-level DP, as the runner resolved it) goes to the remote nodes with every message.
+    """
     if not _ACTIVE:
         raise ConfigError(
             "transport.kind = 'flower-deployment' runs only inside privfed's Flower ServerApp "
             "(flwr run examples/flower_app); use 'simulation' or 'flower-simulation' here"
         )
-    return GridTransport(_ACTIVE[-1])
+    exchanger = _ACTIVE[-1]
+    dp = getattr(getattr(nodes[0], "trainer", None), "dp", None) if nodes else None
+    if dp is not None:
+        exchanger.sample_noise_multiplier = float(dp.noise_multiplier)
+    return GridTransport(exchanger)

@@ -4,18 +4,23 @@ A node without ``data-path`` in its node config takes partition ``partition-id``
 config's dataset: the process loads, splits and partitions that dataset exactly as the
 in-process run does (:func:`~privfed.experiments.runner.build_experiment`). A node with
 ``data-path`` trains on its own file (:func:`local_examples`) and never reads the config's
-dataset: the run's class names come from the server with every message (``"label-names"``,
-:func:`record_label_names`), and its model and trainer are built from the config and the
-number of classes alone, seeded as the in-process run seeds them, so they equal the
-in-process ones. Record-level DP calibrates its noise multiplier on the partition's sizes,
-so a record-level-DP trainer is still the one the partition run builds.
+dataset: what the server computed from its dataset comes with every message
+(:func:`run_facts`): the run's class names (``"label-names"``) and, under record-level DP,
+the DP-SGD noise multiplier (``"sample-noise-multiplier"``: calibrated on the partition's
+sizes, which only the server knows; the node reads it rather than recomputing it). Its
+model and trainer are then built from the config, the number of classes and that noise
+multiplier alone, seeded as the in-process run seeds them, so they equal the in-process
+ones. A message without them (a server that does not send them) makes the node build the
+partition of the config's dataset, as before.
 
 Both are built on first use and cached per process, keyed by the config's SHA-256.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +32,38 @@ from privfed.client.trainer import ClientTrainer
 from privfed.config import ExperimentConfig, config_from_dict
 from privfed.errors import DataError, ProtocolError
 
-__all__ = ["DATA_PATH_KEY", "LABEL_NAMES_KEY", "ClientSide", "client_side", "local_examples", "record_label_names"]
+__all__ = [
+    "DATA_PATH_KEY",
+    "LABEL_NAMES_KEY",
+    "SAMPLE_NOISE_KEY",
+    "ClientSide",
+    "RunFacts",
+    "client_side",
+    "local_examples",
+    "record_label_names",
+    "run_facts",
+]
 
 #: Node config key naming this SuperNode's own data (a table file or a ``save_to_disk`` directory).
 DATA_PATH_KEY = "data-path"
 #: Message record key holding the run's class names, in class-index order (sent by the server).
 LABEL_NAMES_KEY = "label-names"
+#: Message record key holding the run's record-level DP-SGD noise multiplier (as the server resolved it).
+SAMPLE_NOISE_KEY = "sample-noise-multiplier"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+    """What the server computed from its dataset and sends with every message (``None``: not sent).
+
+    Attributes:
+        label_names: the run's class names, in class-index order.
+        sample_noise_multiplier: the DP-SGD noise multiplier of record-level DP (calibrated by the
+            server on the partition's sizes when the config gives a target epsilon).
+    """
+
+    label_names: tuple[str, ...] | None = None
+    sample_noise_multiplier: float | None = None
 
 
 class ClientSide:
@@ -40,8 +71,9 @@ class ClientSide:
 
     Built lazily: :attr:`client_data` (the partition of the config's dataset) loads and
     partitions that dataset on first use, and then the trainer is the in-process run's;
-    a process that only serves nodes with their own data, told the run's classes
-    (:meth:`set_label_names`), builds the model and trainer without any dataset.
+    a process that only serves nodes with their own data, told the run's classes and
+    record-level noise multiplier (:meth:`learn`), builds the model and trainer without any
+    dataset.
 
     Args:
         config: the run's config.
@@ -65,6 +97,7 @@ class ClientSide:
         self._label_names = tuple(label_names)
         self._num_labels = num_labels
         self._tokenizer: Any = None
+        self._sample_sigma: float | None = None  # record-level DP-SGD sigma, as the server resolved it
 
     @property
     def client_data(self) -> list[ExampleSet]:
@@ -97,6 +130,25 @@ class ClientSide:
         """Whether this process loaded and partitioned the config's dataset."""
         return self._client_data is not None
 
+    def learn(self, run: RunFacts | None) -> None:
+        """Take what the server sent for the run (its classes, its record-level noise multiplier).
+
+        Raises:
+            DataError: they differ from what this process already holds for the run.
+        """
+        if run is None:
+            return
+        if run.label_names is not None:
+            self.set_label_names(run.label_names)
+        sigma = run.sample_noise_multiplier
+        if sigma is not None and self.config.privacy.sample_level:
+            if self._sample_sigma is not None and sigma != self._sample_sigma:
+                raise DataError(
+                    f"the server's record-level noise multiplier {sigma:g} differs from this node's "
+                    f"{self._sample_sigma:g} for the same run"
+                )
+            self._sample_sigma = sigma
+
     def set_label_names(self, names: Sequence[str]) -> None:
         """The run's classes, as the server sent them.
 
@@ -111,7 +163,7 @@ class ClientSide:
             )
         self._label_names = names
 
-    def warm_up(self, *, own_data: bool, label_names: Sequence[str] | None) -> int:
+    def warm_up(self, *, own_data: bool, run: RunFacts | None) -> int:
         """Build what serving a node needs now (a long-lived process); returns the number of clients.
 
         A node with its own data (``own_data``) builds its model and trainer only, once the
@@ -119,8 +171,7 @@ class ClientSide:
         """
         if not own_data:
             return len(self.client_data)
-        if label_names is not None:
-            self.set_label_names(label_names)
+        self.learn(run)
         if self._trainer is None and self._node_only():
             self._build_node()  # the node's file is read each round (a bad one declines the round)
         return self.config.partition.num_clients
@@ -136,8 +187,14 @@ class ClientSide:
         return self._tokenizer
 
     def _node_only(self) -> bool:
-        """Whether the trainer can be built without the config's dataset (classes known, no record-level DP)."""
-        return self._client_data is None and bool(self._label_names) and not self.config.privacy.sample_level
+        """Whether the trainer can be built without the config's dataset (classes and DP-SGD sigma known)."""
+        known_sigma = not self.config.privacy.sample_level or self._sigma() is not None
+        return self._client_data is None and bool(self._label_names) and known_sigma
+
+    def _sigma(self) -> float | None:
+        """Record-level DP-SGD sigma: the server's, else the config's explicit one (used as given)."""
+        explicit = self.config.privacy.sample.noise_multiplier
+        return self._sample_sigma if self._sample_sigma is not None else (explicit if explicit > 0 else None)
 
     def _labels(self) -> int | None:
         if self._num_labels is None and self._label_names:
@@ -156,19 +213,25 @@ class ClientSide:
         # The trainer exactly as the in-process run builds it (DP-SGD with the calibrated sigma).
         self._trainer = _prepare_privacy(exp).trainer
         self._client_data = exp.client_data
+        self._sample_sigma = None if self._trainer.dp is None else self._trainer.dp.noise_multiplier
         self._num_labels = exp.dataset.num_classes if exp.task.name == "classification" else None
 
     def _build_node(self) -> None:
         from privfed.experiments.provenance import apply_determinism
-        from privfed.experiments.runner import _build_model, _check_compatible
+        from privfed.experiments.runner import _build_model, _check_compatible, _sample_dp
 
         config = self.config
         _check_compatible(config)
         apply_determinism(device=config.model.device)
         built = _build_model(config, num_classes=len(self._label_names))
-        # As _prepare_privacy builds it without record-level DP (the only case built here).
+        sigma = self._sigma() if config.privacy.sample_level else None
+        # As runner._prepare_privacy builds it, with the server's noise multiplier.
         self._trainer = ClientTrainer(
-            model=built.model, layout=built.layout, task=built.task, config=config.client, dp=None
+            model=built.model,
+            layout=built.layout,
+            task=built.task,
+            config=config.client,
+            dp=None if sigma is None else _sample_dp(config, noise_multiplier=sigma),
         )
         self._tokenizer = built.tokenizer
         self._labels()
@@ -219,14 +282,30 @@ def record_label_names(record: Any) -> tuple[str, ...] | None:
     return tuple(value)
 
 
-def local_examples(side: ClientSide, path: str, *, label_names: Sequence[str] | None = None) -> ExampleSet:
+def run_facts(record: Any) -> RunFacts:
+    """What the server sent for the run in a message's record (:class:`RunFacts`).
+
+    Raises:
+        ProtocolError: a field present but malformed.
+    """
+    sigma = record.get(SAMPLE_NOISE_KEY)
+    if sigma is not None and (
+        isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0
+    ):
+        raise ProtocolError(f"Flower record field {SAMPLE_NOISE_KEY!r} must be a finite number > 0; got {sigma!r:.40}")
+    return RunFacts(
+        label_names=record_label_names(record), sample_noise_multiplier=None if sigma is None else float(sigma)
+    )
+
+
+def local_examples(side: ClientSide, path: str, *, run: RunFacts | None = None) -> ExampleSet:
     """This node's own examples: the file or ``save_to_disk`` directory ``path``, tokenized for the run.
 
     Read with :func:`~privfed.data.files.load_table_file` (or :func:`~privfed.data.files.load_hf_dir`
     for a directory) and the run's ``data.text_column`` / ``data.label_column``; the file may hold a
-    single class. Its class names are mapped onto the run's: ``label_names`` as the server sent them
-    (then the config's dataset is not read), else ``side.label_names``. Cached per process, keyed by
-    the file's path, mtime and size.
+    single class. Its class names are mapped onto the run's: as the server sent them (``run``; then
+    the config's dataset is not read), else ``side.label_names``. Cached per process, keyed by the
+    file's path, mtime and size.
 
     Raises:
         DataError: missing or unreadable file, wrong columns, no labelled row, a label that is
@@ -237,8 +316,7 @@ def local_examples(side: ClientSide, path: str, *, label_names: Sequence[str] | 
     from privfed.data.tokenize import tokenize_texts
 
     config = side.config
-    if label_names is not None:
-        side.set_label_names(label_names)
+    side.learn(run)
     file = Path(path)
     try:
         stat = file.stat()
