@@ -471,7 +471,7 @@ class UserDPConfig:
 
     noise_multiplier: float = _f(0.0, off=0.0, ge=_MIN_NOISE, le=_MAX_NOISE)  # 0 = calibrate from the target
     target_epsilon: float = _f(0.0, off=0.0, gt=0.0, le=_MAX_EPSILON)  # the budget the ledger enforces (0 = none)
-    clip_norm: float = _f(0.1, gt=0.0)
+    clip_norm: float = _f(0.1, gt=0.0, le=1e6)
     adaptive_clipping: bool = _f(False)
     target_quantile: float = _f(0.5, gt=0.0, lt=1.0)
     clip_learning_rate: float = _f(0.2, gt=0.0)

@@ -255,12 +255,20 @@ class FixedPointCodec:
                 ``norm_dim`` integer codes is at most this (integer units), see
                 :func:`rounded_l2_norm_bound`. ``None``: one unconditional draw.
             norm_dim: how many leading coordinates the bound covers (default all).
-            max_tries: draws before giving up.
+            max_tries: draws before giving up (>= 1): the re-draw loop is bounded by it.
 
         Raises:
             ConditionalRoundingError: no draw within ``norm_bound`` in ``max_tries``.
+            ValueError: ``values`` hold a NaN (it has no code: the int64 cast would be arbitrary),
+                ``norm_bound`` is NaN (every draw would pass unchecked) or ``max_tries < 1``.
         """
+        if isinstance(max_tries, bool) or not isinstance(max_tries, int) or max_tries < 1:
+            raise ValueError(f"max_tries must be an integer >= 1; got {max_tries!r}")
+        if norm_bound is not None and math.isnan(norm_bound):
+            raise ValueError("norm_bound must be a number (or None); got nan")
         x = np.asarray(values, dtype=np.float64).reshape(-1)
+        if x.size and math.isnan(float(np.min(x))):  # min propagates NaN: one pass, no temporary
+            raise ValueError(f"values must not be NaN ({int(np.count_nonzero(np.isnan(x)))} of {x.size} are)")
         signed = self._rounded(x, rng)
         if norm_bound is not None:
             head = x.size if norm_dim is None else norm_dim

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from privfed.errors import ConfigError
@@ -41,10 +42,20 @@ def calibrate_noise_multiplier(
 
 
 def calibrate(*, target_epsilon: float, epsilon_of: Callable[[float], float], tolerance: float = 0.01) -> float:
-    """Smallest sigma (to ``tolerance``) with ``epsilon_of(sigma) <= target_epsilon``; epsilon_of must decrease."""
-    if target_epsilon <= 0:
-        raise ConfigError(f"target epsilon must be > 0; got {target_epsilon}")
-    eps = epsilon_of
+    """Smallest sigma (to ``tolerance``) with ``epsilon_of(sigma) <= target_epsilon``; epsilon_of must decrease.
+
+    Terminates after at most 15 doublings (sigma up to 1e4) and 100 bisection steps. An ``epsilon_of``
+    that returns NaN is refused (NaN compares false both ways: the search would return an unchecked sigma).
+    """
+    if not (isinstance(target_epsilon, int | float) and math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ConfigError(f"target epsilon must be a finite number > 0; got {target_epsilon!r}")
+
+    def eps(sigma: float) -> float:
+        value = float(epsilon_of(sigma))
+        if math.isnan(value):
+            raise ConfigError(f"the accountant gave epsilon = nan at noise multiplier {sigma:g}")
+        return value
+
     low, high = 0.0, 1.0
     while eps(high) > target_epsilon:
         low, high = high, 2 * high

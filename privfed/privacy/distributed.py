@@ -61,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from privfed.errors import ConfigError
+from privfed.privacy.discrete import MAX_SKELLAM_VARIANCE
 from privfed.privacy.events import DistributedNoiseEvent, Mechanism, PrivacyEvent, SampledGaussianEvent
 
 if TYPE_CHECKING:
@@ -310,6 +311,12 @@ def plan_distributed_noise(
         local = noise_multiplier * l2 / math.sqrt(shares)
         margin = noise_tail_bound(variance=cap * local**2, dim=kept)
         if margin <= room * k:
+            if mechanism == "skellam" and local**2 > MAX_SKELLAM_VARIANCE:
+                raise ConfigError(
+                    f"privacy.user.mechanism = 'skellam' at secagg.bits = {bits} needs each client's noise share "
+                    f"to have variance {local**2:.3g} (integer units), above the {MAX_SKELLAM_VARIANCE:.3g} "
+                    "(2**52) the Skellam sampler draws; lower secagg.bits or use distributed_gaussian"
+                )
             return DistributedNoisePlan(
                 mechanism=mechanism,  # type: ignore[arg-type]
                 noise_multiplier=noise_multiplier,

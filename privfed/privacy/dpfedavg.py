@@ -55,7 +55,13 @@ def clip_to_norm(delta: npt.NDArray[np.floating], *, max_norm: float) -> tuple[n
     rounding the scaled vector to float32 can push it a few ulps past the bound (about 1 in
     100 clipped vectors), and such a vector is shrunk by one float32 ulp per coordinate until
     it fits. A float32 vector already within the bound is returned unchanged.
+
+    Raises:
+        ValueError: ``max_norm`` negative or NaN (the shrinking loop would never reach a negative bound,
+            and a NaN bound would clip nothing).
     """
+    if not max_norm >= 0:
+        raise ValueError(f"max_norm must be >= 0; got {max_norm!r}")
     norm = float(np.linalg.norm(delta.astype(np.float64)))
     factor = min(1.0, max_norm / norm) if norm > 0 else 1.0
     clipped = (delta.astype(np.float64) * factor).astype(np.float32)
