@@ -134,3 +134,47 @@ def test_node_policy_comes_from_the_node_config_over_its_file_over_the_run_confi
     )
     with pytest.raises(ConfigError, match=r"node policy file .*nope.toml' cannot be read"):
         node_policy(missing, config)
+
+
+def test_the_client_app_declines_with_the_policy_reason_and_never_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the ClientApp's handler: a round weaker than the node's policy is a Decline plus its reason."""
+    import types
+
+    import numpy as np
+    from flwr.app import ConfigRecord
+
+    from privfed.config import PrivacyConfig
+    from privfed.transport.flower import client_app
+    from privfed.transport.flower.grid import RECORD
+    from privfed.transport.messages import Decline, GlobalModel
+
+    class Trainer:
+        dp = None  # the server's run trains without DP-SGD
+        runs = 0
+
+        def train(self, **_: object) -> object:
+            Trainer.runs += 1
+            raise AssertionError("a refused round must not train")
+
+    config = types.SimpleNamespace(seed=3, privacy=PrivacyConfig())
+    side = client_app.ClientSide(config=config, client_data=[[0] * 4], trainer=Trainer())  # type: ignore[arg-type, list-item]
+    monkeypatch.setattr(client_app, "client_side", lambda config_toml: side)
+    monkeypatch.setattr(client_app, "_reply", lambda msg, fields: fields)
+
+    def serve(node_config: dict[str, object]) -> dict[str, object]:
+        data = GlobalModel(round=4, vector=np.zeros(3, np.float32)).to_bytes()
+        record = ConfigRecord({"client-id": 0, "data": data, "config": "", "round": 4, "stage": "train"})
+        msg = types.SimpleNamespace(content=RecordDict({RECORD: record}))
+        context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, **node_config}, state=RecordDict(),
+                          run_config={})  # fmt: skip
+        return client_app._serve(msg, context)  # type: ignore[arg-type, return-value]
+
+    for node_config, reason in (
+        ({"max-epsilon": 2.0}, "ConfigError: node policy max_record_epsilon = 2 needs record_delta"),
+        ({"max-epsilon": 2.0, "delta": 1e-5}, "node policy: the round trains without DP-SGD"),
+    ):
+        fields = serve(node_config)
+        assert Decline.from_bytes(fields["data"]) == Decline(round=4, client_id=0)  # type: ignore[arg-type]
+        assert str(fields["error"]).startswith(reason), fields["error"]
+    assert (fields["record-epsilon"], fields["record-delta"]) == (0.0, 1e-5)  # the node's ledger: nothing spent
+    assert Trainer.runs == 0
