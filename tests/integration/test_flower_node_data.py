@@ -120,7 +120,7 @@ def _adapter(path: Path) -> dict[str, np.ndarray]:
     return load_file(str(path / "adapter" / "adapter_model.safetensors"))
 
 
-@pytest.mark.slow  # 16-65 s on 2 shared cores: four runs of the tiny model (Flower, two references)
+@pytest.mark.slow  # 16-90 s on 2 shared cores: four runs of the tiny model (Flower, two references)
 @pytest.mark.parametrize("extra", [{}, USER_DP_SECAGG], ids=["plain", "secagg-user-dp"])
 def test_nodes_train_on_their_own_files_and_bad_files_are_rejected(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], extra: dict[str, Any], server_identity: None
