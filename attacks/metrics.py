@@ -11,7 +11,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +19,7 @@ import numpy.typing as npt
 __all__ = [
     "FPR_TARGETS",
     "MembershipMetrics",
+    "MembershipMetricsRecord",
     "TokenRecovery",
     "check_scores",
     "clopper_pearson",
@@ -152,6 +153,25 @@ def _pct(fpr: float) -> str:
     return f"{100 * fpr:g}pct"
 
 
+MembershipMetricsRecord = TypedDict(
+    "MembershipMetricsRecord",
+    {
+        "auc": float,
+        "tpr_at_0.1pct_fpr": float | None,
+        "tpr_at_0.1pct_fpr_ci95": list[float] | None,
+        "tpr_at_1pct_fpr": float | None,
+        "tpr_at_1pct_fpr_ci95": list[float] | None,
+        "min_resolvable_fpr": float,
+        "balanced_accuracy": float,
+        "num_members": int,
+        "num_nonmembers": int,
+    },
+)
+""":meth:`MembershipMetrics.to_dict`: the keys result files use, in this order (a TPR and its
+``[low, high]`` interval are ``None`` at an FPR below ``min_resolvable_fpr``). Functional syntax:
+``tpr_at_0.1pct_fpr`` is not an identifier."""
+
+
 @dataclasses.dataclass(frozen=True)
 class MembershipMetrics:
     """Summary of a membership test.
@@ -175,7 +195,7 @@ class MembershipMetrics:
         """``1 / num_nonmembers``: no TPR is reported at a lower FPR."""
         return min_resolvable_fpr(self.num_nonmembers)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> MembershipMetricsRecord:
         """JSON keys as the result files use them (``tpr_at_0.1pct_fpr``, ``tpr_at_0.1pct_fpr_ci95``)."""
 
         def ci(value: tuple[float, float] | None) -> list[float] | None:

@@ -73,7 +73,7 @@ def upgrade_record(record: Mapping[str, Any], scores: _Scores | None = None) -> 
     out = read_audit_record(record) if "run" in record else dict(record)
     for view, prefix, counts in metric_groups(out):
         if scores is not None and view in scores:
-            fresh = membership_metrics(*scores[view]).to_dict()
+            fresh: dict[str, Any] = dict(membership_metrics(*scores[view]).to_dict())
             # An old file may hold a TPR at an unresolvable FPR: compare it with what the old rule computed.
             fpr, tpr = roc_curve(*scores[view])
             old_rule = {

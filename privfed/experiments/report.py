@@ -59,7 +59,7 @@ class _Sweep:
 
 def _read_run(path: Path, label: str) -> _Run:
     run = RunDirectory(path)
-    summary = run.read_summary() if (path / RunDirectory.SUMMARY).exists() else {}
+    summary = dict(run.read_summary()) if (path / RunDirectory.SUMMARY).exists() else {}
     return _Run(path, label, summary, run.read_metrics(), (path / RunDirectory.CONFIG).read_text(encoding="utf-8"))
 
 

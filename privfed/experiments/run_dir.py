@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from privfed.config import ExperimentConfig, dump_config, load_config
 from privfed.errors import CheckpointError
+from privfed.experiments.records import RunSummary
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -440,8 +441,9 @@ class RunDirectory:
             self.path / self.SUMMARY, (json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n").encode()
         )
 
-    def read_summary(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.path / self.SUMMARY).read_text(encoding="utf-8"))
+    def read_summary(self) -> RunSummary:
+        """``summary.json`` as the run wrote it (a run of an older version may lack newer keys)."""
+        data: RunSummary = json.loads((self.path / self.SUMMARY).read_text(encoding="utf-8"))
         return data
 
     def is_completed(self) -> bool:

@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from privfed.config import (
     ExperimentConfig,
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EPSILONS_AXIS",
     "GridAxis",
+    "SeedInterval",
     "SweepPoint",
     "parse_epsilons",
     "parse_grid",
@@ -328,7 +329,7 @@ def run_or_resume(
             )
         same = not differ
     if same and run.is_completed():
-        summary = run.read_summary()
+        summary = dict(run.read_summary())
         if reuse is True or (callable(reuse) and reuse(summary)):
             return summary
     elif same and has_config and resume:
@@ -378,10 +379,24 @@ def run_sweep_point(
     try:
         return run_or_resume(cfg, path, quiet=quiet, other_config="refuse")
     except PrivacyBudgetExceeded:
-        return RunDirectory(path).read_summary()
+        return dict(RunDirectory(path).read_summary())
 
 
-def seed_interval(values: Sequence[float | None]) -> dict[str, Any]:
+class SeedInterval(TypedDict):
+    """One metric across seeds in ``sweep.json`` (:func:`seed_interval`; in this key order)."""
+
+    #: How many seeds reported the metric, and their values.
+    n: int
+    values: list[float]
+    #: ``None`` without values; ``std`` and the interval ``None`` with fewer than two.
+    mean: float | None
+    std: float | None
+    ci95_low: float | None
+    ci95_high: float | None
+    ci95_half_width: float | None
+
+
+def seed_interval(values: Sequence[float | None]) -> SeedInterval:
     """Mean and 95% t-interval of one metric across seeds: ``mean ± t_{0.975, n-1} · s / √n``.
 
     ``None`` (a metric a run did not report) is left out. Fewer than two values give no
@@ -389,8 +404,15 @@ def seed_interval(values: Sequence[float | None]) -> dict[str, Any]:
     """
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     n = len(xs)
-    stats: dict[str, Any] = {"n": n, "values": xs, "mean": None, "std": None}
-    stats |= {"ci95_low": None, "ci95_high": None, "ci95_half_width": None}
+    stats: SeedInterval = {
+        "n": n,
+        "values": xs,
+        "mean": None,
+        "std": None,
+        "ci95_low": None,
+        "ci95_high": None,
+        "ci95_half_width": None,
+    }
     if n == 0:
         return stats
     mean = math.fsum(xs) / n

@@ -5,7 +5,12 @@ from privfed.privacy.calibrate import calibrate_noise_multiplier
 from privfed.privacy.discrete import discrete_gaussian, skellam
 from privfed.privacy.distributed import DistributedNoisePlan, distributed_plan
 from privfed.privacy.dpfedavg import AdaptiveClipping, DPFedAvgServer, clip_to_norm, delta_noise_multiplier
-from privfed.privacy.events import DistributedNoiseEvent, SampledGaussianEvent
+from privfed.privacy.events import (
+    DistributedNoiseEvent,
+    DistributedNoiseEventJSON,
+    SampledGaussianEvent,
+    SampledGaussianEventJSON,
+)
 from privfed.privacy.ledger import PrivacyLedger
 from privfed.privacy.noise import SecureNoise, SeededNoise, make_noise
 
@@ -13,9 +18,11 @@ __all__ = [
     "AdaptiveClipping",
     "DPFedAvgServer",
     "DistributedNoiseEvent",
+    "DistributedNoiseEventJSON",
     "DistributedNoisePlan",
     "PrivacyLedger",
     "SampledGaussianEvent",
+    "SampledGaussianEventJSON",
     "SecureNoise",
     "SeededNoise",
     "accountant_names",

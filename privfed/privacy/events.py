@@ -3,11 +3,47 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, TypeAlias
+from collections.abc import Mapping
+from typing import Any, Literal, TypeAlias, TypedDict
 
-__all__ = ["DistributedNoiseEvent", "PrivacyEvent", "SampledGaussianEvent", "event_from_json"]
+__all__ = [
+    "DistributedNoiseEvent",
+    "DistributedNoiseEventJSON",
+    "PrivacyEvent",
+    "PrivacyEventJSON",
+    "SampledGaussianEvent",
+    "SampledGaussianEventJSON",
+    "event_from_json",
+]
 
 Scope = Literal["sample", "user"]
+Mechanism = Literal["distributed_gaussian", "skellam"]
+
+
+class SampledGaussianEventJSON(TypedDict):
+    """:meth:`SampledGaussianEvent.to_json`: its fields, in their order (a ledger line in a checkpoint)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    scope: Scope
+    subject: int | None
+    round: int
+
+
+class DistributedNoiseEventJSON(TypedDict):
+    """:meth:`DistributedNoiseEvent.to_json`: its fields, in their order (``mechanism`` tells it apart)."""
+
+    mechanism: Mechanism
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    shares: int
+    l2_sensitivity: float
+    dim: int
+    scope: Scope
+    subject: int | None
+    round: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +74,18 @@ class SampledGaussianEvent:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0; got {self.steps}")
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_json(self) -> SampledGaussianEventJSON:
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "scope": self.scope,
+            "subject": self.subject,
+            "round": self.round,
+        }
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> SampledGaussianEvent:
+    def from_json(cls, raw: Mapping[str, Any]) -> SampledGaussianEvent:
         return cls(
             noise_multiplier=float(raw["noise_multiplier"]),
             sample_rate=float(raw["sample_rate"]),
@@ -51,9 +94,6 @@ class SampledGaussianEvent:
             subject=None if raw.get("subject") is None else int(raw["subject"]),
             round=int(raw.get("round", 0)),
         )
-
-
-Mechanism = Literal["distributed_gaussian", "skellam"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,11 +149,22 @@ class DistributedNoiseEvent:
         """Each share's std (integer units)."""
         return float(self.noise_multiplier * self.l2_sensitivity / (self.shares**0.5))
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_json(self) -> DistributedNoiseEventJSON:
+        return {
+            "mechanism": self.mechanism,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "shares": self.shares,
+            "l2_sensitivity": self.l2_sensitivity,
+            "dim": self.dim,
+            "scope": self.scope,
+            "subject": self.subject,
+            "round": self.round,
+        }
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> DistributedNoiseEvent:
+    def from_json(cls, raw: Mapping[str, Any]) -> DistributedNoiseEvent:
         return cls(
             mechanism=raw["mechanism"],
             noise_multiplier=float(raw["noise_multiplier"]),
@@ -128,9 +179,10 @@ class DistributedNoiseEvent:
 
 
 PrivacyEvent: TypeAlias = SampledGaussianEvent | DistributedNoiseEvent
+PrivacyEventJSON: TypeAlias = SampledGaussianEventJSON | DistributedNoiseEventJSON
 
 
-def event_from_json(raw: dict[str, Any]) -> PrivacyEvent:
+def event_from_json(raw: Mapping[str, Any]) -> PrivacyEvent:
     """The event a ``to_json`` dict describes (a distributed one carries ``mechanism``)."""
     if "mechanism" in raw:
         return DistributedNoiseEvent.from_json(raw)

@@ -9,12 +9,12 @@ before anything is spent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from privfed.errors import PrivacyBudgetExceeded
 from privfed.privacy.accountants import compute_epsilon
-from privfed.privacy.events import PrivacyEvent, SampledGaussianEvent, event_from_json
+from privfed.privacy.events import PrivacyEvent, PrivacyEventJSON, SampledGaussianEvent, event_from_json
 
 __all__ = ["PrivacyLedger"]
 
@@ -106,10 +106,10 @@ class PrivacyLedger:
             self._by_subject.setdefault(event.subject, []).append(event)
             self._sample_cache.pop(event.subject, None)
 
-    def to_json(self) -> list[dict[str, Any]]:
+    def to_json(self) -> list[PrivacyEventJSON]:
         return [e.to_json() for e in self.events]
 
-    def load_json(self, raw: Sequence[dict[str, Any]]) -> None:
+    def load_json(self, raw: Sequence[Mapping[str, Any]]) -> None:
         self.events = []
         self._by_subject.clear()
         self._sample_cache.clear()
