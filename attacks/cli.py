@@ -70,7 +70,7 @@ def _inversion_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _exposure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="causal-LM experiment config with an optional [exposure] table")
-    parser.add_argument("--out", help="results directory (default: runs/<config name>-exposure); must be new")
+    parser.add_argument("--out", help="results directory (default: runs/<config name>-exposure); reruns resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
