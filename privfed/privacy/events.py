@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal, TypeAlias, TypedDict
+from typing import Any, Literal, TypeAlias, TypedDict, cast
 
 __all__ = [
     "DistributedNoiseEvent",
@@ -75,14 +75,7 @@ class SampledGaussianEvent:
             raise ValueError(f"steps must be >= 0; got {self.steps}")
 
     def to_json(self) -> SampledGaussianEventJSON:
-        return {
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "steps": self.steps,
-            "scope": self.scope,
-            "subject": self.subject,
-            "round": self.round,
-        }
+        return cast(SampledGaussianEventJSON, dataclasses.asdict(self))  # keys = fields: test_typed_records.py
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> SampledGaussianEvent:
@@ -150,18 +143,7 @@ class DistributedNoiseEvent:
         return float(self.noise_multiplier * self.l2_sensitivity / (self.shares**0.5))
 
     def to_json(self) -> DistributedNoiseEventJSON:
-        return {
-            "mechanism": self.mechanism,
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "steps": self.steps,
-            "shares": self.shares,
-            "l2_sensitivity": self.l2_sensitivity,
-            "dim": self.dim,
-            "scope": self.scope,
-            "subject": self.subject,
-            "round": self.round,
-        }
+        return cast(DistributedNoiseEventJSON, dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> DistributedNoiseEvent:
