@@ -312,6 +312,15 @@ def _as_image_batch(images: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return a
 
 
+def _image_pair(reference: npt.ArrayLike, reconstruction: npt.ArrayLike) -> tuple[_F64, _F64]:
+    """Both as image batches of one shape, the reconstruction clipped to [0, 1]."""
+    ref = _as_image_batch(reference)
+    rec = np.clip(_as_image_batch(reconstruction), 0.0, 1.0)
+    if ref.shape != rec.shape:
+        raise ValueError(f"shape mismatch {ref.shape} vs {rec.shape}")
+    return ref, rec
+
+
 def psnr(reference: npt.ArrayLike, reconstruction: npt.ArrayLike) -> float:
     """Mean peak signal-to-noise ratio in dB over a batch of images in [0, 1] (scikit-image).
 
@@ -319,10 +328,7 @@ def psnr(reference: npt.ArrayLike, reconstruction: npt.ArrayLike) -> float:
     """
     from skimage.metrics import peak_signal_noise_ratio
 
-    ref = _as_image_batch(reference)
-    rec = np.clip(_as_image_batch(reconstruction), 0.0, 1.0)
-    if ref.shape != rec.shape:
-        raise ValueError(f"shape mismatch {ref.shape} vs {rec.shape}")
+    ref, rec = _image_pair(reference, reconstruction)
     values = []
     for a, b in zip(ref, rec, strict=True):
         if np.array_equal(a, b):
@@ -340,10 +346,7 @@ def ssim(reference: npt.ArrayLike, reconstruction: npt.ArrayLike) -> float:
     """
     from skimage.metrics import structural_similarity
 
-    ref = _as_image_batch(reference)
-    rec = np.clip(_as_image_batch(reconstruction), 0.0, 1.0)
-    if ref.shape != rec.shape:
-        raise ValueError(f"shape mismatch {ref.shape} vs {rec.shape}")
+    ref, rec = _image_pair(reference, reconstruction)
     side = min(ref.shape[-2:])
     win = min(7, side if side % 2 else side - 1)
     values = [
