@@ -14,9 +14,30 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("default", deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else "default")
+# Hypothesis profiles (docs/testing.md, "privfed's own suite"). "ci", the default for `make test`, CI and a
+# bare pytest run, is derandomized: the examples depend only on the test's code (and hypothesis' version),
+# so two runs of the same commit test the same inputs, and no example database replays another run's
+# failures. PRIVFED_HYPOTHESIS_PROFILE=explore draws fresh random examples (more for tests that do not set
+# max_examples) and saves failures to .hypothesis/ for replay. Deadlines are off in both: the suite shares
+# two cores with other jobs, and a slow example is not a failure. print_blob: a failure prints the
+# @reproduce_failure line that replays it exactly.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore",
+    derandomize=False,
+    deadline=None,
+    print_blob=True,
+    max_examples=1000,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("PRIVFED_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True, scope="session")
