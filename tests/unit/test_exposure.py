@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from attacks.membership import ExposureRecord, SecretExposure, SecretSharerSettings, exposure, run_exposure
+from attacks.membership.exposure import _canaried
 from attacks.metrics import load_scores
-from privfed import ConfigError, Dataset, dataset_names, load_dataset, register_dataset
+from privfed import ConfigError, Dataset, dataset_names, load_dataset, register_dataset, run_experiment
+from privfed.config import replace_path
 from privfed.data import DatasetSpec
 from tests.conftest import tiny_config
 
@@ -126,3 +128,24 @@ def test_repeated_secret_is_exposed_after_training(tmp_path: Path) -> None:
     assert many["exposure_before"] < 3.0
     assert many["exposure_after"] > record["max_exposure"] - 1.0
     _recomputes(tmp_path, record, 200)
+
+
+@pytest.mark.slow
+def test_an_interrupted_exposure_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    config = _config(**{"server.rounds": 2, "client.local_steps": 1})
+    settings = SecretSharerSettings(repeats=(1, 3), candidates=20, max_base_examples=8)
+    straight = run_exposure(config, settings, tmp_path / "straight")
+    # The same attack stopped after its first round (the canaried corpus is what run_exposure trains on).
+    name, _ = _canaried(config.data.name, settings, config.seed)
+    partial = run_experiment(
+        replace_path(config, "data.name", name), tmp_path / "resumed" / "run", quiet=True, stop_after_round=1
+    )
+    assert partial["completed"] is False and partial["rounds"] == 1
+    metrics = tmp_path / "resumed" / "run" / "metrics.jsonl"
+    (first,) = metrics.read_text().splitlines()
+    resumed = run_exposure(config, settings, tmp_path / "resumed")
+    lines = metrics.read_text().splitlines()
+    # Resumed, not run again: round 1's line (its timings too) is the interrupted run's.
+    assert lines[0] == first and [json.loads(line)["round"] for line in lines] == [1, 2]
+    assert resumed["secrets"] == straight["secrets"]
+    assert resumed["final_eval_perplexity"] == straight["final_eval_perplexity"]
