@@ -1,5 +1,8 @@
 """privfed on Flower's Deployment Engine: a SuperLink and 4 SuperNodes on 127.0.0.1, `flwr run`.
 
+The SuperNodes are privfed's (``python -m privfed.transport.flower.supernode``: Flower's
+SuperNode with a long-lived ClientApp worker); the TLS test starts Flower's own.
+
 Every process runs in its own process group under a wall-clock bound and is killed
 in a ``finally``, also when the test fails.
 """
@@ -137,13 +140,17 @@ def _deploy(
                 if time.monotonic() > deadline:
                     raise AssertionError((logs / "superlink.log").read_text()[-2000:]) from None
                 time.sleep(0.3)
+        # privfed's SuperNode: Flower's, with one long-lived ClientApp worker and 50 ms polling (a
+        # fresh ClientApp process per message made a SecAgg+ round take ~60 s here); one torch
+        # thread per node, as 4 nodes share 2 cores (docs/deploying.md, "Performance").
         for k, port in enumerate(node_ports):
             named[f"supernode{k}"] = procs.start(
                 f"supernode{k}",
-                [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                 "--port", str(port), "--node-config", f"partition-id={k} {(node_config or {}).get(k, '')}".strip()],
+                [sys.executable, "-m", "privfed.transport.flower.supernode", "--insecure",
+                 "--superlink", f"127.0.0.1:{link_port}", "--port", str(port),
+                 "--node-config", f"partition-id={k} {(node_config or {}).get(k, '')}".strip()],
                 tmp_path,
-                (node_env or {}).get(k),
+                {"OMP_NUM_THREADS": "1", **(node_env or {}).get(k, {})},
             )  # fmt: skip
         yield {"env": env, "logs": logs, "cwd": tmp_path, "procs": named, "daemons": procs}
     finally:
