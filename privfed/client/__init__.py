@@ -13,14 +13,17 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from privfed.client.data import ExampleSet
+    from privfed.client.policy import NodeLedger, NodePolicy
     from privfed.client.trainer import ClientTrainer, LocalResult
 
-__all__ = ["ClientTrainer", "ExampleSet", "LocalResult"]
+__all__ = ["ClientTrainer", "ExampleSet", "LocalResult", "NodeLedger", "NodePolicy"]
 
 _EXPORTS: dict[str, str] = {
     "ClientTrainer": "privfed.client.trainer",
     "ExampleSet": "privfed.client.data",
     "LocalResult": "privfed.client.trainer",
+    "NodeLedger": "privfed.client.policy",
+    "NodePolicy": "privfed.client.policy",
 }
 
 if not TYPE_CHECKING:  # type checkers see the imports above; at run time names load on first use

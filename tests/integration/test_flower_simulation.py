@@ -81,3 +81,25 @@ def test_flower_deployment_transport_needs_the_server_app() -> None:
     config = tiny_config(**{"transport.kind": "flower-deployment"})
     with pytest.raises(ConfigError, match="only inside privfed's Flower ServerApp"):
         make_transport("flower-deployment", nodes=[], config=config)
+
+
+@pytest.mark.slow
+def test_flower_simulation_reports_the_nodes_record_level_epsilon(tmp_path: Path) -> None:
+    """Under record-level DP each virtual node keeps its own ledger (node-local policy) and reports its
+    epsilon; metrics.jsonl's client_record_epsilon_max is the largest, and it never exceeds what the
+    server accounts for the same partition (the nodes hold exactly the partition's data here)."""
+    base = {
+        "server.rounds": 2,
+        "privacy.mode": "sample",
+        "privacy.delta": 1e-3,
+        "privacy.sample.noise_multiplier": 1.0,
+        "transport.kind": "flower-simulation",
+        "transport.reply_timeout": 120.0,
+    }
+    summary = run_experiment(tiny_config(**base), tmp_path / "flower", quiet=True)
+    assert summary["completed"]
+    records = _records(tmp_path / "flower")
+    reported = [r["client_record_epsilon_max"] for r in records]
+    assert all(e > 0 for e in reported) and reported == sorted(reported)  # spent epsilon only grows
+    for record, epsilon in zip(records, reported, strict=True):
+        assert epsilon <= record["epsilon_sample_max"] * (1 + 1e-6)

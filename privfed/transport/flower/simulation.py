@@ -57,6 +57,7 @@ class FlowerSimulationTransport:
         self._responses: queue.Queue[Exchange | BaseException] = queue.Queue()
         self._error: BaseException | None = None
         self._closed = False
+        self._exchanger: GridExchanger | None = None
         init_args = {"num_cpus": len(os.sched_getaffinity(0)), "num_gpus": 0}
         init_args.update(ray_init_args or {})
         self._backend_config = {
@@ -80,6 +81,7 @@ class FlowerSimulationTransport:
         exchanger = GridExchanger(
             grid, config=self.config, reply_timeout=self.config.transport.reply_timeout, warm_up=True
         )
+        self._exchanger = exchanger
         try:
             exchanger.discover(num_clients=self.config.partition.num_clients, timeout=_STARTUP_SECONDS)
         except BaseException as exc:
@@ -140,6 +142,12 @@ class FlowerSimulationTransport:
         if isinstance(result, BaseException):
             raise ProtocolError(f"Flower simulation failed in round {round} ({stage}): {result}") from result
         return result
+
+    def client_record_epsilon_max(self) -> float | None:
+        """The largest record-level epsilon any virtual node has reported (``None``: none reported one)."""
+        if self._exchanger is None:
+            return None
+        return max(self._exchanger.record_epsilon.values(), default=None)
 
     def close(self, timeout: float = 60.0) -> None:
         """End the ServerApp; the simulation then stops its actors and shuts Ray down."""
