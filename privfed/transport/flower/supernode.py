@@ -144,12 +144,13 @@ def _run_task(address: str, token: str, certificates: bytes | None, insecure: bo
         reply = app(message=message, context=context)
         status, details = SubStatus.COMPLETED, ""
     except Exception as exc:  # as flwr-clientapp: the error goes back as the reply; the worker lives on
-        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(exc, LoadClientAppError) else None
+        loading = isinstance(exc, LoadClientAppError)
+        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if loading else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
         reason = f"{type(exc)}:<'{exc}'>"
         details = reason
         print(f"privfed worker: ClientApp raised {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         if message is not None:
-            reply = Message(Error(code=code or ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+            reply = Message(Error(code=code, reason=reason), reply_to=message)
     finally:
         try:
             if reply is not None and context is not None:
@@ -197,7 +198,10 @@ def serve_tasks(
         while True:
             got = tasks.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
             if got.HasField("task") and got.token:
-                _run_task(runtime_api_address, got.token, certificates, insecure, apps)
+                try:
+                    _run_task(runtime_api_address, got.token, certificates, insecure, apps)
+                except Exception as exc:  # the reply could not be pushed: that task is lost, not the worker
+                    print(f"privfed worker: task failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
                 continue
             time.sleep(_TASK_POLL_SECONDS)
     finally:
