@@ -30,7 +30,7 @@ from privfed.compression.quantize import FixedPointCodec, rounded_l2_norm_bound
 from privfed.compression.rotation import inverse_rotate, padded_dim, random_signs, rotate
 from privfed.compression.sparsify import kept_count, shared_subset, top_k_indices
 from privfed.errors import ConfigError, ProtocolError
-from privfed.privacy.discrete import discrete_gaussian, noise_generator, skellam
+from privfed.privacy.discrete import MAX_SIGMA, MAX_SKELLAM_VARIANCE, discrete_gaussian, noise_generator, skellam
 from privfed.privacy.dpfedavg import clip_to_norm
 from privfed.registry import Registry
 from privfed.rng import generator
@@ -334,7 +334,10 @@ class DistributedNoiseStage:
             min_contributors,
             secure,
         )
-        self.local_stddev = _finite("local_stddev", local_stddev, low=0.0, high=2.0 ** (bits - 1))
+        # The samplers' own limits (privfed.privacy.discrete) are checked here, so that a server's
+        # stage beyond them is a ProtocolError at parse time rather than a ValueError mid-round.
+        sampler_max = MAX_SIGMA if mechanism == "distributed_gaussian" else math.sqrt(MAX_SKELLAM_VARIANCE)
+        self.local_stddev = _finite("local_stddev", local_stddev, low=0.0, high=min(2.0 ** (bits - 1), sampler_max))
 
     def params(self) -> dict[str, Any]:
         return {

@@ -583,16 +583,27 @@ def resolve_privacy(exp: Experiment) -> PrivacyPlan:
                 clients_per_round=config.server.clients_per_round,
             )
 
+        refused: list[ConfigError] = []
+
         def distributed_epsilon(sigma: float) -> float:
             try:
                 event = plan_for(sigma).event(steps=rounds)
-            except ConfigError:  # too much noise for secagg.bits: no use
+            except ConfigError as exc:  # too much noise for secagg.bits: no use
+                refused.append(exc)
                 return float("inf")
             return compute_epsilon([event], delta=p.delta, accountant=p.accountant)
 
-        user_sigma = p.user.noise_multiplier or calibrate(
-            target_epsilon=p.user.target_epsilon, epsilon_of=distributed_epsilon
-        )
+        try:
+            user_sigma = p.user.noise_multiplier or calibrate(
+                target_epsilon=p.user.target_epsilon, epsilon_of=distributed_epsilon
+            )
+        except ConfigError:
+            if not refused:
+                raise
+            # The search failed because the plan refused the noise it needed: say why, not only "no sigma".
+            raise ConfigError(
+                f"privacy.user.target_epsilon = {p.user.target_epsilon:g} cannot be calibrated: {refused[-1]}"
+            ) from None
         return PrivacyPlan(sample_sigma, user_sigma, user_rate, plan_for(user_sigma))
     if p.user_level:
         user_sigma = p.user.noise_multiplier or calibrate_noise_multiplier(

@@ -23,11 +23,20 @@ SHARE_BYTES = 66  # ceil(521 / 8)
 _MAX_SECRET_BYTES = 64
 
 
+#: Rejection-sampling draws before the random source is declared broken: one draw is refused with
+#: probability 2**-521 (only the all-ones value), so 64 refusals in a row mean a constant source.
+_MAX_FIELD_DRAWS = 64
+
+
 def _random_field_element(random: RandomSource) -> int:
-    while True:  # rejection sampling: uniform on [0, PRIME)
+    for _ in range(_MAX_FIELD_DRAWS):  # rejection sampling: uniform on [0, PRIME)
         value = int.from_bytes(random(SHARE_BYTES), "big") & ((1 << 521) - 1)
         if value < PRIME:
             return value
+    raise ProtocolError(
+        f"the random source returned {_MAX_FIELD_DRAWS} field elements out of range in a row "
+        "(all-ones bytes): it is not random"
+    )
 
 
 def split(secret: bytes, *, threshold: int, xs: Sequence[int], random: RandomSource) -> dict[int, bytes]:

@@ -161,3 +161,14 @@ def test_dropouts_leave_the_charged_epsilon_and_decode_with_enough_survivors(tmp
         enough = r["num_clients"] >= plan.min_contributors and r["secagg_aborted"] is None
         assert r["update_applied"] == enough
     assert summary["epsilon_user"] == pytest.approx(compute_epsilon([plan.event(steps=4)], delta=1e-2), rel=1e-12)
+
+
+def test_calibration_beyond_the_samplers_says_why() -> None:
+    """A Skellam plan whose noise share the sampler cannot draw (secagg.bits too large): the error names
+    the refusal, not only 'no noise multiplier reaches epsilon'."""
+    from privfed.errors import ConfigError
+    from privfed.experiments.plan import privacy_plan
+
+    config = tiny_config(**{**BASE, "privacy.user.mechanism": "skellam", "secagg.bits": 40})
+    with pytest.raises(ConfigError, match=r"target_epsilon = 8 cannot be calibrated: .*secagg.bits = 40 .*Skellam"):
+        privacy_plan(config)

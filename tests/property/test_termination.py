@@ -310,3 +310,32 @@ def test_secagg_graph_for_small_cohorts(n: int) -> None:
                 assert client not in neighbours and len(neighbours) == expected
                 assert all(client in graph[other] for other in neighbours)
     assert recommended_degree(n) in valid | {0}
+
+
+def test_shamir_with_a_constant_random_source_raises_instead_of_looping() -> None:
+    from privfed.errors import ProtocolError
+    from privfed.secagg import shamir
+
+    with _deadline(10), pytest.raises(ProtocolError, match="not random"):
+        shamir.split(b"k" * 32, threshold=3, xs=[1, 2, 3, 4], random=lambda n: b"\xff" * n)
+    # one all-ones draw among good ones is only redrawn: the split still works and reconstructs
+    draws = iter([b"\xff" * shamir.SHARE_BYTES, b"\x01" * shamir.SHARE_BYTES, b"\x02" * shamir.SHARE_BYTES])
+    shares = shamir.split(b"k" * 32, threshold=3, xs=[1, 2, 3, 4], random=lambda n: next(draws))
+    assert shamir.combine(shares, threshold=3, secret_bytes=32) == b"k" * 32
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "limit"), [("distributed_gaussian", MAX_SIGMA), ("skellam", math.sqrt(MAX_SKELLAM_VARIANCE))]
+)
+def test_a_noise_stage_beyond_its_sampler_is_refused_when_parsed(mechanism: str, limit: float) -> None:
+    """A server's stage asking for more noise than the sampler draws: ProtocolError at parse time."""
+    from privfed.client.stages import DistributedNoiseStage
+    from privfed.errors import ProtocolError
+
+    def stage(local_stddev: float) -> DistributedNoiseStage:
+        return DistributedNoiseStage(mechanism=mechanism, local_stddev=local_stddev, bits=52, dim=4, min_contributors=2)
+
+    limit = min(limit, 2.0**51)  # the codec's own bound at 52 bits
+    assert stage(limit).local_stddev == limit
+    with pytest.raises(ProtocolError, match="local_stddev must be in"):
+        stage(limit * 2)
