@@ -29,15 +29,15 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, NotRequired, TypedDict, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from attacks.audit.bounds import best_one_run_bound, canary_cosines, canary_directions, one_shot_epsilon
-from attacks.driver import ResultsFile, run_federation
+from attacks.driver import ResultsFile, final_adapter, run_federation
 from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
 from attacks.provenance import attack_provenance, save_attack_config, settings_table, write_provenance
 from privfed import (
@@ -56,22 +56,88 @@ from privfed.transport import Exchange, Reply, Transport
 
 __all__ = [
     "ONE_SHOT_KEY",
+    "AuditRecord",
     "AuditSettings",
     "CanaryTransport",
     "audit_run",
     "audit_table",
     "audit_verdict",
+    "canary_plan",
     "plot_audit",
     "read_audit_record",
     "run_audit",
+    "score_canaries",
 ]
 
 # The one-shot figure of Andrew et al. is an estimate (no confidence statement), not a bound. Result files
 # written before it was renamed call it ``epsilon_lower_bound_one_shot``; ``read_audit_record`` maps it.
-ONE_SHOT_KEY = "epsilon_estimate_one_shot"
+ONE_SHOT_KEY: Final = "epsilon_estimate_one_shot"
 _OLD_ONE_SHOT_KEY = "epsilon_lower_bound_one_shot"
 # Score files next to the results: ``<run dir>/audit_scores.npz`` per run, ``audit_scores.npz`` for all runs.
 SCORES_FILE = "audit_scores.npz"
+
+AuditRecord = TypedDict(
+    "AuditRecord",
+    {
+        # Added by run_audit: the run's label ("inf" without privacy) and its accountant target.
+        "run": NotRequired[str],
+        "target_epsilon": NotRequired[float | None],
+        "privacy_mode": NotRequired[str],
+        "epsilon": float | None,
+        "delta": NotRequired[float],
+        "epsilon_lower_bound_one_run": float,
+        "one_run_k": NotRequired[int],
+        "epsilon_lower_bound_one_run_final_model": NotRequired[float],
+        "epsilon_estimate_one_shot": float,
+        "one_shot_mu": NotRequired[float],
+        # The white-box canary test (every round's update), as in MembershipMetricsRecord.
+        "auc": float,
+        "tpr_at_0.1pct_fpr": float | None,
+        "tpr_at_0.1pct_fpr_ci95": NotRequired[list[float] | None],
+        "tpr_at_1pct_fpr": float | None,
+        "tpr_at_1pct_fpr_ci95": NotRequired[list[float] | None],
+        "min_resolvable_fpr": NotRequired[float],
+        "balanced_accuracy": NotRequired[float],
+        "num_members": NotRequired[int],
+        "num_nonmembers": int,
+        # The canary test against the final model alone.
+        "final_model_auc": NotRequired[float],
+        "final_model_tpr_at_0.1pct_fpr": NotRequired[float | None],
+        "final_model_tpr_at_0.1pct_fpr_ci95": NotRequired[list[float] | None],
+        "final_model_tpr_at_1pct_fpr": NotRequired[float | None],
+        "final_model_tpr_at_1pct_fpr_ci95": NotRequired[list[float] | None],
+        "final_model_min_resolvable_fpr": NotRequired[float],
+        "num_canaries": NotRequired[int],
+        "num_inserted": NotRequired[int],
+        "mean_participations": NotRequired[float],
+        "canary_norm": NotRequired[float],
+        "final_eval_accuracy": float | None,
+        "user_noise_multiplier": NotRequired[float | None],
+        "rounds": NotRequired[int | None],
+        "bound_violated": NotRequired[bool],
+        "one_shot_above_accountant": NotRequired[bool],
+        # Record-level black-box MIA (record_level_mia); absent when no real client took part.
+        "record_loss_auc": NotRequired[float],
+        "record_loss_tpr_at_0.1pct_fpr": NotRequired[float | None],
+        "record_loss_tpr_at_0.1pct_fpr_ci95": NotRequired[list[float] | None],
+        "record_loss_tpr_at_1pct_fpr": NotRequired[float | None],
+        "record_loss_tpr_at_1pct_fpr_ci95": NotRequired[list[float] | None],
+        "record_loss_min_resolvable_fpr": NotRequired[float],
+        "record_reference_auc": NotRequired[float],
+        "record_reference_tpr_at_0.1pct_fpr": NotRequired[float | None],
+        "record_reference_tpr_at_0.1pct_fpr_ci95": NotRequired[list[float] | None],
+        "record_reference_tpr_at_1pct_fpr": NotRequired[float | None],
+        "record_reference_tpr_at_1pct_fpr_ci95": NotRequired[list[float] | None],
+        "record_reference_min_resolvable_fpr": NotRequired[float],
+        "record_num_members": NotRequired[int],
+        "record_num_nonmembers": NotRequired[int],
+    },
+)
+"""One audit: what :func:`audit_run` returns and, with ``run`` and ``target_epsilon`` in front, one record
+of ``audit_results.json`` (in this key order). The required keys are those every result file holds; the
+``NotRequired`` ones are missing from files written before they were added (:func:`read_audit_record` does
+not invent them) and, for the ``record_*`` keys, when no real client took part. Functional syntax:
+``tpr_at_0.1pct_fpr`` is not an identifier."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +261,7 @@ def audit_run(
     *,
     quiet: bool = True,
     audit_delta: float | None = None,
-) -> dict[str, Any]:
+) -> AuditRecord:
     """Run ``config`` once with canaries into ``out`` and score them; returns the record.
 
     ``audit_delta``: the delta of the lower bounds (default ``config.privacy.delta``;
@@ -203,8 +269,9 @@ def audit_run(
     """
     if config.secagg.enabled:
         raise ConfigError("privfed audit runs without secure aggregation (the final model is what it audits)")
-    rng = generator(config.seed, "audit", "canaries")
-    included = rng.random(settings.num_canaries) < 0.5
+    included, _ = canary_plan(
+        config.seed, num_canaries=settings.num_canaries, num_unobserved=settings.num_unobserved, dim=None
+    )
     if included.sum() > config.partition.num_clients // 2:
         raise ConfigError(
             f"{int(included.sum())} inserted canaries need at least twice as many clients; "
@@ -225,25 +292,94 @@ def audit_run(
     dim = probe.layout.dim
     # FedAvg weights by examples: a canary weighs as much as a typical client.
     typical = max(1, round(float(np.mean([len(d) for d in probe.client_data]))))
-    directions = canary_directions(dim, settings.num_canaries + settings.num_unobserved, rng)
-    candidates, extra = directions[: settings.num_canaries], directions[settings.num_canaries :]
-    inserted = candidates[included]
+    _, directions = canary_plan(
+        config.seed, num_canaries=settings.num_canaries, num_unobserved=settings.num_unobserved, dim=dim
+    )
+    inserted = directions[: settings.num_canaries][included]
     slots = list(range(int(included.sum())))
     # The canary transport's state (initial adapter, broadcasts) is not in the run directory:
     # whatever is in ``out`` is replaced and the run starts afresh.
     summary = run_federation(config, out, quiet=quiet, reuse=False, resume=False, transport_hook=hook)
     transport = holder["t"]
     assert transport.initial is not None
-    checkpoint = RunDirectory(out).load_checkpoint()
-    if checkpoint is None or not summary.get("completed"):
-        raise ConfigError(f"the audited run in {out} did not finish ({summary.get('stopped', 'no checkpoint')})")
-    final = checkpoint.arrays["global"]
-    delta = final.astype(np.float64) - transport.initial.astype(np.float64)
+    final = final_adapter(out, summary, what=f"the audited run in {out}")
+    return score_canaries(
+        config,
+        settings,
+        out=out,
+        probe=probe,
+        included=included,
+        directions=directions,
+        initial=transport.initial,
+        broadcasts=transport.broadcasts,
+        final=final,
+        participations=transport.participations,
+        real_participants=transport.real_participants,
+        canary_norm=transport.norm or 0.0,
+        summary=summary,
+        metrics=RunDirectory(out).read_metrics(),
+        audit_delta=audit_delta,
+    )
+
+
+def canary_plan(
+    seed: int, *, num_canaries: int, num_unobserved: int, dim: int | None
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
+    """The audit's secret draw from ``seed``: which candidates are inserted, and every direction.
+
+    Returns ``included: bool[num_canaries]`` (each with probability 1/2) and ``directions:
+    float32[num_canaries + num_unobserved, dim]`` (candidates first, then the never-inserted ones;
+    empty ``[0, 0]`` when ``dim`` is ``None``). Both come from ``generator(seed, "audit", "canaries")``
+    in this order, so candidate ``i`` is the same direction whatever ``num_unobserved`` is
+    (:func:`attacks.audit.deployment.canary_direction` draws it alone on a canary node).
+    """
+    rng = generator(seed, "audit", "canaries")
+    included = rng.random(num_canaries) < 0.5
+    if dim is None:
+        return included, np.zeros((0, 0), dtype=np.float32)
+    return included, canary_directions(dim, num_canaries + num_unobserved, rng)
+
+
+def score_canaries(
+    config: ExperimentConfig,
+    settings: AuditSettings,
+    *,
+    out: Path,
+    probe: Experiment,
+    included: npt.NDArray[np.bool_],
+    directions: npt.NDArray[np.float32],
+    initial: npt.NDArray[np.float32],
+    broadcasts: Sequence[npt.NDArray[np.float32]],
+    final: npt.NDArray[np.float32],
+    participations: Mapping[int, int],
+    real_participants: Collection[int],
+    canary_norm: float,
+    summary: Mapping[str, Any],
+    metrics: Sequence[Mapping[str, Any]],
+    audit_delta: float | None = None,
+) -> AuditRecord:
+    """The audit record of one run from what its canaries' auditor holds; writes the score files into ``out``.
+
+    Args:
+        included: bool[num_canaries], the inserted candidates; ``directions``: float32[num_canaries +
+            num_unobserved, dim] (:func:`canary_plan`).
+        initial: float32[dim], the global adapter before round 1; ``broadcasts``: the global adapter
+            sent in each round, in order (round 1 first); ``final``: the adapter after the last round.
+        participations: per canary client id, the rounds it was sampled in.
+        real_participants: the real clients sampled in at least one round (record-level members).
+        canary_norm: the L2 norm of a canary upload.
+        summary, metrics: the run's ``summary.json`` and ``metrics.jsonl`` records.
+        audit_delta: the delta of the lower bounds (default ``config.privacy.delta``).
+    """
+    privacy_on = config.privacy.mode in ("user", "both")
+    final = np.asarray(final, dtype=np.float32)
+    candidates, extra = directions[: settings.num_canaries], directions[settings.num_canaries :]
+    delta = final.astype(np.float64) - np.asarray(initial, dtype=np.float64)
     scores = canary_cosines(candidates, delta)
     null_scores = canary_cosines(extra, delta)
-    rounds = np.diff(np.stack([*transport.broadcasts, final]).astype(np.float64), axis=0)
-    norm = transport.norm or 0.0
-    white = whitebox_scores(directions, rounds, config, summary, RunDirectory(out).read_metrics(), norm)
+    rounds = np.diff(np.stack([*broadcasts, final]).astype(np.float64), axis=0)
+    norm = canary_norm
+    white = whitebox_scores(directions, rounds, config, summary, metrics, norm)
     white_in, white_null = white[: settings.num_canaries], white[settings.num_canaries :]
     delta_run = config.privacy.delta if audit_delta is None else audit_delta
     conf = settings.confidence
@@ -264,7 +400,11 @@ def audit_run(
         "final_model": (final_scores, members),
     }
     epsilon = summary.get("epsilon_user") if privacy_on else None
-    record: dict[str, Any] = {
+    # The one-run bound holds with 95% confidence for any correct DP implementation, so
+    # exceeding the accountant is reported as a bug; the one-shot figure is an estimate
+    # (Andrew et al.), which may exceed it by sampling error and is only flagged.
+    violated = epsilon is not None and one_run > float(epsilon) + 1e-9
+    record: AuditRecord = {
         "privacy_mode": config.privacy.mode,
         "epsilon": epsilon,
         "delta": delta_run,
@@ -273,23 +413,31 @@ def audit_run(
         "epsilon_lower_bound_one_run_final_model": one_run_final,
         ONE_SHOT_KEY: one_shot.epsilon,
         "one_shot_mu": one_shot.mu,
-        **mia,
+        "auc": mia["auc"],
+        "tpr_at_0.1pct_fpr": mia["tpr_at_0.1pct_fpr"],
+        "tpr_at_0.1pct_fpr_ci95": mia["tpr_at_0.1pct_fpr_ci95"],
+        "tpr_at_1pct_fpr": mia["tpr_at_1pct_fpr"],
+        "tpr_at_1pct_fpr_ci95": mia["tpr_at_1pct_fpr_ci95"],
+        "min_resolvable_fpr": mia["min_resolvable_fpr"],
+        "balanced_accuracy": mia["balanced_accuracy"],
+        "num_members": mia["num_members"],
+        "num_nonmembers": mia["num_nonmembers"],
         "final_model_auc": final_mia["auc"],
-        **{f"final_model_{k}": v for k, v in final_mia.items() if k.startswith(("tpr_", "min_resolvable"))},
+        "final_model_tpr_at_0.1pct_fpr": final_mia["tpr_at_0.1pct_fpr"],
+        "final_model_tpr_at_0.1pct_fpr_ci95": final_mia["tpr_at_0.1pct_fpr_ci95"],
+        "final_model_tpr_at_1pct_fpr": final_mia["tpr_at_1pct_fpr"],
+        "final_model_tpr_at_1pct_fpr_ci95": final_mia["tpr_at_1pct_fpr_ci95"],
+        "final_model_min_resolvable_fpr": final_mia["min_resolvable_fpr"],
         "num_canaries": settings.num_canaries,
         "num_inserted": int(included.sum()),
-        "mean_participations": float(np.mean(list(transport.participations.values()) or [0])),
+        "mean_participations": float(np.mean(list(participations.values()) or [0])),
         "canary_norm": norm,
         "final_eval_accuracy": summary.get("final_eval_accuracy"),
         "user_noise_multiplier": summary.get("user_noise_multiplier"),
         "rounds": summary.get("rounds"),
+        "bound_violated": bool(violated),
+        "one_shot_above_accountant": bool(epsilon is not None and one_shot.epsilon > float(epsilon)),
     }
-    # The one-run bound holds with 95% confidence for any correct DP implementation, so
-    # exceeding the accountant is reported as a bug; the one-shot figure is an estimate
-    # (Andrew et al.), which may exceed it by sampling error and is only flagged.
-    violated = epsilon is not None and one_run > float(epsilon) + 1e-9
-    record["bound_violated"] = bool(violated)
-    record["one_shot_above_accountant"] = bool(epsilon is not None and one_shot.epsilon > float(epsilon))
     if violated:
         print(
             f"privfed audit: BUG: empirical lower bound {one_run:.3f} exceeds the accountant's epsilon {epsilon:.3f} "
@@ -297,9 +445,9 @@ def audit_run(
             file=sys.stderr,
         )
     record_mia, record_views = record_level_mia(
-        probe, final, transport, max_examples=settings.max_record_examples, seed=config.seed
+        probe, final, real_participants, max_examples=settings.max_record_examples, seed=config.seed
     )
-    record.update(record_mia)
+    record.update(cast(AuditRecord, record_mia))  # the record_* keys
     views.update(record_views)
     np.savez(out / "canary_scores.npz", scores=scores, included=included, null_scores=null_scores)
     save_scores(out / SCORES_FILE, views)  # every AUC/TPR of the record recomputes from these
@@ -354,7 +502,12 @@ def whitebox_scores(
 
 
 def record_level_mia(
-    exp: Experiment, final: npt.NDArray[np.float32], transport: CanaryTransport, *, max_examples: int, seed: int
+    exp: Experiment,
+    final: npt.NDArray[np.float32],
+    real_participants: Collection[int],
+    *,
+    max_examples: int,
+    seed: int,
 ) -> tuple[dict[str, Any], dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]]]:
     """Black-box record membership against the final adapter.
 
@@ -371,7 +524,7 @@ def record_level_mia(
         return -per_example_log_likelihoods(exp, vector, data)
 
     rng = generator(seed, "audit", "record-level")
-    participants = sorted(transport.real_participants)
+    participants = sorted(int(c) for c in real_participants)
     if not participants:
         return {}, {}
     pool = [(c, i) for c in participants for i in range(len(exp.client_data[c]))]
@@ -405,11 +558,12 @@ def _label(epsilon: float) -> str:
     return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
-def read_audit_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """An audit record as this version writes it, from a result file of any version.
+def read_audit_record(record: Mapping[str, Any]) -> AuditRecord:
+    """An audit record as this version writes it, from a result file of any version (a new dict).
 
     Files written before the rename hold the one-shot estimate as ``epsilon_lower_bound_one_shot``; it is
-    moved to ``epsilon_estimate_one_shot`` (a file holding both keeps the new one).
+    moved to ``epsilon_estimate_one_shot`` (a file holding both keeps the new one). Keys the file lacks stay
+    missing (the ``NotRequired`` keys of :data:`AuditRecord`).
     """
     has_new = ONE_SHOT_KEY in record
     out: dict[str, Any] = {}
@@ -418,7 +572,7 @@ def read_audit_record(record: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif not has_new:
             out[ONE_SHOT_KEY] = value  # where the old key stood
-    return out
+    return cast(AuditRecord, out)
 
 
 def audit_verdict(record: Mapping[str, Any]) -> str:
@@ -432,9 +586,10 @@ def audit_verdict(record: Mapping[str, Any]) -> str:
     run = r.get("run", "?")
     estimate = r.get(ONE_SHOT_KEY)
     tail = "" if estimate is None else f" (one-shot estimate {float(estimate):.3f}, not a bound)"
-    if r.get("epsilon") is None:
+    accountant = r.get("epsilon")
+    if accountant is None:
         return f"audit {run}: empirical lower bound {bound:.3f}, no accountant epsilon (privacy off): n/a{tail}"
-    eps = float(r["epsilon"])
+    eps = float(accountant)
     verdict = "OK" if bound <= eps + 1e-9 else "VIOLATED"
     sign = "<=" if verdict == "OK" else ">"
     return f"audit {run}: empirical lower bound {bound:.3f} {sign} accountant epsilon {eps:.3f}: {verdict}{tail}"
