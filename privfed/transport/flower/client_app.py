@@ -38,6 +38,14 @@ ledger (the DP-SGD it actually ran on its own data) lives in ``context.state`` l
 SecAgg+ state, and each training reply carries its spent ``"record-epsilon"`` at its
 ``"record-delta"``: a node with its own ``data-path`` keeps its own record-level budget.
 
+A SuperNode's own behaviour: ``behaviour = "package.module:function"`` in its node config
+names a :class:`NodeBehaviour`, imported on the node (as Flower names apps, ``module:attribute``)
+and called for each training round with the node's :class:`ClientSide`, node config, client id
+and round; the trainer it returns takes the place of the run's trainer for that round, so what
+it produces goes through the same upload pipeline and SecAgg+ as any client's update. An
+auditor's canary client is one (:mod:`attacks.audit.deployment`); privfed never imports it. A
+name that cannot be imported makes the node decline with the error, like a bad ``data-path``.
+
 Fault injection, for tests only: the environment variable ``PRIVFED_TEST_FAULTS`` of
 a node's process (a SuperNode's, or the process that starts the Simulation Engine,
 whose Ray workers inherit it) holds a JSON list of rules ``{"client": K, "stage":
@@ -51,12 +59,13 @@ so a test knows when to kill the node). Without the variable nothing changes.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -64,6 +73,7 @@ from flwr.clientapp import ClientApp
 
 from privfed.client.node import ClientNode
 from privfed.client.policy import POLICY_KEYS, NodeLedger, NodePolicy, read_policy_file
+from privfed.client.trainer import ClientTrainer
 from privfed.config import ExperimentConfig, config_from_dict
 from privfed.errors import ConfigError, DataError, ProtocolError
 from privfed.secagg.client import SecAggClient
@@ -79,7 +89,18 @@ from privfed.transport.flower.node_data import (
 )
 from privfed.transport.messages import ClientUpdate, Decline, SecureRoundRequest, message_kind
 
-__all__ = ["DATA_PATH_KEY", "POLICY_PATH_KEY", "ClientSide", "app", "client_side", "local_examples", "node_policy"]
+__all__ = [
+    "BEHAVIOUR_KEY",
+    "DATA_PATH_KEY",
+    "POLICY_PATH_KEY",
+    "ClientSide",
+    "NodeBehaviour",
+    "app",
+    "client_side",
+    "local_examples",
+    "node_behaviour",
+    "node_policy",
+]
 
 app = ClientApp()
 
@@ -89,6 +110,42 @@ _LEDGER_STATE = "privfed-record-ledger"  # {"events": JSON}: this node's NodeLed
 
 #: Node config key naming a node-local TOML file with this SuperNode's privacy policy.
 POLICY_PATH_KEY = "policy-path"
+
+#: Node config key naming this SuperNode's behaviour, ``"package.module:function"`` (a :class:`NodeBehaviour`).
+BEHAVIOUR_KEY = "behaviour"
+
+
+class NodeBehaviour(Protocol):
+    """What a SuperNode runs instead of the run's trainer in one training round (``behaviour`` key).
+
+    Returns the trainer for this round; it may wrap ``side.trainer``. Its update is encoded,
+    masked and sent exactly as an ordinary client's. A ``ConfigError`` or ``DataError`` makes
+    the node decline the round with that error.
+    """
+
+    def __call__(
+        self, side: ClientSide, *, node_config: Mapping[str, Any], client_id: int, round: int
+    ) -> ClientTrainer: ...
+
+
+def node_behaviour(context: Context) -> NodeBehaviour | None:
+    """The behaviour named by this node's ``behaviour`` key, imported; ``None`` without one (``ConfigError``)."""
+    value = context.node_config.get(BEHAVIOUR_KEY)
+    if value is None:
+        return None
+    module, _, name = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not module.strip() or not name.strip():
+        raise ConfigError(
+            f"{BEHAVIOUR_KEY} in this Flower node's config must be 'package.module:function'; got {value!r}"
+        )
+    try:
+        function = getattr(importlib.import_module(module.strip()), name.strip())
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{BEHAVIOUR_KEY} {value!r} in this Flower node's config cannot be imported: {exc}") from exc
+    if not callable(function):
+        raise ConfigError(f"{BEHAVIOUR_KEY} {value!r} in this Flower node's config is not callable")
+    behaviour: NodeBehaviour = function
+    return behaviour
 
 
 def node_policy(context: Context, config: ExperimentConfig) -> NodePolicy:
@@ -285,6 +342,14 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
                     else local_examples(side, data_path, run=run_facts(record))
                 )
                 policy = node_policy(context, side.config)
+                behaviour = node_behaviour(context)
+                own_trainer = (
+                    None
+                    if behaviour is None
+                    else behaviour(
+                        side, node_config=context.node_config, client_id=client_id, round=field(record, "round", int)
+                    )
+                )
             except (DataError, ConfigError, ImportError) as exc:  # own data or policy unusable: decline, say why
                 error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
                 decline = Decline(round=field(record, "round", int), client_id=client_id).to_bytes()
@@ -297,7 +362,7 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
             answered = context.state.config_records.get(_ANSWERED_STATE)
             node = ClientNode(
                 client_id=client_id,
-                trainer=side.trainer,
+                trainer=side.trainer if own_trainer is None else own_trainer,
                 data=examples,
                 seed=side.config.seed,
                 crypto_random=_RoundRandom(secret),
