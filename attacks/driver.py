@@ -5,6 +5,8 @@
   (:func:`privfed.experiments.run_or_resume`, which ``privfed sweep`` uses too). A run whose
   hooks (canary clients, a half of the data) are not recorded in its directory passes
   ``resume=False``: an interrupted one is run again from scratch.
+- :func:`final_adapter` is the global adapter a finished run left in its directory (a one-line
+  ``ConfigError`` when the run did not finish), which every attack scores.
 - :class:`ResultsFile` is a JSON list of records keyed by their settings (or, with ``one=True``,
   the one record of a driver that computes one, as ``exposure_results.json``): a re-run finds the
   records of finished keys (and skips their work), and every write is atomic (temporary file +
@@ -18,13 +20,40 @@ from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-from privfed import ConfigError
+import numpy as np
+import numpy.typing as npt
+
+from privfed import ConfigError, RunDirectory
 from privfed.experiments import atomic_write_text, run_or_resume
 
-__all__ = ["ResultsFile", "run_federation"]
+__all__ = ["ResultsFile", "final_adapter", "run_federation"]
 
 run_federation = run_or_resume
 """Run, reuse or resume a federation in a run directory: :func:`privfed.experiments.run_or_resume`."""
+
+
+def final_adapter(
+    out: Path, summary: Mapping[str, Any], *, what: str, any_checkpoint: bool = False
+) -> npt.NDArray[np.float32]:
+    """The global adapter (``float32[dim]``) of the run in ``out`` that :func:`run_federation` finished.
+
+    Args:
+        out: the run directory; ``summary``: what :func:`run_federation` returned for it.
+        what: names the run in the error (``"federation runs/x"``, ``"the audited run in runs/x"``).
+        any_checkpoint: take the last checkpoint of a run that did not complete too (one its privacy
+            budget stopped early).
+
+    Raises:
+        ConfigError: (one line) no checkpoint in ``out``, or the run did not complete (and not
+            ``any_checkpoint``): ``<what> did not finish (<why it stopped>)``, why: the summary's ``stopped``, else
+            ``no checkpoint`` or ``not completed``.
+        CheckpointError: the checkpoint is unreadable or fails its digest.
+    """
+    checkpoint = RunDirectory(out).load_checkpoint()
+    if checkpoint is None or not (any_checkpoint or summary.get("completed")):
+        why = summary.get("stopped") or ("no checkpoint" if checkpoint is None else "not completed")
+        raise ConfigError(f"{what} did not finish ({why})")
+    return checkpoint.arrays["global"]
 
 
 class ResultsFile:
@@ -46,7 +75,7 @@ class ResultsFile:
         path: Path,
         *,
         key: Callable[[Mapping[str, Any]], Hashable],
-        read: Callable[[Mapping[str, Any]], dict[str, Any]] = dict,
+        read: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict,
         indent: int = 1,
         newline: bool = False,
         one: bool = False,
@@ -61,7 +90,7 @@ class ResultsFile:
         if path.exists():
             try:
                 stored = json.loads(path.read_text())
-                self.done = {key(r): read(r) for r in ([stored] if one and isinstance(stored, dict) else stored)}
+                self.done = {key(r): dict(read(r)) for r in ([stored] if one and isinstance(stored, dict) else stored)}
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise ConfigError(f"{path} is not a results file of this command ({exc}); use a new --out") from None
 

@@ -70,7 +70,7 @@ def metric_groups(record: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 
 def upgrade_record(record: Mapping[str, Any], scores: _Scores | None = None) -> dict[str, Any]:
     """``record`` in today's form; figures recomputed from ``scores`` where it holds the group's view."""
-    out = read_audit_record(record) if "run" in record else dict(record)
+    out: dict[str, Any] = dict(read_audit_record(record) if "run" in record else record)
     for view, prefix, counts in metric_groups(out):
         if scores is not None and view in scores:
             fresh: dict[str, Any] = dict(membership_metrics(*scores[view]).to_dict())

@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import privfed.experiments.sweep as sweep_module
-from attacks.driver import ResultsFile, run_federation
-from privfed import ConfigError, dump_config
+from attacks.driver import ResultsFile, final_adapter, run_federation
+from privfed import ConfigError, RunDirectory, dump_config
 from privfed.config import replace_path
 from tests.conftest import tiny_config
 
@@ -131,3 +132,34 @@ def test_a_directory_of_another_config_is_refused_or_replaced(tmp_path: Path, fa
     # "trust" (the default) does not compare: the finished run is reused whatever config is asked for.
     assert run_federation(config, tmp_path / "run", quiet=True)["name"] == "tiny"
     assert len(fake.calls) == 3
+
+
+@pytest.fixture(scope="module")
+def partial_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run directory checkpointed after round 1 of 2 (not completed)."""
+    from privfed import run_experiment
+
+    path = tmp_path_factory.mktemp("driver") / "run"
+    run_experiment(tiny_config(**{"server.rounds": 2}), path, quiet=True, stop_after_round=1)
+    return path
+
+
+def test_final_adapter_is_the_checkpointed_global_adapter_of_a_finished_run(partial_run: Path) -> None:
+    stored = RunDirectory(partial_run).load_checkpoint()
+    assert stored is not None
+    final = final_adapter(partial_run, {"completed": True}, what="federation x")
+    assert final.dtype == np.float32 and np.array_equal(final, stored.arrays["global"])
+    # Not completed: one line naming the run and why (the summary's reason, else what is missing).
+    stopped = {"completed": False, "stopped": "privacy budget: epsilon 3.1 > 3"}
+    with pytest.raises(ConfigError, match=r"^federation x did not finish \(privacy budget: epsilon 3\.1 > 3\)$"):
+        final_adapter(partial_run, stopped, what="federation x")
+    with pytest.raises(ConfigError, match=r"^the audited run in y did not finish \(not completed\)$"):
+        final_adapter(partial_run, {"completed": False}, what="the audited run in y")
+    # any_checkpoint (exposure): a run its budget stopped early is scored from its last checkpoint.
+    assert np.array_equal(final_adapter(partial_run, stopped, what="z", any_checkpoint=True), final)
+
+
+def test_final_adapter_without_a_checkpoint_is_one_config_error(tmp_path: Path) -> None:
+    for any_checkpoint in (False, True):
+        with pytest.raises(ConfigError, match=r"^run r did not finish \(no checkpoint\)$"):
+            final_adapter(tmp_path, {"completed": True}, what="run r", any_checkpoint=any_checkpoint)
