@@ -2,6 +2,7 @@
 
     privfed attack inversion|exposure|membership CONFIG.toml [--out DIR] [--quiet] [--set KEY=VALUE ...]
     privfed audit CONFIG.toml [--out DIR] [--quiet] [--set KEY=VALUE ...]
+    privfed audit CONFIG.toml --deployment plan|score [--audit-seed N] [--run RUN_DIR] [--received DIR] [--out DIR]
     privfed reproduce DIR   (DIR: an audit, membership, exposure or inversion directory)
 
 pyproject.toml declares ``attacks = "attacks.cli:register_commands"`` in the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from privfed import register_command, register_reproducer
@@ -29,21 +31,36 @@ def register_commands() -> None:
         "attack inversion",
         help="gradient inversion sweep (text and images) vs defences",
         run=_run_inversion,
-        add_arguments=_inversion_arguments,
+        add_arguments=_arguments(
+            "inversion",
+            config="TOML file with an [inversion] table (see configs/inversion.toml)",
+            reruns="resume",
+            quiet="no per-configuration progress lines",
+        ),
         overwrite=True,
     )
     register_command(
         "attack exposure",
         help="Secret Sharer: insert random secrets, train, rank them (LMs)",
         run=_run_exposure,
-        add_arguments=_exposure_arguments,
+        add_arguments=_arguments(
+            "exposure",
+            config="causal-LM experiment config with an optional [exposure] table",
+            reruns="resume",
+            quiet="no progress bars",
+        ),
         overwrite=True,
     )
     register_command(
         "attack membership",
         help="record-level MIA (LOSS, reference, LiRA, RMIA) with shadow federations",
         run=_run_membership,
-        add_arguments=_membership_arguments,
+        add_arguments=_arguments(
+            "membership",
+            config="experiment config with an optional [membership] table",
+            reruns="reuse",
+            quiet="no progress bars",
+        ),
         overwrite=True,
     )
     register_command(
@@ -62,28 +79,66 @@ def register_commands() -> None:
     )
 
 
-def _inversion_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="TOML file with an [inversion] table (see configs/inversion.toml)")
-    parser.add_argument("--out", help="results directory (default: runs/<config name>-inversion); reruns resume")
-    parser.add_argument("--quiet", action="store_true", help="no per-configuration progress lines")
+def _arguments(kind: str, *, config: str, reruns: str, quiet: str) -> Callable[[argparse.ArgumentParser], None]:
+    """``add_arguments`` of an attack command: CONFIG, ``--out`` (default :func:`_out`) and ``--quiet``.
 
+    Args:
+        kind: the default directory's suffix (``runs/<config name>-<kind>``).
+        config: help of the CONFIG argument; ``reruns``: what a rerun into the same ``--out`` does;
+        quiet: what ``--quiet`` silences.
+    """
 
-def _exposure_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="causal-LM experiment config with an optional [exposure] table")
-    parser.add_argument("--out", help="results directory (default: runs/<config name>-exposure); reruns resume")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", help=config)
+        parser.add_argument("--out", help=f"results directory (default: runs/<config name>-{kind}); reruns {reruns}")
+        parser.add_argument("--quiet", action="store_true", help=quiet)
 
-
-def _membership_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="experiment config with an optional [membership] table")
-    parser.add_argument("--out", help="results directory (default: runs/<config name>-membership); reruns reuse")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return add_arguments
 
 
 def _audit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="experiment config with privacy.mode set and an optional [audit] table")
-    parser.add_argument("--out", help="audit directory (default: runs/<config name>-audit); reruns reuse finished runs")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _arguments(
+        "audit",
+        config="experiment config with privacy.mode set and an optional [audit] table",
+        reruns="reuse finished runs",
+        quiet="no progress bars",
+    )(parser)
+    parser.add_argument(
+        "--deployment",
+        choices=("plan", "score"),
+        help="audit a Flower deployment of CONFIG (docs/attacks-and-audits.md): 'plan' writes the canary "
+        "SuperNodes' node configs, 'score' scores them once the run has finished",
+    )
+    parser.add_argument("--audit-seed", type=int, help="plan: the auditor's secret seed (default: random)")
+    parser.add_argument("--run", help="score: the deployment's run directory (the ServerApp's out-dir)")
+    parser.add_argument("--received", help="score: the canaries' audit-record-dir (default: the plan's)")
+
+
+def _run_deployment_audit(args: argparse.Namespace) -> int:
+    from attacks.audit.deployment import node_config_arg, plan_deployment_audit, score_deployment
+    from attacks.audit.federated import AuditSettings
+
+    table, config = split_config(args.config, "audit", args.set)
+    out = _out(args, "audit")
+    if args.deployment == "plan":
+        nodes = plan_deployment_audit(config, AuditSettings.from_mapping(table), out, audit_seed=args.audit_seed)
+        print(f"audit plan (keep it secret): {out / 'audit_plan.json'}; {len(nodes)} canary SuperNode(s) to start:")
+        for node in nodes:
+            print(f"  --node-config {node_config_arg(node)!r}")
+        return 0
+    if not args.run:
+        print("privfed: error: privfed audit --deployment score needs --run RUN_DIR", file=sys.stderr)
+        return 2
+    record = score_deployment(
+        config, out, run_dir=Path(args.run), received_dir=Path(args.received) if args.received else None
+    )
+    print(f"audit directory: {out}")
+    return 3 if record.get("bound_violated") else 0
+
+
+def _out(args: argparse.Namespace, kind: str) -> Path:
+    """``--out``, or ``runs/<config file stem>-<kind>``."""
+    return Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{kind}"
 
 
 def _run_inversion(args: argparse.Namespace) -> int:
@@ -91,7 +146,7 @@ def _run_inversion(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     sweep = load_inversion_config(overridden_file(args.config, args.set, table="inversion"))
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-inversion"
+    out = _out(args, "inversion")
     records = run_inversion_sweep(sweep, out, progress=None if args.quiet else print)
     print(f"results: {out / 'inversion_results.json'} ({len(records)} configurations)")
     print((out / "inversion_results.md").read_text(), end="")
@@ -104,7 +159,7 @@ def _run_exposure(args: argparse.Namespace) -> int:
     quiet_libraries()
     raw, config = split_config(args.config, "exposure", args.set)
     settings = SecretSharerSettings.from_mapping(raw)
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-exposure"
+    out = _out(args, "exposure")
     record = run_exposure(config, settings, out, quiet=args.quiet)
     print(f"exposure results: {out / 'exposure_results.json'} (max {record['max_exposure']:.2f} bits)")
     for secret in record["secrets"]:
@@ -123,7 +178,7 @@ def _run_membership(args: argparse.Namespace) -> int:
     table, config = split_config(args.config, "membership", args.set)
     settings = MembershipSettings.from_mapping(table)
     variants = settings.resolved_variants(config)  # validates every override before any training
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-membership"
+    out = _out(args, "membership")
     print(f"membership directory: {out} ({len(variants)} variant(s) x {settings.num_models} federations)")
     records = run_membership(config, settings, out, quiet=args.quiet)
     print(membership_table(records), end="")  # n/a where an FPR is below 1/non-members
@@ -133,10 +188,13 @@ def _run_membership(args: argparse.Namespace) -> int:
 def _run_audit(args: argparse.Namespace) -> int:
     from attacks.audit.federated import AuditSettings, run_audit
 
+    if getattr(args, "deployment", None):
+        quiet_libraries()
+        return _run_deployment_audit(args)
     quiet_libraries()
     table, config = split_config(args.config, "audit", args.set)
     settings = AuditSettings.from_mapping(table)
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-audit"
+    out = _out(args, "audit")
     records = run_audit(config, settings, out, quiet=args.quiet)
     keys = ["run", "epsilon", "epsilon_lower_bound_one_run", "epsilon_estimate_one_shot", "auc"]
     keys += ["tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "final_eval_accuracy"]
