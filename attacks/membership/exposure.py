@@ -23,7 +23,7 @@ from typing import Any, TypedDict, cast
 import numpy as np
 import numpy.typing as npt
 
-from attacks.driver import ResultsFile, run_federation
+from attacks.driver import ResultsFile, final_adapter, run_federation
 from attacks.metrics import save_scores
 from attacks.provenance import (
     RESULT_FILES,
@@ -38,7 +38,6 @@ from privfed import (
     Dataset,
     ExperimentConfig,
     PrivfedError,
-    RunDirectory,
     build_experiment,
     load_base_model,
     load_dataset,
@@ -210,9 +209,8 @@ def run_exposure(
         print(f"privfed attack exposure: rerunning {path} (it holds a run of other settings)", file=sys.stderr)
 
     summary = run_federation(cfg, out / "run", quiet=quiet, other_config="replace", on_rerun=rerun)
-    checkpoint = RunDirectory(out / "run").load_checkpoint()
-    if checkpoint is None:
-        raise ConfigError(f"no checkpoint in {out / 'run'}")
+    # A run its privacy budget stopped early is scored as it stands (its last checkpoint).
+    final = final_adapter(out / "run", summary, what=f"the exposure run in {out / 'run'}", any_checkpoint=True)
     exp = build_experiment(cfg)
     train_texts = [exp.dataset.texts[i] for i in exp.train_indices] if exp.dataset.texts else []
     tokenizer = load_base_model(config.model.name, init_seed=0).tokenizer
@@ -222,7 +220,7 @@ def run_exposure(
     candidates = [settings.template.format(v) for v in pool if v not in taken][: settings.candidates]
     secrets = [settings.template.format(v) for v in values]
     scores = {}
-    for stage, vector in (("before", exp.initial_vector), ("after", checkpoint.arrays["global"])):
+    for stage, vector in (("before", exp.initial_vector), ("after", final)):
         exp.layout.load_into(exp.model, vector)
         scores[stage] = (
             log_perplexities(exp.model, tokenizer, secrets),

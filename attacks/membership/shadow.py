@@ -60,7 +60,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from attacks.driver import ResultsFile, run_federation
+from attacks.driver import ResultsFile, final_adapter, run_federation
 from attacks.membership.scores import (
     client_scores,
     lira_offline,
@@ -72,7 +72,7 @@ from attacks.membership.scores import (
 )
 from attacks.metrics import format_tpr, membership_metrics, plot_roc, save_scores
 from attacks.provenance import attack_provenance, save_attack_config, settings_table, write_provenance
-from privfed import ConfigError, ExperimentConfig, GlobalModel, RunDirectory
+from privfed import ConfigError, ExperimentConfig, GlobalModel
 from privfed.client import ExampleSet
 from privfed.config import check_section, config_field, replace_paths, section_from_dict
 from privfed.errors import ProtocolError
@@ -416,10 +416,7 @@ def _train_model(
     )
     if reused:
         return reused[0]
-    checkpoint = RunDirectory(out).load_checkpoint()
-    if checkpoint is None or not summary.get("completed"):
-        raise ConfigError(f"federation {out} did not finish ({summary.get('stopped', 'no checkpoint')})")
-    final = probe.layout.check_vector(checkpoint.arrays["global"])
+    final = probe.layout.check_vector(final_adapter(out, summary, what=f"federation {out}"))
     pool = _pool_log_likelihoods(probe, final)
     pop = per_example_log_likelihoods(probe, final, population)
     arrays = {"pool": pool, "population": pop, "keep": keep}

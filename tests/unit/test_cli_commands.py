@@ -47,6 +47,29 @@ def test_attack_commands_come_from_the_attacks_entry_point(capsys: pytest.Captur
     assert err == "privfed: error: unknown command 'attack nope'; choose from exposure, inversion, membership\n"
 
 
+@pytest.mark.parametrize(
+    ("command", "kind", "reruns"),
+    [
+        ("attack inversion", "inversion", "resume"),
+        ("attack exposure", "exposure", "resume"),
+        ("attack membership", "membership", "reuse"),
+        ("audit", "audit", "reuse finished runs"),
+    ],
+)
+def test_attack_commands_share_config_out_quiet_and_set(
+    command: str, kind: str, reruns: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # one help line per option
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--help"])
+    assert exit_.value.code == 0
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    usage = f"usage: privfed {command} [-h] [--plugin MODULE_OR_FILE.py] [--set KEY=VALUE] [--out OUT] [--quiet] "
+    assert lines[0].startswith(usage) and lines[0].endswith(" config")  # audit adds its --deployment options
+    assert f"--out OUT results directory (default: runs/<config name>-{kind}); reruns {reruns}" in lines
+    assert any(line.startswith("--quiet ") for line in lines)
+
+
 def test_a_registered_command_parses_its_arguments_and_returns_its_status(
     fresh: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
