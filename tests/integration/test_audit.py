@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from attacks.audit.federated import (
+    AuditRecord,
     AuditSettings,
     CanaryTransport,
     audit_run,
@@ -61,6 +62,8 @@ def test_nonprivate_audit_finds_the_canaries(tmp_path: Path) -> None:
     settings = AuditSettings(epsilons=(float("inf"),), num_canaries=150, num_unobserved=1000, canary_norm=1.0)
     config = audit_config(**{"partition.num_clients": 200, "server.clients_per_round": 20, "server.rounds": 4})
     record = audit_run(config, settings, tmp_path / "run")
+    # The declared shape: every key of AuditRecord in its order, but those run_audit puts in front.
+    assert list(record) == [k for k in AuditRecord.__annotations__ if k not in ("run", "target_epsilon")]
     assert record["epsilon"] is None and record["privacy_mode"] == "none"
     assert record["num_members"] == record["num_inserted"] > 5 and record["num_nonmembers"] >= 1000
     # Without noise an inserted canary that was ever sampled sticks out of the final delta; about a third
@@ -99,6 +102,7 @@ def test_dp_audit_respects_the_accountant_and_cli(tmp_path: Path, capsys: pytest
     out = tmp_path / "out"
     assert main(["audit", str(path), "--out", str(out), "--quiet"]) == 0
     (record,) = json.loads((out / "audit_results.json").read_text())
+    assert list(record) == list(AuditRecord.__annotations__)  # a result file's record: exactly the declared keys
     assert record["epsilon"] is not None and record["epsilon"] <= 1.0 + 1e-6
     assert record["epsilon_lower_bound_one_run"] <= record["epsilon"]
     assert not record["bound_violated"]
@@ -249,6 +253,9 @@ def _old_record(**changes: object) -> dict[str, object]:
 def test_old_result_files_are_read_under_the_new_one_shot_key(tmp_path: Path) -> None:
     new = read_audit_record(_old_record())
     assert new["epsilon_estimate_one_shot"] == 3.17 and "epsilon_lower_bound_one_shot" not in new
+    # An old file holds every required key of AuditRecord; the NotRequired ones stay missing (not invented).
+    assert AuditRecord.__required_keys__ <= set(new) and "delta" not in new and "record_loss_auc" not in new
+    assert set(new) <= set(AuditRecord.__annotations__)
     both = read_audit_record(_old_record(epsilon_estimate_one_shot=1.5))
     assert both["epsilon_estimate_one_shot"] == 1.5
     # Tables and plots built from an old file work and call the one-shot figure an estimate.
