@@ -107,12 +107,25 @@ def _assert_same_audit(sim_dir: Path, sim: dict[str, Any], dep_dir: Path, dep: d
         assert dep[key] == pytest.approx(sim[key], abs=1e-4), key
 
 
+def _loopback_run(tmp_path: Path, config: Any, nodes: list[dict[str, Any]]) -> Path:
+    """``config`` run by privfed's ServerApp over the loopback grid, canary slots with their node configs."""
+    from privfed.transport.flower import server_app
+
+    configs = {100 + k: {"partition-id": k} for k in range(NUM_CLIENTS)}
+    configs.update({100 + int(n["partition-id"]): dict(n) for n in nodes})
+    config_path = tmp_path / "experiment.toml"
+    config_path.write_text(dump_config(config))
+    run = tmp_path / "flower_run"
+    run_config: dict[str, Any] = {"config": str(config_path), "out-dir": str(run)}
+    server = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    server_app.main(LoopbackGrid(configs), server)  # type: ignore[arg-type]
+    return run
+
+
 @pytest.mark.slow  # ~45 s on 2 loaded cores: the simulated audit, the same run over the grid, the scoring
 def test_deployment_audit_over_the_loopback_grid_equals_the_simulated_audit(
     tmp_path: Path, server_identity: None
 ) -> None:
-    from privfed.transport.flower import server_app
-
     config = _config()
     started = time.monotonic()
     sim = _simulated(config, tmp_path / "simulated")
@@ -124,15 +137,8 @@ def test_deployment_audit_over_the_loopback_grid_equals_the_simulated_audit(
     lines = (audit / "canary_nodes.txt").read_text().splitlines()
     # what the operator pastes after --node-config parses back to the plan's node configs (Flower's parser)
     assert [parse_config_args([line.removeprefix("--node-config ").strip("'")]) for line in lines] == nodes
-    configs = {100 + k: {"partition-id": k} for k in range(NUM_CLIENTS)}
-    configs.update({100 + int(n["partition-id"]): dict(n) for n in nodes})
-    config_path = tmp_path / "experiment.toml"
-    config_path.write_text(dump_config(config))
-    run = tmp_path / "flower_run"
-    run_config: dict[str, Any] = {"config": str(config_path), "out-dir": str(run)}
     started = time.monotonic()
-    server = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-    server_app.main(LoopbackGrid(configs), server)  # type: ignore[arg-type]
+    run = _loopback_run(tmp_path, config, nodes)
     # every canary kept the global model of both rounds it was sampled in
     assert sorted(p.relative_to(audit / "received").as_posix() for p in (audit / "received").rglob("*.npy")) == [
         f"canary-{i}/round-{r:05d}.npy" for i in (0, 3) for r in (1, 2)
@@ -146,6 +152,36 @@ def test_deployment_audit_over_the_loopback_grid_equals_the_simulated_audit(
     (audit / "received" / "canary-3" / "round-00002.npy").unlink()
     with pytest.raises(Exception, match=r"round\(s\) \[2\]"):
         score_deployment(config, audit, run_dir=run)
+
+
+@pytest.mark.slow  # 2 SecAgg+ rounds over the loopback grid
+def test_deployment_audit_under_secagg_and_user_dp(tmp_path: Path, server_identity: None) -> None:
+    """The simulated audit cannot run under SecAgg+; canary SuperNodes can: their uploads are clipped,
+    encoded and masked like any client's, and the audit of the released models respects the accountant."""
+    config = tiny_config(
+        **{
+            "server.rounds": 2,
+            "partition.num_clients": NUM_CLIENTS,
+            "server.clients_per_round": NUM_CLIENTS,  # Poisson with q = 1: every node, every round
+            "server.weighting": "uniform",
+            "secagg.enabled": True,
+            "privacy.mode": "user",
+            "privacy.delta": 1e-2,
+            "privacy.user.target_epsilon": 3.0,
+        }
+    )
+    settings = AuditSettings(num_canaries=4, num_unobserved=10)  # canary_norm 0: the clip norm
+    audit = tmp_path / "audit"
+    nodes = plan_deployment_audit(config, settings, audit, audit_seed=config.seed)
+    assert [n["audit-canary-norm"] for n in nodes] == [config.privacy.user.clip_norm] * 2
+    run = _loopback_run(tmp_path, config, nodes)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["num_clients"] for r in records] == [NUM_CLIENTS, NUM_CLIENTS]  # the canaries' uploads were summed
+    assert all(r["secagg_aborted"] is None for r in records)
+    record = score_deployment(config, audit, run_dir=run)
+    assert record["mean_participations"] == 2.0 and record["num_inserted"] == 2
+    assert record["epsilon"] == pytest.approx(records[-1]["epsilon_user"], rel=1e-12)
+    assert not record["bound_violated"] and record["epsilon_lower_bound_one_run"] <= record["epsilon"]
 
 
 @pytest.mark.slow
