@@ -252,10 +252,15 @@ def score_deployment(
     plan_path = out / PLAN_FILE
     if not plan_path.exists():
         raise DataError(f"no {PLAN_FILE} in {out}; run privfed audit --deployment plan first")
-    plan = json.loads(plan_path.read_text())
-    settings = AuditSettings(**plan["settings"])
-    seed = int(plan["audit_seed"])
-    received = Path(plan["record_dir"]) if received_dir is None else received_dir
+    try:  # the auditor's own file, but possibly damaged: one line, never a traceback
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        settings = AuditSettings.from_mapping(plan["settings"])
+        seed = int(plan["audit_seed"])
+        received = Path(plan["record_dir"]) if received_dir is None else received_dir
+        slots = {int(n[_KEYS["index"]]): int(n["partition-id"]) for n in plan["nodes"]}
+        planned_norm = float(plan["nodes"][0][_KEYS["norm"]]) if plan["nodes"] else None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise DataError(f"{plan_path} is not a privfed audit plan ({type(exc).__name__}: {exc})") from None
     runs = RunDirectory(run_dir)
     checkpoint = runs.load_checkpoint()
     summary: dict[str, Any] = dict(runs.read_summary()) if (run_dir / RunDirectory.SUMMARY).exists() else {}
@@ -266,7 +271,6 @@ def score_deployment(
     included, directions = canary_plan(
         seed, num_canaries=settings.num_canaries, num_unobserved=settings.num_unobserved, dim=probe.layout.dim
     )
-    slots = {int(n[_KEYS["index"]]): int(n["partition-id"]) for n in plan["nodes"]}
     by_round: dict[int, npt.NDArray[np.float32]] = {}
     participations = dict.fromkeys(slots.values(), 0)
     for index, slot in slots.items():
@@ -308,7 +312,7 @@ def score_deployment(
         final=checkpoint.arrays["global"],
         participations=participations,
         real_participants=real,
-        canary_norm=float(plan["nodes"][0][_KEYS["norm"]]) if plan["nodes"] else _canary_norm(config, settings),
+        canary_norm=planned_norm if planned_norm is not None else _canary_norm(config, settings),
         summary=summary,
         metrics=runs.read_metrics(),
     )

@@ -85,6 +85,20 @@ def test_the_plan_refuses_an_unknown_canary_norm_without_user_dp(tmp_path: Path)
         plan_deployment_audit(_config(), AuditSettings(num_canaries=4, num_unobserved=10), tmp_path, audit_seed=3)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    ["{not json", "[]", '{"settings": {"num_canaries": "four"}}', '{"settings": {"num_canaries": 4}, "nodes": 3}'],
+)
+def test_a_damaged_audit_plan_is_one_line(tmp_path: Path, damage: str) -> None:
+    from privfed.errors import DataError
+
+    (tmp_path / "audit_plan.json").write_text(damage)
+    with pytest.raises((DataError, ConfigError)) as caught:
+        score_deployment(_config(), tmp_path, run_dir=tmp_path / "run")
+    message = str(caught.value)
+    assert "\n" not in message and ("audit_plan.json" in message or "audit.num_canaries" in message), message
+
+
 def _simulated(config: Any, out: Path) -> dict[str, Any]:
     return dict(audit_run(config, SETTINGS, out))
 
