@@ -20,8 +20,9 @@ when something needs them.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from privfed._lazy import lazy_exports as _lazy_exports
 
 if TYPE_CHECKING:
     from privfed.adapters import (
@@ -346,15 +347,4 @@ _EXPORTS: dict[str, str] = {name: module for module, names in _SOURCES.items() f
 
 
 if not TYPE_CHECKING:  # type checkers see the imports above; at run time names load on first use
-
-    def __getattr__(name: str) -> object:
-        module = _EXPORTS.get(name)
-        if module is None:
-            raise AttributeError(f"module 'privfed' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    __getattr__, __dir__ = _lazy_exports(__name__, globals(), _EXPORTS, __all__)

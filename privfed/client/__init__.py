@@ -8,8 +8,9 @@ used (PEP 562 module ``__getattr__``, as in ``privfed/__init__.py``).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from privfed._lazy import lazy_exports as _lazy_exports
 
 if TYPE_CHECKING:
     from privfed.client.data import ExampleSet
@@ -27,15 +28,4 @@ _EXPORTS: dict[str, str] = {
 }
 
 if not TYPE_CHECKING:  # type checkers see the imports above; at run time names load on first use
-
-    def __getattr__(name: str) -> object:
-        module = _EXPORTS.get(name)
-        if module is None:
-            raise AttributeError(f"module 'privfed.client' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    __getattr__, __dir__ = _lazy_exports(__name__, globals(), _EXPORTS, __all__)
