@@ -492,12 +492,14 @@ def whitebox_scores(
     eta = config.server.learning_rate
     clips = [float(r.get("clip_norm") or config.privacy.user.clip_norm) for r in metrics]
     total = np.zeros(proj.shape[0])
+    # log P(not sampled): -inf when every client takes part (q = 1), which logaddexp handles exactly
+    log_absent = math.log1p(-q) if q < 1 else -math.inf
     for t in range(proj.shape[1]):
         c = clips[t] if t < len(clips) else config.privacy.user.clip_norm
         unit = eta * float(sigma) * c / expected
         mu = min(canary_norm, c) / (float(sigma) * c)
         s = proj[:, t] / unit
-        total += np.logaddexp(np.log1p(-q), np.log(q) + mu * s - mu * mu / 2)
+        total += np.logaddexp(log_absent, math.log(q) + mu * s - mu * mu / 2)
     return total
 
 
