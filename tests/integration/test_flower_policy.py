@@ -178,3 +178,63 @@ def test_the_client_app_declines_with_the_policy_reason_and_never_trains(monkeyp
         assert str(fields["error"]).startswith(reason), fields["error"]
     assert (fields["record-epsilon"], fields["record-delta"]) == (0.0, 1e-5)  # the node's ledger: nothing spent
     assert Trainer.runs == 0
+
+
+def test_a_ledger_path_survives_a_supernode_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ledger-path``: the node's spent record-level epsilon is read from its own file, so a restarted
+    SuperNode (empty ``context.state``) still refuses a round past its budget; a damaged file is a
+    Decline with the reason, never a round trained without knowing what was spent."""
+    import types
+
+    import numpy as np
+    from flwr.app import ConfigRecord
+
+    from privfed.client.trainer import SampleDP
+    from privfed.config import ClientConfig, PrivacyConfig
+    from privfed.transport.flower import client_app
+    from privfed.transport.flower.grid import RECORD
+    from privfed.transport.messages import Decline, GlobalModel
+
+    class Trainer:
+        config = ClientConfig(local_steps=STEPS, batch_size=4)
+        dp = SampleDP(noise_multiplier=SIGMA, max_grad_norm=1.0, secure_noise=False, seed=3)
+        runs = 0
+
+        def steps_for(self, n: int) -> int:
+            return STEPS
+
+        def train(self, **_: object) -> object:
+            Trainer.runs += 1
+            raise AssertionError("a round past the budget must not train")
+
+    config = types.SimpleNamespace(seed=3, privacy=PrivacyConfig())
+    side = client_app.ClientSide(config=config, client_data=[[0] * 10], trainer=Trainer())  # type: ignore[arg-type, list-item]
+    monkeypatch.setattr(client_app, "client_side", lambda config_toml: side)
+    monkeypatch.setattr(client_app, "_reply", lambda msg, fields: fields)
+    ledger_path = tmp_path / "node-ledger.json"
+    spent = NodeLedger(client_id=0, delta=DELTA, budget=None)
+    q = sampling_rate_for(Trainer.config, 10)
+    for round in (1, 2):
+        spent.record(spent.event(noise_multiplier=SIGMA, sample_rate=q, steps=STEPS, round=round))
+    ledger_path.write_text(spent.to_json())
+    budget = spent.epsilon() * 1.01  # two rounds fit, a third would not
+
+    def serve() -> dict[str, object]:
+        data = GlobalModel(round=3, vector=np.zeros(3, np.float32)).to_bytes()
+        record = ConfigRecord({"client-id": 0, "data": data, "config": "", "round": 3, "stage": "train"})
+        msg = types.SimpleNamespace(content=RecordDict({RECORD: record}))
+        node_config = {"partition-id": 0, "max-epsilon": budget, "delta": DELTA, "ledger-path": str(ledger_path)}
+        context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+        return client_app._serve(msg, context)  # type: ignore[arg-type, return-value]
+
+    fields = serve()  # a fresh process and context: only the file knows the two rounds spent
+    assert Decline.from_bytes(fields["data"]) == Decline(round=3, client_id=0)  # type: ignore[arg-type]
+    assert str(fields["error"]).startswith("node policy:"), fields["error"]
+    assert fields["record-epsilon"] == pytest.approx(spent.epsilon(), rel=1e-12)
+    assert NodeLedger(client_id=0, delta=DELTA, budget=None).events == ()  # sanity: a fresh ledger is empty
+    ledger_path.write_text('[{"scope": "sample"')  # damaged
+    fields = serve()
+    assert Decline.from_bytes(fields["data"]) == Decline(round=3, client_id=0)  # type: ignore[arg-type]
+    assert str(fields["error"]).startswith("DataError: ledger-path"), fields["error"]
+    assert "\n" not in str(fields["error"])
+    assert Trainer.runs == 0

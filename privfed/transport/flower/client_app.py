@@ -92,6 +92,7 @@ from privfed.transport.messages import ClientUpdate, Decline, SecureRoundRequest
 __all__ = [
     "BEHAVIOUR_KEY",
     "DATA_PATH_KEY",
+    "LEDGER_PATH_KEY",
     "POLICY_PATH_KEY",
     "ClientSide",
     "NodeBehaviour",
@@ -110,6 +111,10 @@ _LEDGER_STATE = "privfed-record-ledger"  # {"events": JSON}: this node's NodeLed
 
 #: Node config key naming a node-local TOML file with this SuperNode's privacy policy.
 POLICY_PATH_KEY = "policy-path"
+
+#: Node config key naming a node-local file that keeps this SuperNode's record-level ledger across
+#: SuperNode restarts and runs (``context.state`` lives in the SuperNode's memory, per run).
+LEDGER_PATH_KEY = "ledger-path"
 
 #: Node config key naming this SuperNode's behaviour, ``"package.module:function"`` (a :class:`NodeBehaviour`).
 BEHAVIOUR_KEY = "behaviour"
@@ -146,6 +151,36 @@ def node_behaviour(context: Context) -> NodeBehaviour | None:
         raise ConfigError(f"{BEHAVIOUR_KEY} {value!r} in this Flower node's config is not callable")
     behaviour: NodeBehaviour = function
     return behaviour
+
+
+def _ledger_file(context: Context) -> Path | None:
+    value = context.node_config.get(LEDGER_PATH_KEY)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{LEDGER_PATH_KEY} in this Flower node's config must be a non-empty path; got {value!r}")
+    return Path(value)
+
+
+def _load_ledger(ledger: NodeLedger, context: Context, path: Path | None) -> None:
+    """The node's spent record-level events: its ``ledger-path`` file when it has one (it outlives the
+    SuperNode process), else what ``context.state`` kept. A file that cannot be read is a ``DataError``:
+    the node declines rather than train without knowing what it has spent."""
+    if path is not None and path.exists():
+        try:
+            ledger.load_json(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ProtocolError) as exc:
+            raise DataError(f"{LEDGER_PATH_KEY} {str(path)!r} of this SuperNode cannot be used: {exc}") from None
+        return
+    saved = context.state.config_records.get(_LEDGER_STATE)
+    if saved is not None:
+        ledger.load_json(field(saved, "events", str))
+
+
+def _save_ledger_file(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a crash leaves the old ledger or the new one, never half of one
 
 
 def node_policy(context: Context, config: ExperimentConfig) -> NodePolicy:
@@ -350,14 +385,14 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
                         side, node_config=context.node_config, client_id=client_id, round=field(record, "round", int)
                     )
                 )
+                ledger = NodeLedger.for_policy(policy, client_id=client_id)
+                ledger_file = _ledger_file(context)
+                if ledger is not None:
+                    _load_ledger(ledger, context, ledger_file)
             except (DataError, ConfigError, ImportError) as exc:  # own data or policy unusable: decline, say why
                 error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
                 decline = Decline(round=field(record, "round", int), client_id=client_id).to_bytes()
                 return _reply(msg, {"client-id": client_id, "data": decline, "error": error})
-            ledger = NodeLedger.for_policy(policy, client_id=client_id)
-            saved = context.state.config_records.get(_LEDGER_STATE)
-            if ledger is not None and saved is not None:
-                ledger.load_json(field(saved, "events", str))
             secret = os.urandom(KEY_BYTES)
             answered = context.state.config_records.get(_ANSWERED_STATE)
             node = ClientNode(
@@ -379,6 +414,8 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
                     )
                 if ledger is not None:  # DP-SGD that ran is spent, whatever happened next
                     context.state.config_records[_LEDGER_STATE] = ConfigRecord({"events": ledger.to_json()})
+                    if ledger_file is not None:
+                        _save_ledger_file(ledger_file, ledger.to_json())
             if ledger is not None:
                 extra.update({"record-epsilon": ledger.epsilon(), "record-delta": ledger.delta})
             if node.refusal is not None:
