@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 # Hypothesis profiles (docs/testing.md, "privfed's own suite"). "ci", the default for `make test`, CI and a
 # bare pytest run, is derandomized: the examples depend only on the test's code (and hypothesis' version),
@@ -29,9 +30,12 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
+# Every field is spelled out rather than inherited: under a CI environment variable (CI=true, GITHUB_ACTIONS,
+# ...) hypothesis makes its own CI settings (no database, derandomized) the parent of a new profile.
 settings.register_profile(
     "explore",
     derandomize=False,
+    database=DirectoryBasedExampleDatabase(str(Path(__file__).resolve().parents[1] / ".hypothesis" / "examples")),
     deadline=None,
     print_blob=True,
     max_examples=1000,

@@ -36,13 +36,17 @@ def test_the_default_profile_draws_the_same_examples_every_run() -> None:
     assert first == second and len(set(first)) > 10
 
 
-def test_explore_is_random_and_keeps_failures() -> None:
+# CI=true: hypothesis then parents new profiles on its own CI settings (no database); CI runs set it.
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_explore_is_random_and_keeps_failures(ci: str) -> None:
     script = (
         "import os, sys; sys.path.insert(0, 'tests'); import conftest\n"
         "from hypothesis import settings\n"
         "s = settings.default\n"
         "print(s.derandomize, s.database is not None, s.max_examples, s.deadline, s.print_blob)\n"
     )
-    env = {**os.environ, "PRIVFED_HYPOTHESIS_PROFILE": "explore"}
+    env = {k: v for k, v in os.environ.items() if k != "CI"} | {"PRIVFED_HYPOTHESIS_PROFILE": "explore"}
+    if ci:
+        env["CI"] = ci
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, check=True)
     assert out.stdout.split() == ["False", "True", "1000", "None", "True"]
