@@ -12,8 +12,9 @@ Two base configs (issue 16):
   ``secagg.bits`` in that list that holds the cohort (``2^(b-1) - 1 >= clients_per_round``),
   SecAgg+ at 32 bits without rotation, and their reference ``fp32-uniform`` (SecAgg needs
   ``server.weighting = "uniform"``: the server sees only the sum); shared-seed sparsity 0.5
-  and 0.9 (float32 values); FFA-LoRA instead of LoRA; and two labelled *combinations* (FFA-LoRA + rotation + sparsity
-  0.9 at 8 and 4 bits), the only settings that turn more than one knob.
+  and 0.9 (float32 values); FFA-LoRA instead of LoRA; LoRA rank 2 and 1 instead of 8 (alpha / rank
+  kept at 2); and labelled *combinations*, the only settings that turn more than one knob: FFA-LoRA
+  + rotation + sparsity 0.9 at 8 and 4 bits, and rank 2 and 1 each with rotation at 4 bits.
 * ``configs/compression_user_dp.toml`` (2,000 virtual clients on tweets, Poisson cohorts of
   50, user-level DP at ε = 8; run at 5 of its 10 rounds, ``--as-configured`` for all): no DP;
   central DP-FedAvg (plain uploads); central DP-FedAvg under SecAgg+ at 16 bits with rotation;
@@ -49,7 +50,7 @@ from typing import Any
 
 from privfed import load_config
 from privfed.compression import COORDINATE_RANGE_STDDEVS, padded_dim
-from privfed.config import ExperimentConfig, replace_paths
+from privfed.config import ExperimentConfig, config_to_dict, replace_paths
 from privfed.errors import ConfigError
 from privfed.experiments import run_or_resume
 
@@ -58,12 +59,13 @@ DEMO_CONFIG = REPO / "configs" / "demo.toml"
 COHORT_CONFIG = REPO / "configs" / "compression_user_dp.toml"
 BITS = (2, 4, 8, 16, 32)
 SPARSITIES = (0.5, 0.9)
+RANKS = (2, 1)
 DISTRIBUTED = ("distributed_gaussian", "skellam")
 WITHIN_POINTS = 1.0
 RANGE = "<range>"  # placeholder for the demo's per-coordinate range R, known once fp32 has run
 
 # The full run's budget (about an hour on 2 idle cores, estimated in docs/compression.md): the
-# demo's 17 runs at half the rounds and half the sequence length of configs/demo.toml (about
+# demo's 21 runs at half the rounds and half the sequence length of configs/demo.toml (about
 # 1.6 min each instead of 6), the cohort's 5 runs at 5 of its 10 rounds (about 7 min each
 # instead of 13). --as-configured runs both configs unchanged (about 2.5 hours).
 FULL = {
@@ -136,6 +138,18 @@ def demo_settings(clients_per_round: int) -> list[Setting]:
     ]
     settings += [Setting(f"sparsity-{s:g}", "sparsity", "demo", {"compression.sparsity": s}) for s in SPARSITIES]
     settings.append(Setting("ffa-lora", "adapter", "demo", {"adapter.method": "ffa_lora"}))
+    # A smaller LoRA rank sends fewer coordinates; alpha / rank stays the demo's 2 (the same scaling).
+    for rank in RANKS:
+        lora = {"adapter.lora.rank": rank, "adapter.lora.alpha": 2 * rank}
+        settings.append(Setting(f"lora-r{rank}", "rank", "demo", lora))
+        settings.append(
+            Setting(
+                f"lora-r{rank}+4bit",
+                "combined",
+                "demo",
+                {**lora, **rotated, "compression.bits": 4, "compression.clip": RANGE},
+            )
+        )
     settings += [
         Setting(
             f"ffa-lora+sparsity-0.9+{b}bit",
@@ -217,9 +231,10 @@ def make_record(
 
 
 def config_value(config: ExperimentConfig, dotted: str) -> Any:
-    node: Any = config
+    """A dotted key's resolved value, as the config file spells it (``adapter.lora.rank``)."""
+    node: Any = config_to_dict(config)
     for part in dotted.split("."):
-        node = getattr(node, part)
+        node = node[part]
     return node
 
 

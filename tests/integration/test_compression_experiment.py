@@ -68,6 +68,8 @@ def test_every_knob_of_the_issue_is_planned() -> None:
     }
     assert {"fp32", "fp32-uniform", "secagg-32bit-norotation", "sparsity-0.5", "sparsity-0.9", "ffa-lora"} <= set(demo)
     assert all(s.overrides.get("server.weighting") == "uniform" for n, s in demo.items() if n.startswith("secagg"))
+    assert {"lora-r2", "lora-r1", "lora-r2+4bit", "lora-r1+4bit"} <= set(demo)
+    assert demo["lora-r1"].overrides == {"adapter.lora.rank": 1, "adapter.lora.alpha": 2}
     cohort = {s.name: s for s in exp.cohort_settings()}
     assert cohort["distributed_gaussian-16bit"].overrides["secagg.bits"] <= 16
     assert cohort["skellam-16bit"].overrides["privacy.user.mechanism"] == "skellam"
@@ -75,7 +77,7 @@ def test_every_knob_of_the_issue_is_planned() -> None:
 
 @pytest.mark.slow
 def test_quick_run_writes_results_whose_headline_numbers_follow_from_the_records(tmp_path: Path) -> None:
-    """The --quick smoke run (tiny-bert, 2 rounds, 22 runs: about 3 minutes on 2 busy cores)."""
+    """The --quick smoke run (tiny-bert, 2 rounds, 26 runs: about 3.5 minutes on 2 busy cores)."""
     out = tmp_path / "compression"
     proc = subprocess.run(
         [sys.executable, "examples/compression_experiment.py", "--quick", "--out", str(out)],
@@ -85,12 +87,12 @@ def test_quick_run_writes_results_whose_headline_numbers_follow_from_the_records
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "[22/22] cohort/skellam-16bit" in proc.stdout
+    assert "[26/26] cohort/skellam-16bit" in proc.stdout
     results = json.loads((out / "compression_results.json").read_text())
     records = results["records"]
     assert results["quick"] is True and results["skipped"] == []
     names = {(r["base"], r["name"]) for r in records}
-    assert len(names) == len(records) == 22
+    assert len(names) == len(records) == 26
     for r in records:
         assert 0.0 <= r["final_eval_accuracy"] <= 1.0
         assert r["uplink_bytes_per_client_round"] > 0
