@@ -3,8 +3,8 @@
 The SuperNodes are privfed's (``python -m privfed.transport.flower.supernode``: Flower's
 SuperNode with a long-lived ClientApp worker); the TLS test starts Flower's own.
 
-Every process runs in its own process group under a wall-clock bound and is killed
-in a ``finally``, also when the test fails.
+The processes are started and stopped by :class:`privfed.transport.flower.local.LocalDeployment`
+(each its own process group under a wall-clock bound, all stopped on exit, also when a test fails).
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,128 +30,23 @@ from safetensors.numpy import load_file
 
 from privfed.config import dump_config, replace_path
 from privfed.experiments.runner import run_experiment
+from privfed.transport.flower.local import LocalDeployment, TLSCertificates, default_app_dir
 
-APP = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
-BIN = Path(sys.executable).parent
+APP = default_app_dir()
 NUM_NODES = 4
 RUN_SECONDS = 600
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class _Processes:
-    """Started daemons, each its own process group; ``stop`` kills them all."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env, self.logs = env, logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, name: str, args: list[str], cwd: Path, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            ["timeout", str(RUN_SECONDS), *args],
-            cwd=cwd,
-            env={**self.env, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self.procs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-            if sig == signal.SIGTERM:
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
-                    time.sleep(0.1)
-        for proc in self.procs:
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A SuperLink (insecure) and 4 SuperNodes with partition-id 0..3 on free loopback ports."""
-    with _deploy(tmp_path, NUM_NODES) as running:
+def deployment(tmp_path: Path) -> Iterator[LocalDeployment]:
+    """A SuperLink (insecure) and 4 of privfed's SuperNodes with partition-id 0..3 on free loopback ports."""
+    with LocalDeployment(tmp_path, num_nodes=NUM_NODES, process_timeout=RUN_SECONDS) as running:
         yield running
 
 
-@contextlib.contextmanager
-def _deploy(
-    tmp_path: Path,
-    num_nodes: int,
-    node_env: dict[int, dict[str, str]] | None = None,
-    node_config: dict[int, str] | None = None,
-) -> Iterator[dict[str, Any]]:
-    """A SuperLink (insecure) and ``num_nodes`` SuperNodes (partition-id 0..n-1, ``node_env[k]`` added to
-    node k's environment, ``node_config[k]`` to its ``--node-config``); yields ``env``, ``logs``, ``cwd``
-    and ``procs`` (name -> process, e.g. ``supernode2``), all stopped on exit."""
-    home = tmp_path / "flwrhome"
-    home.mkdir()
-    link_port, *node_ports = _free_ports(1 + num_nodes)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
-    )
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "COLUMNS": "200",
-    }
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    link_cwd = tmp_path / "link"
-    link_cwd.mkdir()
-    procs = _Processes(env, logs)
-    named: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        named["superlink"] = procs.start(
-            "superlink",
-            [str(BIN / "flower-superlink"), "--insecure", "--port", str(link_port),
-             "--disable-runtime-dependency-installation"],
-            link_cwd,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{link_port}/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError((logs / "superlink.log").read_text()[-2000:]) from None
-                time.sleep(0.3)
-        # privfed's SuperNode: Flower's, with one long-lived ClientApp worker and 50 ms polling (a
-        # fresh ClientApp process per message made a SecAgg+ round take ~60 s here); one torch
-        # thread per node, as 4 nodes share 2 cores (docs/deploying.md, "Performance").
-        for k, port in enumerate(node_ports):
-            named[f"supernode{k}"] = procs.start(
-                f"supernode{k}",
-                [sys.executable, "-m", "privfed.transport.flower.supernode", "--insecure",
-                 "--superlink", f"127.0.0.1:{link_port}", "--port", str(port),
-                 "--node-config", f"partition-id={k} {(node_config or {}).get(k, '')}".strip()],
-                tmp_path,
-                {"OMP_NUM_THREADS": "1", **(node_env or {}).get(k, {})},
-            )  # fmt: skip
-        yield {"env": env, "logs": logs, "cwd": tmp_path, "procs": named, "daemons": procs}
-    finally:
-        procs.stop()
+def _run_config(config_path: Path, out: Path, **extra: str | bool) -> dict[str, str | bool | int | float]:
+    """The privfed ServerApp's run config: the experiment config and the run directory."""
+    return {"config": str(config_path), "out-dir": str(out), **extra}
 
 
 def _secagg_user_dp_config() -> Any:
@@ -174,13 +66,11 @@ def _secagg_user_dp_config() -> Any:
     )
 
 
-def _stage(tmp_path: Path, config: Any) -> tuple[Path, Path, Path]:
-    """The experiment config written for the ServerApp, the run directory to use, and a copy of the app."""
+def _stage(tmp_path: Path, config: Any) -> tuple[Path, Path]:
+    """The experiment config written for the ServerApp, and the run directory to use."""
     config_path = tmp_path / "experiment.toml"
     config_path.write_text(dump_config(config))
-    app = tmp_path / "app"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
-    return config_path, tmp_path / "flower_run", app
+    return config_path, tmp_path / "flower_run"
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -188,17 +78,13 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_flower_deployment_secagg_user_dp_matches_in_process(tmp_path: Path, deployment: dict[str, Any]) -> None:
+def test_flower_deployment_secagg_user_dp_matches_in_process(tmp_path: Path, deployment: LocalDeployment) -> None:
     config = _secagg_user_dp_config()
-    config_path, out, app = _stage(tmp_path, config)
+    config_path, out = _stage(tmp_path, config)
     started = time.monotonic()
-    run = subprocess.run(
-        [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
-         "--run-config", f"config='{config_path}' out-dir='{out}'"],
-        cwd=deployment["cwd"], env=deployment["env"], capture_output=True, text=True, timeout=RUN_SECONDS,
-    )  # fmt: skip
+    run = deployment.run_app(APP, _run_config(config_path, out), check=False)
     seconds = time.monotonic() - started
-    assert (out / "summary.json").exists(), (run.stdout[-3000:], run.stderr[-3000:])
+    assert (out / "summary.json").exists(), run.output()[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] and summary["trained"], summary
     print(f"flwr run: {seconds:.1f} s; rounds: {[round(r['seconds'], 2) for r in _records(out)]}")
@@ -264,7 +150,7 @@ def test_supernode_killed_after_key_sharing(tmp_path: Path, threshold: int, reco
     ]
     assert cohorts == [[0, 1, 2, 3], [0, 1, 3]]
     config = _kill_config(threshold)
-    config_path, out, app = _stage(tmp_path, config)
+    config_path, out = _stage(tmp_path, config)
     marker = tmp_path / "victim-shared"
     faults = [
         {"client": VICTIM, "round": 1, "stage": "share", "action": "marker", "path": str(marker)},
@@ -272,22 +158,18 @@ def test_supernode_killed_after_key_sharing(tmp_path: Path, threshold: int, reco
         {"client": VICTIM, "round": 1, "stage": "collect", "action": "sleep", "seconds": 300},
     ]
     started = time.monotonic()
-    with _deploy(tmp_path, KILL_NODES, {VICTIM: {"PRIVFED_TEST_FAULTS": json.dumps(faults)}}) as dep:
-        run = dep["daemons"].start(
-            "flwr-run",
-            [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
-             "--run-config", f"config='{config_path}' out-dir='{out}'"],
-            dep["cwd"],
-        )  # fmt: skip
+    victim_env = {VICTIM: {"PRIVFED_TEST_FAULTS": json.dumps(faults)}}
+    with LocalDeployment(tmp_path, num_nodes=KILL_NODES, node_env=victim_env, process_timeout=RUN_SECONDS) as dep:
+        run = dep.start_app(APP, _run_config(config_path, out))
         killed_at = None
         deadline = time.monotonic() + RUN_SECONDS - 30
         while run.poll() is None and time.monotonic() < deadline:
             if killed_at is None and marker.exists():
                 time.sleep(5.0)  # let the node's "share" reply reach the SuperLink
-                os.killpg(dep["procs"][f"supernode{VICTIM}"].pid, signal.SIGKILL)
+                os.killpg(dep.processes[f"supernode{VICTIM}"].pid, signal.SIGKILL)
                 killed_at = time.monotonic() - started
             time.sleep(0.5)
-        log = (dep["logs"] / "flwr-run.log").read_text(errors="replace")
+        log = run.output()
         assert run.poll() == 0, log[-3000:]
     seconds = time.monotonic() - started
     assert killed_at is not None and marker.read_text() == "1 share\n", log[-3000:]
@@ -351,43 +233,17 @@ def test_tls_supernode_with_the_wrong_ca_is_refused(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
     _certificates(certs)
-    link_port, good_port, bad_port = _free_ports(3)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(tmp_path)}
-    procs = _Processes(env, logs)
+    tls = TLSCertificates(ca_certfile=certs / "ca.crt", certfile=certs / "server.pem", keyfile=certs / "server.key")
     started = time.monotonic()
-    try:
-        procs.start(
-            "superlink",
-            [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
-             "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
-             "--port", str(link_port), "--disable-runtime-dependency-installation"],
-            tmp_path,
-        )  # fmt: skip
-        import ssl as _ssl
+    # the certificate names localhost; plain flower-supernode (no ClientApp runs here)
+    with LocalDeployment(tmp_path, num_nodes=0, supernode="flower", tls=tls, host="localhost") as dep:
+        logs = dep.logs
 
-        context = _ssl.create_default_context(cafile=str(certs / "ca.crt"))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"https://localhost:{link_port}/health", timeout=2, context=context):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError((logs / "superlink.log").read_text()[-2000:]) from None
-                time.sleep(0.3)
+        def node(name: str, ca: str) -> subprocess.Popen[bytes]:
+            return dep.start_supernode(0, name=name, root_certificates=certs / ca)
 
-        def node(name: str, ca: str, port: int) -> subprocess.Popen[bytes]:
-            return procs.start(
-                name,
-                [str(BIN / "flower-supernode"), "--root-certificates", str(certs / ca),
-                 "--superlink", f"localhost:{link_port}", "--port", str(port), "--node-config", "partition-id=0"],
-                tmp_path,
-            )  # fmt: skip
-
-        good = node("good", "ca.crt", good_port)
-        bad = node("bad", "wrong_ca.crt", bad_port)
+        good = node("good", "ca.crt")
+        bad = node("bad", "wrong_ca.crt")
         deadline = time.monotonic() + 90
         while bad.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -402,8 +258,6 @@ def test_tls_supernode_with_the_wrong_ca_is_refused(tmp_path: Path) -> None:
         assert good.poll() is None, (logs / "good.log").read_text()[-2000:]
         assert link_log.count("Activated node_id") == 1, link_log[-3000:]  # only the node that trusts the link
         print(f"TLS test: bad node exited {bad.returncode} after {time.monotonic() - started:.1f} s")
-    finally:
-        procs.stop()
 
 
 # --- The ServerApp killed between rounds, then resumed ----------------------------------------
@@ -432,41 +286,34 @@ def _serverapp_pids(ancestor: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_serverapp_killed_between_rounds_resumes_to_the_same_result(tmp_path: Path, deployment: dict[str, Any]) -> None:
+def test_serverapp_killed_between_rounds_resumes_to_the_same_result(
+    tmp_path: Path, deployment: LocalDeployment
+) -> None:
     config = _secagg_user_dp_config()
-    config_path, out, app = _stage(tmp_path, config)
-    link = deployment["procs"]["superlink"]
-    daemons = deployment["daemons"]
-
-    def flwr_run(name: str, extra: str) -> subprocess.Popen[bytes]:
-        return daemons.start(
-            name,
-            [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
-             "--run-config", f"config='{config_path}' out-dir='{out}'{extra}"],
-            deployment["cwd"],
-        )  # fmt: skip
+    config_path, out = _stage(tmp_path, config)
+    link = deployment.processes["superlink"]
 
     started = time.monotonic()
-    first = flwr_run("flwr-run-1", "")
+    first = deployment.start_app(APP, _run_config(config_path, out), name="flwr-run-1")
     deadline = time.monotonic() + RUN_SECONDS - 60
     while not (out / "checkpoint.safetensors").exists():  # written after round 1's metrics
-        assert first.poll() is None and time.monotonic() < deadline, (deployment["logs"] / "flwr-run-1.log").read_text()
+        assert first.poll() is None and time.monotonic() < deadline, first.output()
         time.sleep(0.2)
     pids = _serverapp_pids(link.pid)
     assert len(pids) == 1, pids
     os.kill(pids[0], signal.SIGKILL)
     killed_at = time.monotonic() - started
     with contextlib.suppress(subprocess.TimeoutExpired):
-        first.wait(timeout=60)
+        first.process.wait(timeout=60)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(first.pid, signal.SIGKILL)
+        os.killpg(first.process.pid, signal.SIGKILL)
     assert len(_records(out)) == 1 and not (out / "summary.json").exists()  # it died after round 1
 
-    second = flwr_run("flwr-run-2", " resume=true")
-    second.wait(timeout=RUN_SECONDS)
+    second = deployment.start_app(APP, _run_config(config_path, out, resume=True), name="flwr-run-2")
+    second.process.wait(timeout=RUN_SECONDS)
     seconds = time.monotonic() - started
-    log = (deployment["logs"] / "flwr-run-2.log").read_text(errors="replace")
-    assert second.returncode == 0 and (out / "summary.json").exists(), log[-3000:]
+    log = second.output()
+    assert second.poll() == 0 and (out / "summary.json").exists(), log[-3000:]
     print(f"resume test: {seconds:.1f} s, ServerApp killed at {killed_at:.1f} s")
 
     reference = tmp_path / "in_process"
@@ -511,16 +358,12 @@ def test_supernodes_train_on_their_own_data_path(tmp_path: Path) -> None:
     own = tmp_path / "client0.jsonl"
     own.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for label, text in rows))
     missing = tmp_path / "client1.csv"
-    config_path, out, app = _stage(tmp_path, config)
+    config_path, out = _stage(tmp_path, config)
     paths = {0: f"data-path='{own}'", 1: f"data-path='{missing}'"}
     started = time.monotonic()
-    with _deploy(tmp_path, NUM_NODES, node_config=paths) as dep:
-        run = subprocess.run(
-            [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
-             "--run-config", f"config='{config_path}' out-dir='{out}'"],
-            cwd=dep["cwd"], env=dep["env"], capture_output=True, text=True, timeout=RUN_SECONDS,
-        )  # fmt: skip
-    log = run.stdout + run.stderr
+    with LocalDeployment(tmp_path, num_nodes=NUM_NODES, node_config=paths, process_timeout=RUN_SECONDS) as dep:
+        run = dep.run_app(APP, _run_config(config_path, out), check=False)
+    log = run.output()
     assert (out / "summary.json").exists(), log[-3000:]
     print(f"data-path test: {time.monotonic() - started:.1f} s")
     records = _records(out)
