@@ -10,7 +10,6 @@ audit of the same config and seed. One slow test does the same on real SuperNode
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from attacks.audit.deployment import canary_direction, node_config_arg, plan_dep
 from attacks.audit.federated import AuditSettings, audit_run, canary_plan
 from privfed.config import dump_config
 from privfed.errors import ConfigError
+from privfed.transport.flower.local import LocalDeployment
 
 NUM_CLIENTS = 6
 # Seed 3 (tiny_config's) inserts candidates 0 and 3 of 4: client slots 0 and 1 are canaries.
@@ -200,25 +200,21 @@ def test_deployment_audit_under_secagg_and_user_dp(tmp_path: Path, server_identi
 
 @pytest.mark.slow
 def test_deployment_audit_on_real_supernodes_equals_the_simulated_audit(tmp_path: Path) -> None:
-    from test_flower_deployment import BIN, RUN_SECONDS, _deploy, _stage
+    from test_flower_deployment import APP, RUN_SECONDS, _run_config, _stage
 
     config = replace_transport(_config())
     sim = _simulated(config, tmp_path / "simulated")
     audit = tmp_path / "audit"
     nodes = plan_deployment_audit(config, SETTINGS, audit, audit_seed=config.seed)
-    config_path, out, app = _stage(tmp_path, config)
-    # _deploy gives node k "partition-id=k"; the rest of each canary's node config as the operator would
+    config_path, out = _stage(tmp_path, config)
+    # node k gets "partition-id=k"; the rest of each canary's node config as the operator would
     node_config = {
         int(n["partition-id"]): node_config_arg({k: v for k, v in n.items() if k != "partition-id"}) for n in nodes
     }
     started = time.monotonic()
-    with _deploy(tmp_path, NUM_CLIENTS, node_config=node_config) as dep:
-        run = subprocess.run(
-            [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
-             "--run-config", f"config='{config_path}' out-dir='{out}'"],
-            cwd=dep["cwd"], env=dep["env"], capture_output=True, text=True, timeout=RUN_SECONDS,
-        )  # fmt: skip
-    assert (out / "summary.json").exists(), (run.stdout[-3000:], run.stderr[-3000:])
+    with LocalDeployment(tmp_path, num_nodes=NUM_CLIENTS, node_config=node_config, process_timeout=RUN_SECONDS) as dep:
+        run = dep.run_app(APP, _run_config(config_path, out), check=False)
+    assert (out / "summary.json").exists(), run.output()[-3000:]
     record = score_deployment(config, audit, run_dir=out)
     print(f"deployment audit on {NUM_CLIENTS} SuperNodes: {time.monotonic() - started:.1f} s")
     _assert_same_audit(tmp_path / "simulated", sim, audit, record)
