@@ -56,6 +56,9 @@ from privfed.transport.messages import (
 
 __all__ = ["ClientNode"]
 
+#: The reason a node gives when local training ended in a non-finite update or loss.
+NOT_FINITE = "local training produced a non-finite update or loss"
+
 
 class ClientNode:
     """One client of the federation.
@@ -133,7 +136,7 @@ class ClientNode:
         if reason is None:
             return None
         self.refusal = reason
-        return Decline(round=round, client_id=self.client_id).to_bytes()
+        return Decline(round=round, client_id=self.client_id, reason=reason).to_bytes()
 
     def _train(self, round: int, vector: np.ndarray) -> LocalResult:
         result = self.trainer.train(
@@ -201,7 +204,7 @@ class ClientNode:
             return refused
         result = self._train(message.round, message.vector)
         if not (np.isfinite(result.delta).all() and np.isfinite(result.train_loss)):
-            return Decline(round=message.round, client_id=self.client_id).to_bytes()
+            return Decline(round=message.round, client_id=self.client_id, reason=NOT_FINITE).to_bytes()
         ctx = StageContext(
             round=message.round,
             client_id=self.client_id,
@@ -229,7 +232,7 @@ class ClientNode:
         result = self._train(message.round, message.vector)
         upload = Upload(values=result.delta.astype(np.float64), metrics={"train_loss": result.train_loss})
         if not (np.isfinite(upload.values).all() and np.isfinite(result.train_loss)):
-            return Decline(round=message.round, client_id=self.client_id).to_bytes()
+            return Decline(round=message.round, client_id=self.client_id, reason=NOT_FINITE).to_bytes()
         ctx = StageContext(
             round=message.round,
             client_id=self.client_id,
@@ -237,8 +240,8 @@ class ClientNode:
         )
         try:
             encoded = pipeline.encode(upload, ctx)
-        except ConditionalRoundingError:  # no rounding within the norm bound: sit the round out
-            return Decline(round=message.round, client_id=self.client_id).to_bytes()
+        except ConditionalRoundingError as exc:  # no rounding within the norm bound: sit the round out
+            return Decline(round=message.round, client_id=self.client_id, reason=str(exc)).to_bytes()
         self._secagg = SecAggClient(
             client_id=self.client_id, round=message.round, values=encoded.values, random=self.crypto_random
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
 from typing import TypedDict
 
 import numpy as np
@@ -123,6 +124,8 @@ class RoundResult:
         rejected_clients: answering cohort members none of whose replies was accepted
             (malformed, wrong shape, non-finite, forged or declined).
         seconds_waiting: seconds the round's exchanges waited for their slowest node, summed.
+        declines: the valid :class:`~privfed.transport.messages.Decline` replies of the round by
+            the reason their nodes gave (``""`` for none), counted; they are among the rejected.
     """
 
     round: int
@@ -142,6 +145,7 @@ class RoundResult:
     unanswered: int = 0
     rejected_clients: int = 0
     seconds_waiting: float = 0.0
+    declines: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 class _Participation(TypedDict):
@@ -364,7 +368,13 @@ class FederatedServer:
         )
 
     def _plain_result(
-        self, round: int, cohort: list[int], accepted: list[ClientUpdate], rejected: int, exchange: Exchange
+        self,
+        round: int,
+        cohort: list[int],
+        accepted: list[ClientUpdate],
+        rejected: int,
+        exchange: Exchange,
+        declines: Mapping[str, int],
     ) -> RoundResult:
         """Aggregate a plain round's accepted updates and record it (under user-level DP the noised
         sum is released every round, whoever answered)."""
@@ -377,6 +387,7 @@ class FederatedServer:
             rejected_updates=rejected,
             bytes_up=exchange.bytes_up,
             bytes_down=exchange.bytes_down,
+            declines=dict(declines),
             **_plain_counts(exchange, cohort, len(accepted)),
         )
 
@@ -396,15 +407,20 @@ class FederatedServer:
         expected = set(cohort)
         accepted: list[ClientUpdate] = []
         rejected = 0
+        declines: Counter[str] = Counter()
         for reply in exchange.replies:
             try:
+                if _count_decline(declines, reply.data, sender=reply.sender, round=round, expected=expected):
+                    expected.discard(reply.sender)
+                    rejected += 1
+                    continue
                 update = self._validate(reply.data, sender=reply.sender, round=round, expected=expected)
             except ProtocolError:
                 rejected += 1
                 continue
             expected.discard(update.client_id)  # a second reply from the same client is a replay
             accepted.append(update)
-        return self._plain_result(round, cohort, accepted, rejected, exchange)
+        return self._plain_result(round, cohort, accepted, rejected, exchange, declines)
 
     def _compression_stages(self) -> list[UploadStage]:
         c, d = self.compression, self.layout.dim
@@ -515,15 +531,20 @@ class FederatedServer:
         expected = set(cohort)
         accepted: list[ClientUpdate] = []
         rejected = 0
+        declines: Counter[str] = Counter()
         for reply in exchange.replies:
             try:
+                if _count_decline(declines, reply.data, sender=reply.sender, round=round, expected=expected):
+                    expected.discard(reply.sender)
+                    rejected += 1
+                    continue
                 update = self._decode_plain(reply.data, sender=reply.sender, round=round, expected=expected)
-            except ProtocolError:  # malformed, replayed, forged, out of range, or a Decline
+            except ProtocolError:  # malformed, replayed, forged or out of range
                 rejected += 1
                 continue
             expected.discard(update.client_id)
             accepted.append(update)
-        return self._plain_result(round, cohort, accepted, rejected, exchange)
+        return self._plain_result(round, cohort, accepted, rejected, exchange, declines)
 
     def _run_secure_round(
         self,
@@ -537,7 +558,7 @@ class FederatedServer:
         if len(members) < 3:
             reason = f"a cohort of {len(members)} clients is too small for secure aggregation (needs 3)"
             nobody: _Participation = {"answered": 0, "unanswered": 0, "rejected_clients": 0, "seconds_waiting": 0.0}
-            return self._finish_secure_round(round, members, None, (), 0, reason, 0, 0, nobody)
+            return self._finish_secure_round(round, members, None, (), 0, reason, 0, 0, nobody, {})
         degree = self.secagg.resolved_degree(len(members))
         secagg_server = SecAggServer(
             round=round,
@@ -554,6 +575,7 @@ class FederatedServer:
         pipeline = self.upload_pipeline()
         stages_json = pipeline.to_json()
         declined: set[int] = set()
+        declines: Counter[str] = Counter()
         refused_by_server: set[int] = set()
         silent: set[int] = set()
         waited = 0.0
@@ -580,10 +602,12 @@ class FederatedServer:
                     if reply.sender in seen or reply.sender not in messages:
                         continue  # one reply per addressee and stage; later ones are replays
                     seen.add(reply.sender)
-                    if index == 0 and message_kind(reply.data) == Decline.KIND:
-                        declined.add(reply.sender)  # no usable update (e.g. not finite): out of the protocol
-                        continue
                     try:
+                        if index == 0 and _count_decline(
+                            declines, reply.data, sender=reply.sender, round=round, expected=set(messages)
+                        ):
+                            declined.add(reply.sender)  # no usable update (e.g. not finite): out of the protocol
+                            continue
                         secagg_server.receive(reply.data)
                     except ProtocolError:
                         refused_by_server.add(reply.sender)  # forged, altered or malformed: a dropout
@@ -591,11 +615,22 @@ class FederatedServer:
                 outbox = secagg_server.finish_stage()
         except ProtocolError as exc:  # SecAggAborted, or a stage the server cannot finish safely
             counts = _secure_counts(members, silent, declined | refused_by_server, waited)
-            return self._finish_secure_round(round, members, None, (), len(declined), str(exc), down, up, counts)
+            return self._finish_secure_round(
+                round, members, None, (), len(declined), str(exc), down, up, counts, declines
+            )
         assert secagg_server.result is not None
         counts = _secure_counts(members, silent, declined | refused_by_server, waited)
         return self._finish_secure_round(
-            round, members, secagg_server.result, secagg_server.contributors, len(declined), None, down, up, counts
+            round,
+            members,
+            secagg_server.result,
+            secagg_server.contributors,
+            len(declined),
+            None,
+            down,
+            up,
+            counts,
+            declines,
         )
 
     def _finish_secure_round(
@@ -609,6 +644,7 @@ class FederatedServer:
         bytes_down: int,
         bytes_up: int,
         counts: _Participation,
+        declines: Mapping[str, int],
     ) -> RoundResult:
         d = self.layout.dim
         pipeline = self.upload_pipeline()
@@ -639,8 +675,28 @@ class FederatedServer:
             bytes_down=bytes_down,
             dropped_clients=len(members) - len(contributors) - declined,
             aborted=abort_reason,
+            declines=dict(declines),
             **counts,
         )
+
+
+def _count_decline(declines: Counter[str], data: bytes, *, sender: int, round: int, expected: Collection[int]) -> bool:
+    """Whether ``data`` is a :class:`Decline`; a valid one (this round, from its sender, one per
+    client) is counted under its reason.
+
+    Raises:
+        ProtocolError: a decline that is malformed, of another round or client, or a repeat.
+    """
+    if message_kind(data) != Decline.KIND:
+        return False
+    decline = Decline.from_bytes(data)
+    if decline.round != round or decline.client_id != sender or sender not in expected:
+        raise ProtocolError(
+            f"decline from {sender} claims client {decline.client_id}, round {decline.round} "
+            f"(expected an unanswered cohort member in round {round})"
+        )
+    declines[decline.reason] += 1
+    return True
 
 
 def _secure_counts(members: list[int], silent: set[int], rejected: set[int], waited: float) -> _Participation:

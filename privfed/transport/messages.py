@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+import unicodedata
 from typing import ClassVar
 
 import numpy as np
@@ -162,28 +163,60 @@ class SecureRoundRequest:
 
 @dataclasses.dataclass(frozen=True)
 class Decline:
-    """Client -> server: no usable update this round (e.g. training diverged to non-finite values).
+    """Client -> server: no usable update this round, and why.
 
     Attributes:
         round: the round.
         client_id: the sender.
+        reason: one line from the client (its privacy policy refused the round, training
+            diverged to non-finite values, ...); at most :data:`MAX_REASON_BYTES` of UTF-8
+            without control characters, cut to fit when sent. Untrusted text for the
+            server: counted in ``metrics.jsonl`` (``declines``), never acted on. A decline
+            without one (``""``, also the layout before reasons) is valid.
     """
 
     KIND: ClassVar[int] = 4
     _HEADER: ClassVar[struct.Struct] = struct.Struct("<II")
+    _LENGTH: ClassVar[struct.Struct] = struct.Struct("<H")
+    MAX_REASON_BYTES: ClassVar[int] = 240
 
     round: int
     client_id: int
+    reason: str = ""
 
     def to_bytes(self) -> bytes:
-        return _PREFIX.pack(_MAGIC, _VERSION, self.KIND) + self._HEADER.pack(self.round, self.client_id)
+        head = _PREFIX.pack(_MAGIC, _VERSION, self.KIND) + self._HEADER.pack(self.round, self.client_id)
+        text = _one_line(self.reason).encode("utf-8")
+        if len(text) > self.MAX_REASON_BYTES:  # cut on a character boundary, marked
+            text = text[: self.MAX_REASON_BYTES - 3].decode("utf-8", errors="ignore").encode("utf-8") + b"..."
+        return head + (self._LENGTH.pack(len(text)) + text if text else b"")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Decline:
         round_, client_id = _check_prefix(data, cls.KIND, cls._HEADER)
-        if len(data) != _PREFIX.size + cls._HEADER.size:
-            raise ProtocolError("decline message has trailing bytes")
-        return cls(round=round_, client_id=client_id)
+        rest = bytes(data)[_PREFIX.size + cls._HEADER.size :]
+        if not rest:
+            return cls(round=round_, client_id=client_id)
+        if len(rest) < cls._LENGTH.size:
+            raise ProtocolError("decline message has a truncated reason length")
+        (length,) = cls._LENGTH.unpack_from(rest)
+        if not 0 < length <= cls.MAX_REASON_BYTES or len(rest) != cls._LENGTH.size + length:
+            raise ProtocolError(
+                f"decline reason must be 1..{cls.MAX_REASON_BYTES} bytes filling the message; "
+                f"header says {length}, message holds {len(rest) - cls._LENGTH.size}"
+            )
+        try:
+            reason = rest[cls._LENGTH.size :].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("decline reason is not UTF-8") from None
+        if _one_line(reason) != reason:
+            raise ProtocolError("decline reason has control characters or surrounding whitespace")
+        return cls(round=round_, client_id=client_id, reason=reason)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every control character (newlines included) as a space, stripped."""
+    return "".join(" " if unicodedata.category(c).startswith("C") else c for c in text).strip()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

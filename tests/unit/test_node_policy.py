@@ -269,9 +269,10 @@ def test_a_server_asking_for_less_noise_or_a_larger_clip_is_refused(
     node = ClientNode(client_id=0, trainer=trainer, data=[0] * 4, seed=0, policy=policy)  # type: ignore[arg-type]
     request = SecureRoundRequest(round=1, vector=np.zeros(8, np.float32), stages=weaker, setup=b"")
     reply = node.handle(request.to_bytes())
-    assert reply is not None and Decline.from_bytes(reply) == Decline(round=1, client_id=0)
-    assert trainer.runs == 0 and node.secagg_client is None
     assert node.refusal is not None and node.refusal.startswith("node policy: ")
+    # the reply says why: the server counts the node's reason (metrics.jsonl "declines")
+    assert reply is not None and Decline.from_bytes(reply) == Decline(round=1, client_id=0, reason=node.refusal)
+    assert trainer.runs == 0 and node.secagg_client is None
     assert re.search(reason, node.refusal), node.refusal
     assert local_noise_multiplier(UploadPipeline.from_json(weaker)) != policy.min_local_noise_multiplier
     # without a policy a node trains on whatever it is sent (then fails here only on the empty SecAgg+ setup)

@@ -391,7 +391,7 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
                     _load_ledger(ledger, context, ledger_file)
             except (DataError, ConfigError, ImportError) as exc:  # own data or policy unusable: decline, say why
                 error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-                decline = Decline(round=field(record, "round", int), client_id=client_id).to_bytes()
+                decline = Decline(round=field(record, "round", int), client_id=client_id, reason=error).to_bytes()
                 return _reply(msg, {"client-id": client_id, "data": decline, "error": error})
             secret = os.urandom(KEY_BYTES)
             answered = context.state.config_records.get(_ANSWERED_STATE)
