@@ -46,7 +46,6 @@ r = 11 (d = 103,301), 5 clients per round.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -264,19 +263,6 @@ def flower_secaggplus_rounds(
     }
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def deployment_rounds(
     raw: dict[str, Any], *, rounds: int, nodes: str = "privfed", secagg: bool = True
 ) -> dict[str, Any]:
@@ -295,19 +281,14 @@ def deployment_rounds(
     one long-lived ClientApp worker per node, 50 ms polling) or ``"flower"`` (plain
     ``flower-supernode``: a fresh ClientApp process per message, 3 s idle polling).
     """
-    import shutil
-    import signal
-    import subprocess
     import tempfile
-    import urllib.request
 
     import torch
 
     from privfed.config import config_from_dict, dump_config
     from privfed.experiments.runner import run_experiment
+    from privfed.transport.flower.local import LocalDeployment, default_app_dir
 
-    bin_dir = Path(sys.executable).parent
-    app_src = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
     n = int(raw["partition"]["num_clients"])
     configs = {
         name: config_from_dict(
@@ -336,83 +317,32 @@ def deployment_rounds(
         finally:
             torch.set_num_threads(threads)
 
-        home, link_cwd, logs = tmp / "flwrhome", tmp / "link", tmp / "logs"
-        for folder in (home, link_cwd, logs):
-            folder.mkdir()
-        link_port, *node_ports = _free_ports(1 + n)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
-        )
-        env = {
-            **os.environ,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "FLWR_HOME": str(home),
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "OMP_NUM_THREADS": "1",
-        }
-        app = tmp / "app"
-        shutil.copytree(app_src, app, ignore=shutil.ignore_patterns("__pycache__"))
-        procs: list[subprocess.Popen[bytes]] = []
-
-        def start(name: str, args: list[str], cwd: Path) -> None:
-            with (logs / f"{name}.log").open("wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                    )
-                )
-
         started = time.perf_counter()
-        try:
-            start("superlink", [str(bin_dir / "flower-superlink"), "--insecure", "--port", str(link_port),
-                                "--disable-runtime-dependency-installation"], link_cwd)  # fmt: skip
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{link_port}/health", timeout=2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError((logs / "superlink.log").read_text()[-2000:]) from None
-                    time.sleep(0.2)
-            node = (
-                [sys.executable, "-m", "privfed.transport.flower.supernode"]
-                if nodes == "privfed"
-                else [str(bin_dir / "flower-supernode")]
-            )
-            for k, port in enumerate(node_ports):
-                start(f"supernode{k}", [*node, "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                                        "--port", str(port), "--node-config", f"partition-id={k}"], tmp)  # fmt: skip
+        with LocalDeployment(
+            tmp,
+            num_nodes=n,
+            env={"OMP_NUM_THREADS": "1"},  # every process with one torch thread
+            supernode="flower" if nodes == "flower" else "privfed",
+            process_timeout=7200,
+            startup_timeout=120,
+        ) as deployment:
             result["daemons_start_seconds"] = time.perf_counter() - started
             for name, config in configs.items():
                 config_path, out = tmp / f"{name}.toml", tmp / f"deployment_{name}"
                 config_path.write_text(dump_config(config))
                 began = time.perf_counter()
-                run = subprocess.run(
-                    [str(bin_dir / "flwr"), "run", str(app), "bench", "--stream",
-                     "--run-config", f"config='{config_path}' out-dir='{out}'"],
-                    cwd=tmp, env=env, capture_output=True, text=True, timeout=1800,
-                )  # fmt: skip
+                run = deployment.run_app(
+                    default_app_dir(), {"config": str(config_path), "out-dir": str(out)}, timeout=1800, check=False
+                )
                 wall = time.perf_counter() - began
                 if not (out / "summary.json").exists():
-                    raise RuntimeError(f"flwr run ({name}) wrote no summary: {run.stdout[-1500:]} {run.stderr[-1500:]}")
+                    raise RuntimeError(f"flwr run ({name}) wrote no summary: {run.output()[-3000:]}")
                 records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
                 if any(r["num_clients"] != n for r in records):
                     raise RuntimeError(f"a deployment round ({name}) aggregated fewer than {n} clients: {records}")
                 per_round[f"{name}_deployment"] = [float(r["seconds"]) for r in records]
                 result[f"flwr_run_seconds_{name}"] = wall
                 result[f"startup_seconds_deployment_{name}"] = wall - sum(per_round[f"{name}_deployment"])
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                for proc in procs:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, sig)
-                if sig == signal.SIGTERM:
-                    end = time.monotonic() + 5
-                    while time.monotonic() < end and any(p.poll() is None for p in procs):
-                        time.sleep(0.1)
-            for proc in procs:
-                proc.wait(timeout=10)
     seconds = {name: statistics.median(values[1:]) for name, values in per_round.items()}
     result["seconds_per_round"] = seconds
     result["first_round_seconds"] = {name: values[0] for name, values in per_round.items()}
