@@ -39,6 +39,7 @@ from typing import Any, Literal, TextIO
 from privfed.errors import ConfigError, PrivfedError
 
 __all__ = [
+    "CONNECTION",
     "AppRun",
     "LocalDeployment",
     "LocalDeploymentError",
