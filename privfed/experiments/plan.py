@@ -1,7 +1,7 @@
 """What a config will do, before it runs: the privacy plan and the keys that apply.
 
 ``privfed validate CONFIG`` prints both. The plan resolves the noise
-multipliers exactly as a run does (:func:`privfed.experiments.runner.resolve_privacy`,
+multipliers exactly as a run does (:func:`privfed.experiments.privacy.resolve_noise`,
 calibrating to a target epsilon where one is given) and projects the epsilon
 the whole run spends per privacy unit at the configured delta. No model is
 loaded: record-level DP needs each client's example count (its Poisson rate
@@ -9,15 +9,17 @@ and steps), so the dataset is loaded, split and partitioned as a run does it;
 user-level DP needs only the config, except distributed DP
 (``privacy.user.mechanism``), whose integer sensitivity and noise room depend on
 the adapter's size: the base model is then loaded and wrapped (no training).
+
+Nothing here imports torch, transformers or PEFT unless the adapter's size is needed;
+the Opacus accountants (any DP level) import torch through Opacus' package.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 from collections.abc import Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from privfed.config import ExperimentConfig, config_to_dict
 
@@ -85,7 +87,7 @@ def client_sizes(config: ExperimentConfig) -> list[int]:
         DataError: the data cannot be loaded.
     """
     from privfed.data.files import load_data
-    from privfed.experiments.runner import split_data
+    from privfed.experiments.split import split_data
 
     _, _, parts = split_data(config, load_data(config.data))
     return [len(part) for part in parts]
@@ -113,8 +115,8 @@ def privacy_plan(
         sizes: examples per client (:func:`client_sizes` is called when record-level DP needs them).
         dim: trainable adapter parameters (:func:`adapter_dim` is called when distributed DP needs it).
     """
-    from privfed.client.trainer import local_steps, sampling_rate_for
-    from privfed.experiments.runner import Experiment, resolve_privacy
+    from privfed.client.schedule import local_steps, sampling_rate_for
+    from privfed.experiments.privacy import resolve_noise
     from privfed.privacy.accountants import compute_epsilon
     from privfed.privacy.events import SampledGaussianEvent
 
@@ -129,11 +131,7 @@ def privacy_plan(
     distributed = p.user_level and p.user.mechanism != "central"
     if distributed and dim is None:
         dim = adapter_dim(config)
-    # resolve_privacy reads only the config, each client's example count and (distributed DP) the adapter size.
-    stand_in = types.SimpleNamespace(
-        config=config, client_data=[range(n) for n in (sizes or [])], layout=types.SimpleNamespace(dim=dim)
-    )
-    resolved = resolve_privacy(cast(Experiment, stand_in))
+    resolved = resolve_noise(config, client_sizes=sizes or [], adapter_dim=dim)
     rounds = config.server.rounds
     levels: list[LevelPlan] = []
 

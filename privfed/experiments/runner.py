@@ -19,14 +19,15 @@ from privfed.adapters.methods import wrap_model
 from privfed.client.data import ExampleSet
 from privfed.client.node import ClientNode
 from privfed.client.policy import NodePolicy
-from privfed.client.trainer import ClientTrainer, SampleDP, local_steps, sampling_rate_for
+from privfed.client.schedule import local_steps, sampling_rate_for
+from privfed.client.trainer import ClientTrainer, SampleDP
 from privfed.config import ExperimentConfig, validate_against_model
 from privfed.data.files import dataset_spec_for, load_data
-from privfed.data.partition import PartitionInputs, partition, stratified_split
 from privfed.data.records import Dataset
 from privfed.data.tokenize import tokenize_texts
 from privfed.errors import CheckpointError, ConfigError, ModelError, PrivacyBudgetExceeded
 from privfed.evaluation import EvalMetrics, evaluate_vector
+from privfed.experiments.privacy import PrivacyPlan, resolve_noise
 from privfed.experiments.provenance import (
     apply_determinism,
     collect_provenance,
@@ -36,14 +37,13 @@ from privfed.experiments.provenance import (
 )
 from privfed.experiments.records import RoundMetrics, RunSummary
 from privfed.experiments.run_dir import Checkpoint, RunDirectory
+from privfed.experiments.split import IndexArray, split_data
 from privfed.models.registry import get_model_spec, load_base_model
 from privfed.privacy.accountants import compute_epsilon
-from privfed.privacy.calibrate import calibrate, calibrate_noise_multiplier
-from privfed.privacy.distributed import DistributedNoisePlan, distributed_plan
 from privfed.privacy.dpfedavg import AdaptiveClipping, DPFedAvgServer
 from privfed.privacy.events import PrivacyEvent, SampledGaussianEvent, event_from_json
 from privfed.privacy.ledger import PrivacyLedger
-from privfed.rng import derive_seed, generator, torch_rng
+from privfed.rng import derive_seed, torch_rng
 from privfed.server.server import FederatedServer, RoundResult
 from privfed.server.strategies import FedAdam, Strategy, make_strategy
 from privfed.tasks import Task, get_task
@@ -51,8 +51,6 @@ from privfed.tracking import open_tracker, require_tracker, round_scalars
 from privfed.transport.base import Transport, make_transport
 
 __all__ = ["Experiment", "build_experiment", "resume_experiment", "run_experiment"]
-
-IndexArray = npt.NDArray[np.int64]
 
 
 @dataclasses.dataclass(eq=False)
@@ -109,48 +107,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("model.device = 'cuda', but torch sees no GPU here (torch.cuda.is_available() is False)")
     return torch.device(name)
-
-
-def _subsample(indices: IndexArray, limit: int, rng: np.random.Generator) -> IndexArray:
-    if limit <= 0 or limit >= len(indices):
-        return indices
-    return np.sort(rng.choice(indices, size=limit, replace=False)).astype(np.int64)
-
-
-def split_data(config: ExperimentConfig, dataset: Dataset) -> tuple[IndexArray, IndexArray, list[IndexArray]]:
-    """Rows of ``dataset`` for training, held-out evaluation, and each client, as ``config`` says.
-
-    Stratified hold-out, then the subsample limits, then the partitioner, each from its own
-    generator keyed by the seed (so ``privfed validate`` gets the run's exact client sizes).
-
-    Raises:
-        ConfigError: the partition is impossible for this data.
-    """
-    seed = config.seed
-    train, held = stratified_split(
-        dataset.labels, eval_fraction=config.data.eval_fraction, rng=generator(seed, "split")
-    )
-    train = _subsample(train, config.data.max_train_examples, generator(seed, "subsample", "train"))
-    held = _subsample(held, config.data.max_eval_examples, generator(seed, "subsample", "eval"))
-    p = config.partition
-    try:
-        parts = partition(
-            p.method,
-            PartitionInputs(
-                labels=dataset.labels[train],
-                groups=None if dataset.groups is None else dataset.groups[train],
-                num_clients=p.num_clients,
-                alpha=p.alpha,
-                shards_per_client=p.shards_per_client,
-                min_examples=p.min_examples_per_client,
-            ),
-            generator(seed, "partition"),
-        )
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"partition: {exc}") from None
-    return train, held, [train[part] for part in parts]
 
 
 @dataclasses.dataclass(eq=False)
@@ -510,110 +466,10 @@ def _summary(
     return summary
 
 
-@dataclasses.dataclass(frozen=True)
-class PrivacyPlan:
-    """Noise multipliers resolved from the config (calibrated when a target epsilon is given)."""
-
-    sample_noise_multiplier: float | None
-    user_noise_multiplier: float | None
-    user_sample_rate: float
-    # privacy.user.mechanism distributed_gaussian / skellam: the clients' noise shares and codec room.
-    user_distributed: DistributedNoisePlan | None = None
-
-    def user_event(self, *, steps: int, round: int = 0) -> PrivacyEvent:
-        """The user-level ledger event of ``steps`` rounds (central: a sampled Gaussian)."""
-        if self.user_distributed is not None:
-            return self.user_distributed.event(steps=steps, round=round)
-        assert self.user_noise_multiplier is not None
-        return SampledGaussianEvent(
-            noise_multiplier=self.user_noise_multiplier,
-            sample_rate=self.user_sample_rate,
-            steps=steps,
-            scope="user",
-            round=round,
-        )
-
-
 def resolve_privacy(exp: Experiment) -> PrivacyPlan:
-    """Check the privacy config against the data and calibrate noise multipliers.
-
-    Record-level sigma is calibrated so that every client stays within its
-    target even if it takes part in every round; user-level sigma for
-    ``rounds`` Poisson-sampled rounds at rate ``clients_per_round / num_clients``.
-    """
-    config = exp.config
-    p = config.privacy
-    rounds = config.server.rounds
-    user_rate = config.server.clients_per_round / config.partition.num_clients
-    sample_sigma = user_sigma = None
-    if p.sample_level:
-        sizes = [len(d) for d in exp.client_data]
-        if p.delta >= 1 / min(sizes):
-            raise ConfigError(
-                f"privacy.delta must be < 1/(smallest client's examples) = {1 / min(sizes):g} for record-level DP; "
-                f"got {p.delta:g}"
-            )
-        shapes = {(sampling_rate_for(config.client, n), local_steps(config.client, n)) for n in sizes}
-        if p.sample.noise_multiplier > 0:
-            sample_sigma = p.sample.noise_multiplier
-        else:
-
-            def worst(sigma: float) -> float:
-                return max(
-                    compute_epsilon(
-                        [SampledGaussianEvent(noise_multiplier=sigma, sample_rate=q, steps=rounds * s, scope="sample")],
-                        delta=p.delta,
-                        accountant=p.accountant,
-                    )
-                    for q, s in shapes
-                )
-
-            sample_sigma = calibrate(target_epsilon=p.sample.target_epsilon, epsilon_of=worst)
-    if p.user_level and p.user.mechanism != "central":
-
-        def plan_for(sigma: float) -> DistributedNoisePlan:
-            return distributed_plan(
-                mechanism=p.user.mechanism,
-                noise_multiplier=sigma,
-                clip_norm=p.user.clip_norm,
-                dim=exp.layout.dim,
-                secagg=config.secagg,
-                compression=config.compression,
-                num_clients=config.partition.num_clients,
-                clients_per_round=config.server.clients_per_round,
-            )
-
-        refused: list[ConfigError] = []
-
-        def distributed_epsilon(sigma: float) -> float:
-            try:
-                event = plan_for(sigma).event(steps=rounds)
-            except ConfigError as exc:  # too much noise for secagg.bits: no use
-                refused.append(exc)
-                return float("inf")
-            return compute_epsilon([event], delta=p.delta, accountant=p.accountant)
-
-        try:
-            user_sigma = p.user.noise_multiplier or calibrate(
-                target_epsilon=p.user.target_epsilon, epsilon_of=distributed_epsilon
-            )
-        except ConfigError:
-            if not refused:
-                raise
-            # The search failed because the plan refused the noise it needed: say why, not only "no sigma".
-            raise ConfigError(
-                f"privacy.user.target_epsilon = {p.user.target_epsilon:g} cannot be calibrated: {refused[-1]}"
-            ) from None
-        return PrivacyPlan(sample_sigma, user_sigma, user_rate, plan_for(user_sigma))
-    if p.user_level:
-        user_sigma = p.user.noise_multiplier or calibrate_noise_multiplier(
-            target_epsilon=p.user.target_epsilon,
-            delta=p.delta,
-            sample_rate=user_rate,
-            steps=rounds,
-            accountant=p.accountant,
-        )
-    return PrivacyPlan(sample_sigma, user_sigma, user_rate)
+    """Check the privacy config against the data and calibrate noise multipliers
+    (:func:`privfed.experiments.privacy.resolve_noise` on ``exp``'s client sizes and adapter size)."""
+    return resolve_noise(exp.config, client_sizes=[len(d) for d in exp.client_data], adapter_dim=exp.layout.dim)
 
 
 def _planned_events(
