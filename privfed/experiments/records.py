@@ -48,6 +48,9 @@ class RoundMetrics(TypedDict):
     epsilon_sample_max: NotRequired[float]
     #: Flower nodes with a record-level ledger (node-local policy): the largest epsilon a node reported.
     client_record_epsilon_max: NotRequired[float]
+    #: Rounds in which some node declined: how many declined, by the one-line reason each gave
+    #: (``""``: none given). Declines are counted in ``rejected_updates`` too.
+    declines: NotRequired[dict[str, int]]
     seconds: float
     seconds_train: float
     seconds_eval: float

@@ -279,6 +279,7 @@ class _RoundExtras(TypedDict, total=False):
     unclipped_fraction: float | None
     epsilon_sample_max: float
     client_record_epsilon_max: float
+    declines: dict[str, int]
 
 
 def _round_extras(
@@ -299,6 +300,8 @@ def _round_extras(
         out["epsilon_sample_max"] = ledger.epsilon_sample_max()
     if client_epsilon is not None:
         out["client_record_epsilon_max"] = client_epsilon
+    if result.declines:
+        out["declines"] = dict(sorted(result.declines.items()))
     return out
 
 

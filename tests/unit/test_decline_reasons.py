@@ -8,8 +8,11 @@ most ``Decline.MAX_REASON_BYTES``), the server only counts it, per round, in
 from __future__ import annotations
 
 import contextlib
+import json
 import struct
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,10 +20,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from privfed.errors import ProtocolError
+from privfed.experiments import RoundMetrics
 from privfed.server import sample_cohort
-from privfed.transport import ClientUpdate, Decline, Exchange, Reply
-from privfed.transport.messages import _one_line
+from privfed.transport import ClientUpdate, Decline, Exchange, GlobalModel, Reply
+from privfed.transport.messages import _one_line, message_kind
+from tests.conftest import tiny_config
 from tests.unit.test_messages_and_server import make_server, update
+from tests.unit.test_records import _check
 
 _HEAD = 6 + 8  # prefix (magic, version, kind) + round, client id
 
@@ -127,3 +133,35 @@ def test_a_client_update_is_not_a_decline() -> None:
     raw = ClientUpdate(round=1, client_id=0, num_examples=1, train_loss=0.0, delta=np.zeros(2, np.float32))
     with pytest.raises(ProtocolError, match="expected message kind 4"):
         Decline.from_bytes(raw.to_bytes())
+
+
+class _DeclinesIn:
+    """A client node that declines one round with a reason, and trains the others."""
+
+    def __init__(self, node: Any, round: int, reason: str) -> None:
+        self.node, self.round, self.reason = node, round, reason
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+    def handle(self, data: bytes) -> bytes | None:
+        if message_kind(data) == GlobalModel.KIND and GlobalModel.from_bytes(data).round == self.round:
+            return Decline(round=self.round, client_id=self.node.client_id, reason=self.reason).to_bytes()
+        return self.node.handle(data)
+
+
+def test_a_run_writes_the_declines_of_a_round_to_metrics_jsonl(tmp_path: Path) -> None:
+    from privfed.experiments.runner import run_experiment
+    from privfed.transport.simulation import SimulationTransport
+
+    config = tiny_config(**{"server.rounds": 2, "partition.num_clients": 3, "server.clients_per_round": 3})
+
+    def hook(t: Any) -> Any:
+        nodes = [_DeclinesIn(n, 1, "battery\nlow") if i == 1 else n for i, n in enumerate(t.nodes)]
+        return SimulationTransport(nodes=nodes)
+
+    run_experiment(config, tmp_path / "run", quiet=True, transport_hook=hook)
+    first, second = (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    assert first["declines"] == {"battery low": 1} and first["rejected_updates"] == 1 and first["num_clients"] == 2
+    assert "declines" not in second and second["num_clients"] == 3
+    _check(first, RoundMetrics, {"declines"})

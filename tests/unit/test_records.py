@@ -48,6 +48,7 @@ def test_optional_keys_are_seen_at_run_time() -> None:
         "unclipped_fraction",
         "epsilon_sample_max",
         "client_record_epsilon_max",
+        "declines",
     }
     assert RunSummary.__optional_keys__ == {
         "initial_eval_perplexity",
