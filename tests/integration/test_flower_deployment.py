@@ -386,3 +386,77 @@ def test_supernodes_train_on_their_own_data_path(tmp_path: Path) -> None:
     got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     for name, value in want.items():
         np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-5, err_msg=name)
+
+
+# --- A SuperNode's ClientApp worker that dies is started again ------------------------------
+WORKER_VICTIM = 1
+
+
+class _SilentIn:
+    """A client node that stays silent in one round (the in-process picture of a lost reply)."""
+
+    def __init__(self, node: Any, round: int) -> None:
+        self.node, self.round = node, round
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+    def handle(self, data: bytes) -> bytes | None:
+        from privfed.transport.messages import GlobalModel
+
+        if GlobalModel.from_bytes(data).round == self.round:
+            return None
+        return self.node.handle(data)
+
+
+@pytest.mark.slow
+def test_a_dead_clientapp_worker_is_restarted_and_its_node_trains_the_next_round(tmp_path: Path) -> None:
+    """privfed's SuperNode runs one long-lived ClientApp worker; when it dies (here: it exits on
+    receiving round 2's message, before answering), the node starts a new one. Round 2 goes on
+    without the lost reply (or with it, if Flower hands the task to the new worker in time);
+    round 3 has every node again, and the final adapter equals the in-process run with the same
+    node silent (or not) in round 2."""
+    from privfed.transport.simulation import SimulationTransport
+
+    config = tiny_config(
+        **{
+            "server.rounds": 3,
+            "partition.num_clients": NUM_NODES,
+            "server.clients_per_round": NUM_NODES,
+            "transport.reply_timeout": 45.0,
+        }
+    )
+    config_path, out = _stage(tmp_path, config)
+    crashed = tmp_path / "worker-crashed"
+    faults = [{"client": WORKER_VICTIM, "round": 2, "stage": "train", "action": "exit", "path": str(crashed)}]
+    env = {WORKER_VICTIM: {"PRIVFED_TEST_FAULTS": json.dumps(faults)}}
+    with LocalDeployment(tmp_path, num_nodes=NUM_NODES, node_env=env, process_timeout=RUN_SECONDS) as dep:
+        run = dep.run_app(APP, _run_config(config_path, out), check=False)
+        node_log = (dep.logs / f"supernode{WORKER_VICTIM}.log").read_text(errors="replace")
+    assert crashed.read_text() == "2 train\n", run.output()[-3000:]
+    assert "ClientApp worker exited (3); starting it again" in node_log, node_log[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] and summary["rounds"] == 3, run.output()[-3000:]
+    r1, r2, r3 = _records(out)
+    assert r1["clients_answered"] == r3["clients_answered"] == r3["num_clients"] == NUM_NODES
+    lost = r2["clients_answered"] == NUM_NODES - 1
+    assert lost or r2["clients_answered"] == NUM_NODES, r2
+    assert r2["num_clients"] == r2["clients_answered"] and r2["clients_dropped"] == (1 if lost else 0)
+    print(f"worker restart: round 2 {'lost' if lost else 'kept'} the victim's reply; rounds "
+          f"{[round(r['seconds'], 1) for r in (r1, r2, r3)]} s")  # fmt: skip
+
+    reference = tmp_path / "in_process"
+    silent = 2 if lost else 0
+
+    def hook(t: Any) -> Any:
+        nodes = [_SilentIn(n, silent) if i == WORKER_VICTIM else n for i, n in enumerate(t.nodes)]
+        return SimulationTransport(nodes=nodes)
+
+    run_experiment(replace_path(config, "transport.kind", "simulation"), reference, quiet=True, transport_hook=hook)
+    for a, b in zip(_records(reference), _records(out), strict=True):
+        assert (a["num_clients"], a["clients_dropped"]) == (b["num_clients"], b["clients_dropped"])
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+    want = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
+    got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-5, err_msg=name)

@@ -51,9 +51,11 @@ a node's process (a SuperNode's, or the process that starts the Simulation Engin
 whose Ray workers inherit it) holds a JSON list of rules ``{"client": K, "stage":
 "train", "round": R, "action": ...}`` (``round`` optional: every round). Actions:
 ``"sleep"`` (``"seconds"``: before answering), ``"reply"`` (``"reply"``: ``"nan"``,
-``"garbage"``, ``"wrong-shape"`` or ``"oversized"`` replaces this client's answer), and
+``"garbage"``, ``"wrong-shape"`` or ``"oversized"`` replaces this client's answer),
 ``"marker"`` (``"path"``: after answering, append ``"<round> <stage>"`` to that file,
-so a test knows when to kill the node). Without the variable nothing changes.
+so a test knows when to kill the node), and ``"exit"`` (``"path"``: the process dies at
+once, before answering, unless that file exists; it creates the file first, so the
+process exits only once). Without the variable nothing changes.
 """
 
 from __future__ import annotations
@@ -343,6 +345,9 @@ def _serve(msg: Message, context: Context) -> Message:
     if not rules:
         return _answer(msg, context, client_id)
     for rule in rules:
+        if rule["action"] == "exit" and not Path(rule["path"]).exists():
+            Path(rule["path"]).write_text(f"{field(record, 'round', int)} {field(record, 'stage', str)}\n")
+            os._exit(3)  # a crash: no reply, no cleanup
         if rule["action"] == "sleep":
             time.sleep(float(rule["seconds"]))
     answer = _answer(msg, context, client_id)
