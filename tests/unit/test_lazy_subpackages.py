@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "opacus", "transformers", "peft", "flwr")
-LAZY_PACKAGES = ("privfed.client", "privfed.server")
+LAZY_PACKAGES = ("privfed.client", "privfed.experiments", "privfed.server")
 
 
 def _heavy_after(statements: str) -> list[str]:

@@ -9,8 +9,6 @@ Any DP level still loads torch, through Opacus' accountants (``opacus/__init__``
 
 from __future__ import annotations
 
-import ast
-import importlib
 import json
 import subprocess
 import sys
@@ -97,21 +95,7 @@ def test_validating_a_dp_config_loads_no_model_stack(validated: list[dict[str, A
     assert "opacus" in dp["heavy"]  # the check can fail: this path really imports something of HEAVY
 
 
-def test_experiments_package_is_lazy_and_its_table_matches_the_type_checking_imports() -> None:
-    path = ROOT / "privfed/experiments/__init__.py"
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    block = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
-    typed = {
-        alias.name: str(node.module) for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names
-    }
-    module = importlib.import_module("privfed.experiments")
-    assert typed == module._EXPORTS
-    assert sorted(module.__all__) == sorted(typed)
-    assert set(dir(module)) >= set(module.__all__)
-    for name, source in typed.items():
-        assert getattr(module, name) is getattr(importlib.import_module(source), name), name
-    with pytest.raises(AttributeError, match=r"module 'privfed\.experiments' has no attribute 'run_experimnt'"):
-        _ = module.run_experimnt
+# privfed.experiments' lazy table: tests/unit/test_lazy_subpackages.py (LAZY_PACKAGES).
 
 
 def test_moved_helpers_are_the_same_objects_at_their_old_homes() -> None:
