@@ -115,7 +115,7 @@ def _audit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_deployment_audit(args: argparse.Namespace) -> int:
-    from attacks.audit.deployment import node_config_arg, plan_deployment_audit, score_deployment
+    from attacks.audit.deployment import node_config_arg, plan_deployment_audit, run_config_for, score_deployment
     from attacks.audit.federated import AuditSettings
 
     table, config = split_config(args.config, "audit", args.set)
@@ -125,6 +125,7 @@ def _run_deployment_audit(args: argparse.Namespace) -> int:
         print(f"audit plan (keep it secret): {out / 'audit_plan.json'}; {len(nodes)} canary SuperNode(s) to start:")
         for node in nodes:
             print(f"  --node-config {node_config_arg(node)!r}")
+        print(f'and run the ServerApp with --run-config "{run_config_for(nodes)}" (canaries see every round)')
         return 0
     if not args.run:
         print("privfed: error: privfed audit --deployment score needs --run RUN_DIR", file=sys.stderr)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,11 +57,14 @@ from privfed.rng import generator
 
 __all__ = [
     "BEHAVIOUR",
+    "OBSERVERS_KEY",
     "PLAN_FILE",
     "CanaryTrainer",
     "canary",
     "canary_direction",
+    "node_config_arg",
     "plan_deployment_audit",
+    "run_config_for",
     "score_deployment",
 ]
 
@@ -69,6 +72,8 @@ __all__ = [
 BEHAVIOUR = "attacks.audit.deployment:canary"
 #: The auditor's plan (secret: it says which candidates were inserted).
 PLAN_FILE = "audit_plan.json"
+#: The ServerApp run config key that shows nodes every round's model (privfed.transport.flower.server_app).
+OBSERVERS_KEY = "observers"
 _KEYS = {
     "seed": "audit-canary-seed",
     "index": "audit-canary-index",
@@ -210,6 +215,8 @@ def plan_deployment_audit(
             _KEYS["norm"]: float(norm),
             _KEYS["examples"]: typical,
             _KEYS["record_dir"]: str(record_dir.resolve()),
+            # the rounds it is not sampled in, when the ServerApp runs with observers (OBSERVERS_KEY)
+            "observe-dir": str((record_dir / f"canary-{index}").resolve()),
         }
         for slot, index in enumerate(inserted)
     ]
@@ -219,10 +226,23 @@ def plan_deployment_audit(
         "settings": {k: v for k, v in vars(settings).items() if k != "epsilons"},
         "record_dir": str(record_dir.resolve()),
         "nodes": nodes,
+        "run_config": run_config_for(nodes),
     }
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
-    (out / "canary_nodes.txt").write_text("".join(f"--node-config {node_config_arg(n)!r}\n" for n in nodes))
+    (out / "canary_nodes.txt").write_text(
+        "".join(f"--node-config {node_config_arg(n)!r}\n" for n in nodes)
+        + f'# and the ServerApp: flwr run ... --run-config "{plan["run_config"]}"\n'
+    )
     return nodes
+
+
+def run_config_for(nodes: Sequence[Mapping[str, Any]]) -> str:
+    """The ServerApp's run config that shows the canaries every round's model (``observers``).
+
+    Needed when clients are sampled: the white-box score uses each round's update, and a canary
+    that is not sampled in a round receives that round's model only as an observer.
+    """
+    return f"{OBSERVERS_KEY}='{','.join(str(n['partition-id']) for n in nodes)}'"
 
 
 def node_config_arg(node: Mapping[str, Any]) -> str:
@@ -272,20 +292,19 @@ def score_deployment(
         seed, num_canaries=settings.num_canaries, num_unobserved=settings.num_unobserved, dim=probe.layout.dim
     )
     by_round: dict[int, npt.NDArray[np.float32]] = {}
-    participations = dict.fromkeys(slots.values(), 0)
-    for index, slot in slots.items():
+    for index in slots:
         for path in sorted((received / f"canary-{index}").glob("round-*.npy")):
             r = int(path.stem.removeprefix("round-"))
             vector = np.load(path, allow_pickle=False)
             if r in by_round and not np.array_equal(by_round[r], vector):
                 raise DataError(f"canaries received different global models in round {r} ({path})")
             by_round[r] = vector
-            participations[slot] += 1
     missing = [r for r in range(1, rounds + 1) if r not in by_round]
     if missing:
         raise DataError(
             f"no canary received the global model of round(s) {missing} (in {received}); "
-            f"the white-box score needs every round's model (1..{rounds})"
+            f"the white-box score needs every round's model (1..{rounds}): run the ServerApp with the "
+            f"plan's run config ({run_config_for(plan['nodes'])}) so canaries see the rounds they are not sampled in"
         )
     if not np.array_equal(by_round[1], probe.initial_vector):
         raise DataError(f"round 1's global model in {received} is not the initial adapter of this config")
@@ -300,6 +319,8 @@ def score_deployment(
         for r in range(1, rounds + 1)
     ]
     real = {int(c) for cohort in cohorts for c in cohort} - set(slots.values())
+    # rounds each canary was sampled in (an observer also holds the models of the others)
+    participations = {slot: sum(slot in {int(c) for c in cohort} for cohort in cohorts) for slot in slots.values()}
     scored = score_canaries(
         config,
         settings,

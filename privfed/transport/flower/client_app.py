@@ -46,6 +46,11 @@ it produces goes through the same upload pipeline and SecAgg+ as any client's up
 auditor's canary client is one (:mod:`attacks.audit.deployment`); privfed never imports it. A
 name that cannot be imported makes the node decline with the error, like a bad ``data-path``.
 
+An observer (the ServerApp's ``observers`` run config, see :mod:`privfed.transport.flower.grid`)
+gets each round's global model in a ``train.observe`` message also when it is not sampled; with
+``observe-dir`` in its node config it saves it as ``<observe-dir>/round-<r>.npy`` (five digits,
+written atomically), else it only acknowledges it. It trains nothing and spends nothing.
+
 Fault injection, for tests only: the environment variable ``PRIVFED_TEST_FAULTS`` of
 a node's process (a SuperNode's, or the process that starts the Simulation Engine,
 whose Ray workers inherit it) holds a JSON list of rules ``{"client": K, "stage":
@@ -81,7 +86,7 @@ from privfed.errors import ConfigError, DataError, ProtocolError
 from privfed.secagg.client import SecAggClient
 from privfed.secagg.crypto import KEY_BYTES
 from privfed.transport.base import STAGES
-from privfed.transport.flower.grid import RECORD, field
+from privfed.transport.flower.grid import OBSERVE, RECORD, field
 from privfed.transport.flower.node_data import (
     DATA_PATH_KEY,
     ClientSide,
@@ -89,7 +94,7 @@ from privfed.transport.flower.node_data import (
     local_examples,
     run_facts,
 )
-from privfed.transport.messages import ClientUpdate, Decline, SecureRoundRequest, message_kind
+from privfed.transport.messages import ClientUpdate, Decline, GlobalModel, SecureRoundRequest, message_kind
 
 __all__ = [
     "BEHAVIOUR_KEY",
@@ -435,6 +440,30 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
         # The node refuses (an unsafe SecAgg+ request, a forged key): it stays silent.
         return _reply(msg, {"client-id": client_id})
     return _reply(msg, {"client-id": client_id, "data": reply, **extra})
+
+
+@app.train(OBSERVE)
+def observe(msg: Message, context: Context) -> Message:
+    """An observer's copy of the round's global model (module docstring); silent on a malformed one."""
+    record = msg.content.config_records[RECORD]
+    client_id = _client_id(context)
+    try:
+        if field(record, "client-id", int) != client_id:
+            raise ProtocolError(f"observe message for client {record.get('client-id')!r} reached client {client_id}")
+        model = GlobalModel.from_bytes(field(record, "data", bytes))
+        if model.round != field(record, "round", int) or model.round < 1:
+            raise ProtocolError(f"observe message of round {record.get('round')!r} holds round {model.round}")
+    except ProtocolError:
+        return _reply(msg, {"client-id": client_id})
+    directory = context.node_config.get("observe-dir")
+    if isinstance(directory, str) and directory:
+        path = Path(directory) / f"round-{model.round:05d}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with partial.open("wb") as f:
+            np.save(f, model.vector, allow_pickle=False)
+        os.replace(partial, path)
+    return _reply(msg, {"client-id": client_id, "observed": model.round})
 
 
 def _register(stage: str) -> None:

@@ -26,6 +26,14 @@ calibrated on the partition's sizes), so such a node trains with the server's si
 Node ids: each node states its privfed client id (its ``partition-id``) in the
 ``query.hello`` exchange that opens a run; privfed addresses clients, this module maps
 them to Flower node ids.
+
+Observers (``observers``, the ServerApp's run config): client ids that receive every
+round's global model, as a participant does, also in rounds they are not sampled in. With
+each round's opening exchange, an observer outside the cohort gets a ``train.observe``
+message holding a :class:`~privfed.transport.messages.GlobalModel`; it trains nothing and
+the round does not wait for it (its acknowledgement is taken if it has arrived by the time
+the cohort has answered). An auditor's canary nodes use it (``privfed audit --deployment``):
+the white-box score needs every round's model. The bytes count in ``bytes_down``.
 """
 
 from __future__ import annotations
@@ -43,9 +51,11 @@ from flwr.serverapp import Grid
 from privfed.config import ExperimentConfig, dump_config
 from privfed.errors import ConfigError, ProtocolError
 from privfed.transport.base import Exchange, Reply
+from privfed.transport.messages import CompressedRoundRequest, GlobalModel, SecureRoundRequest, message_kind
 
 __all__ = [
     "HELLO",
+    "OBSERVE",
     "RECORD",
     "GridExchanger",
     "GridTransport",
@@ -59,6 +69,8 @@ __all__ = [
 RECORD = "privfed"
 #: The exchange that opens a run: each node builds its client and states its client id.
 HELLO = "query.hello"
+#: The stage of the message that shows an observer a round's global model (module docstring).
+OBSERVE = "observe"
 _POLL_SECONDS = 0.02
 _V = TypeVar("_V")
 
@@ -85,11 +97,21 @@ class GridExchanger:
         reply_timeout: seconds to wait for the replies of one exchange.
         warm_up: have every node build its client in the opening exchange (long-lived
             client processes: the Simulation Engine's Ray actors).
+        observers: client ids shown every round's global model (module docstring).
     """
 
-    def __init__(self, grid: Grid, *, config: ExperimentConfig, reply_timeout: float, warm_up: bool = False) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        config: ExperimentConfig,
+        reply_timeout: float,
+        warm_up: bool = False,
+        observers: Sequence[int] = (),
+    ) -> None:
         self.grid = grid
         self.warm_up = warm_up
+        self.observers = tuple(sorted(set(observers)))
         self.config_toml = dump_config(config)
         self.config_sha256 = hashlib.sha256(self.config_toml.encode()).hexdigest()
         self._data = config.data
@@ -196,6 +218,8 @@ class GridExchanger:
                     ttl=self.reply_timeout + 60.0,
                 )
             )
+        observing, observed_bytes = self._observe_messages(messages, round=round)
+        down += observed_bytes
         dst_of: dict[str, int] = {}
 
         def report(reply: Message) -> None:
@@ -206,11 +230,12 @@ class GridExchanger:
 
         replies_in: list[Message] = []
         waited = 0.0
-        if out:
+        if out or observing:
             started = time.monotonic()
-            self.grid.push_messages(out)  # sets the message ids in place
+            self.grid.push_messages([*out, *observing])  # sets the message ids in place
             dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in out}
-            replies_in = self._pull(list(dst_of), timeout=self.reply_timeout, report=report)
+            seen = [m.metadata.message_id for m in observing]
+            replies_in = self._pull(list(dst_of), timeout=self.reply_timeout, report=report, optional=seen)
             waited = time.monotonic() - started  # to the last reply, or to the timeout
         replies: list[Reply] = []
         up = 0
@@ -241,24 +266,63 @@ class GridExchanger:
             print(f"privfed: client {client_id} rejected in round {round}: {error}", file=sys.stderr, flush=True)
 
     def _pull(
-        self, ids: list[str], *, timeout: float, report: Callable[[Message], None] | None = None
+        self,
+        ids: list[str],
+        *,
+        timeout: float,
+        report: Callable[[Message], None] | None = None,
+        optional: Sequence[str] = (),
     ) -> list[Message]:
         """Pull replies to ``ids`` every 20 ms until all are in or ``timeout`` s have passed.
 
+        Replies to ``optional`` ids are pulled along while waiting, never waited for, and not returned.
         ``grid.send_and_receive`` does the same, but the deployment grid sleeps 3 s between pulls.
         """
-        pending, got = set(ids), []
+        pending, extra, got = set(ids), set(optional), []
         end = time.monotonic() + timeout
-        while pending:
-            for reply in self.grid.pull_messages(list(pending)):
+        while pending or extra:
+            for reply in self.grid.pull_messages([*pending, *extra]):
+                answered = reply.metadata.reply_to_message_id
+                extra.discard(answered)
+                if answered not in pending:
+                    continue
                 got.append(reply)
-                pending.discard(reply.metadata.reply_to_message_id)
+                pending.discard(answered)
                 if report is not None:
                     report(reply)
             if not pending or time.monotonic() >= end:
                 break
             time.sleep(_POLL_SECONDS)
         return got
+
+    def _observe_messages(self, messages: Mapping[int, bytes], *, round: int) -> tuple[list[Message], int]:
+        """``train.observe`` messages of a round's opening exchange for the observers outside its cohort,
+        and their payload bytes."""
+        first = next(iter(messages.values()), None)
+        if not self.observers or first is None:
+            return [], 0
+        kind = message_kind(first)
+        if kind == GlobalModel.KIND:
+            vector = GlobalModel.from_bytes(first).vector
+        elif kind == CompressedRoundRequest.KIND:
+            vector = CompressedRoundRequest.from_bytes(first).vector
+        elif kind == SecureRoundRequest.KIND:
+            vector = SecureRoundRequest.from_bytes(first).vector
+        else:
+            return [], 0  # a later SecAgg+ stage: the round's model went out with its opening
+        model = GlobalModel(round=round, vector=vector).to_bytes()
+        sent = [
+            Message(
+                self._content(client_id=client_id, round=round, stage=OBSERVE, data=model),
+                dst_node_id=self.node_of[client_id],
+                message_type=message_type_for(OBSERVE),
+                group_id=str(round),
+                ttl=self.reply_timeout + 60.0,
+            )
+            for client_id in self.observers
+            if client_id not in messages and client_id in self.node_of
+        ]
+        return sent, len(model) * len(sent)
 
 
 class GridTransport:

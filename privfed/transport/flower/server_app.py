@@ -11,6 +11,9 @@ Run config (``[tool.flwr.app.config]``, override with ``flwr run --run-config``)
   exchange (default true): a long-lived ClientApp worker (``python -m
   privfed.transport.flower.supernode``) then keeps it, so round 1 does not pay for it. With
   Flower's default per-message ClientApp processes it is one extra build per node; set false.
+* ``observers``: client ids (``"0,3"``, or one integer) whose nodes are shown every round's
+  global model, also in rounds they are not sampled in (an auditor's canaries:
+  ``privfed audit --deployment``; :mod:`privfed.transport.flower.grid`). Default: none.
 
 The ServerApp waits for one SuperNode per client (each with ``partition-id`` in its
 ``--node-config``), then runs privfed's runner with ``transport.kind =
@@ -29,7 +32,7 @@ from privfed.errors import ConfigError
 from privfed.transport.flower.grid import GridExchanger, serving_grid
 from privfed.transport.flower.latency import cap_grid_object_pulls
 
-__all__ = ["app"]
+__all__ = ["app", "parse_observers"]
 
 app = ServerApp()
 
@@ -52,6 +55,7 @@ def main(grid: Grid, context: Context) -> None:
         config=config,
         reply_timeout=config.transport.reply_timeout,
         warm_up=bool(run_config.get("warm-up", True)),
+        observers=parse_observers(run_config.get("observers", ""), num_clients=config.partition.num_clients),
     )
     exchanger.discover(
         num_clients=config.partition.num_clients, timeout=float(run_config.get("startup-timeout", 600.0))
@@ -68,3 +72,23 @@ def main(grid: Grid, context: Context) -> None:
         f"(adapter in {Path(out_dir) / 'adapter'})",
         flush=True,
     )
+
+
+def parse_observers(value: object, *, num_clients: int) -> tuple[int, ...]:
+    """The ``observers`` run config: ``""`` (none), a client id, or ids separated by commas.
+
+    Raises:
+        ConfigError: anything else, or an id outside ``0..num_clients - 1``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        parts = [str(value)]
+    elif isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")] if value.strip() else []
+    else:
+        parts = ["?"]
+    if not all(p.isascii() and p.isdigit() and int(p) < num_clients for p in parts):
+        raise ConfigError(
+            f"run config 'observers' must be client ids in 0..{num_clients - 1} separated by commas "
+            f"(partition.num_clients = {num_clients}); got {value!r}"
+        )
+    return tuple(sorted({int(p) for p in parts}))
