@@ -15,7 +15,8 @@ Prints one JSON object. The Simulation Engine parts run in this process (Ray bac
   ``overhead_vs_inprocess`` = flower-simulation seconds / in-process seconds for the plain
   round (``overhead_vs_inprocess_secagg`` for the SecAgg+ round).
 * ``flower_secaggplus``: Flower 1.42's own ``SecAggPlusWorkflow`` (server) with
-  ``secaggplus_mod`` (client), in a second Flower simulation with the same number of
+  ``secaggplus_mod`` (client), the Flower App ``benchmarks/flower_secaggplus_app`` (its
+  ClientApp and rounds), in a second Flower simulation with the same number of
   virtual nodes and actors, cohort, vector length ``d`` (privfed's adapter dimension),
   modulus ``2**secagg.bits``, number of shares (privfed's SecAgg+ degree + 1) and
   reconstruction threshold. Its clients do not train: each returns a fixed random
@@ -33,14 +34,21 @@ Prints one JSON object. The Simulation Engine parts run in this process (Ray bac
   (a SuperLink and one SuperNode per client on 127.0.0.1, privfed's SuperNodes with their
   long-lived ClientApp workers, ``flwr run examples/flower_app``) against the same config run
   in process: ``overhead_vs_inprocess_deployment`` (plain rounds after the first) and
-  ``startup_seconds_deployment`` (the ``flwr run``'s time outside its rounds). The full run also
-  runs a SecAgg+ config there. ``--nodes flower`` uses plain ``flower-supernode`` instead (a
-  ClientApp process per message); ``--deployment-only`` skips the Simulation Engine parts.
+  ``startup_seconds_deployment`` (the ``flwr run``'s time outside its rounds); then the SecAgg+
+  config, and Flower's own SecAgg+ (``flwr run benchmarks/flower_secaggplus_app``, the same
+  parameters as on the Simulation Engine) on the same SuperNodes. ``--nodes flower`` uses plain
+  ``flower-supernode`` instead (a ClientApp process per message) for both apps
+  (``baseline_supernode``); ``--deployment-only`` skips the Simulation Engine parts.
+* ``secagg_overhead_vs_flower_secaggplus_deployment``: privfed's SecAgg+ extra seconds on the
+  deployment (``secagg_extra_seconds_deployment``: SecAgg+ round − plain round) divided by
+  Flower's (``flower_secaggplus_extra_seconds_deployment``), both apps on the same SuperNodes and
+  both grids pulling replies every 20 ms, like for like; ``..._flower_grid_waits``: Flower's
+  deployment grid as it ships, sleeping 3 s between pulls (flwr 1.42, not configurable).
 
 ``--quick``: tiny-bert, 4 clients, Simulation Engine parts only (under a minute);
-``--quick --deployment-only``: the deployment part on tiny-bert, plain rounds only (about
-2 minutes on 2 shared cores, mostly start-up); the full run: all parts, MiniLM with LoRA
-r = 11 (d = 103,301), 5 clients per round.
+``--quick --deployment-only``: the deployment part on tiny-bert, 4 SuperNodes (about 3 minutes
+on 2 shared cores); the full run: all parts, MiniLM with LoRA r = 11 (d = 103,301), 5 clients
+per round.
 """
 
 from __future__ import annotations
@@ -56,13 +64,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "flower_secaggplus_app"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import interleaved, machine
 
+_BASELINE_APP = Path(__file__).resolve().parent / "flower_secaggplus_app"  # Flower's own SecAgg+
 _PRIVFED_POLL = 0.02  # privfed.transport.flower.grid._POLL_SECONDS
 
 
@@ -168,71 +176,37 @@ def privfed_rounds(raw: dict[str, Any], *, repeats: int) -> dict[str, Any]:
 def flower_secaggplus_rounds(
     *, d: int, clients: int, bits: int, num_shares: int, threshold: int, clip: float, repeats: int
 ) -> dict[str, Any]:
-    """Seconds per plain FedAvg round and per SecAggPlusWorkflow round of Flower itself, same simulation."""
-    from flwr.client import ClientApp, NumPyClient
-    from flwr.client.mod import secaggplus_mod
-    from flwr.common import ndarrays_to_parameters
-    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-    from flwr.server import LegacyContext, ServerApp, ServerConfig
-    from flwr.server.strategy import FedAvg
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-    from flwr.server.workflow.default_workflows import default_fit_workflow
+    """Seconds per plain FedAvg round and per SecAggPlusWorkflow round of Flower itself, same simulation.
+
+    The ClientApp and the rounds are the deployment baseline's (``flower_secaggplus_app``), here in
+    ``run_simulation`` with one virtual node per client and one 1-CPU actor per core.
+    """
+    from flwr.server import ServerApp
     from flwr.simulation import run_simulation
+    from secaggplus_baseline.app import Baseline, make_client_app, run_rounds, summarize
 
-    update = np.random.default_rng(0).normal(0, 0.01, d).astype(np.float32)
-
-    class FixedUpdate(NumPyClient):
-        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:  # type: ignore[type-arg]
-            return [update], 20, {}
-
-    def secagg_when_asked(msg: Any, context: Any, call_next: Any) -> Any:
-        # secaggplus_mod handles every "train" message; the plain rounds' messages skip it
-        if RECORD_KEY_CONFIGS in msg.content.config_records:
-            return secaggplus_mod(msg, context, call_next)
-        return call_next(msg, context)
-
-    client_app = ClientApp(client_fn=lambda context: FixedUpdate().to_client(), mods=[secagg_when_asked])
-    secure = SecAggPlusWorkflow(
+    baseline = Baseline(
+        d=d,
+        clients=clients,
+        bits=bits,
         num_shares=num_shares,
         reconstruction_threshold=threshold,
-        clipping_range=clip,
-        quantization_range=2**bits // clients,  # a full cohort's sum fits the modulus, as privfed's codec
-        modulus_range=2**bits,
+        clip=clip,
+        rounds_per_kind=repeats + 1,
+        short_poll=_PRIVFED_POLL,
     )
-    # Flower's workflows wait with grid.send_and_receive, which pulls every grid.pull_interval
-    # (0.1 s in simulation); privfed's exchanger pulls every 20 ms. Both are measured.
-    kinds = [("plain", 0.1), ("secagg", 0.1), ("plain", _PRIVFED_POLL), ("secagg", _PRIVFED_POLL)]
-    samples: dict[tuple[str, float], list[float]] = {kind: [] for kind in kinds}
-    calls = iter(range(100_000))
-
-    def alternate(grid: Any, context: Any) -> None:
-        kind = kinds[next(calls) % len(kinds)]
-        grid.pull_interval = kind[1]
-        started = time.perf_counter()
-        (secure if kind[0] == "secagg" else default_fit_workflow)(grid, context)
-        samples[kind].append(time.perf_counter() - started)
-
+    samples: dict[str, list[float]] = {}
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Any, context: Any) -> None:
-        strategy = FedAvg(
-            fraction_fit=1.0,
-            fraction_evaluate=0.0,
-            min_fit_clients=clients,
-            min_available_clients=clients,
-            initial_parameters=ndarrays_to_parameters([np.zeros(d, np.float32)]),
-        )
-        legacy = LegacyContext(
-            context=context, config=ServerConfig(num_rounds=len(kinds) * (repeats + 1)), strategy=strategy
-        )
-        DefaultWorkflow(fit_workflow=alternate)(grid, legacy)
+        samples.update(run_rounds(grid, context, baseline))
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     started = time.perf_counter()
     run_simulation(
         server_app=server_app,
-        client_app=client_app,
+        client_app=make_client_app(d),
         num_supernodes=clients,
         backend_name="ray",
         backend_config={
@@ -241,26 +215,7 @@ def flower_secaggplus_rounds(
         },
     )
     total = time.perf_counter() - started
-    if min(len(values) for values in samples.values()) < repeats + 1:
-        raise RuntimeError(f"Flower's simulation ran {sum(map(len, samples.values()))} rounds of {4 * (repeats + 1)}")
-    median = {kind: statistics.median(values[1:]) for kind, values in samples.items()}  # after the first
-    seconds = {name: median[(name, 0.1)] for name in ("plain", "secagg")}
-    same_poll = {name: median[(name, _PRIVFED_POLL)] for name in ("plain", "secagg")}
-    return {
-        "d": d,
-        "clients_per_round": clients,
-        "modulus_range": 2**bits,
-        "quantization_range": 2**bits // clients,
-        "num_shares": num_shares,
-        "reconstruction_threshold": threshold,
-        "local_training": False,
-        "seconds_per_round": seconds,
-        "seconds_per_round_polling_like_privfed": same_poll,
-        "first_round_seconds": {name: samples[(name, 0.1)][0] for name in ("plain", "secagg")},
-        "simulation_seconds_total": total,
-        "secagg_extra_seconds": seconds["secagg"] - seconds["plain"],
-        "secagg_extra_seconds_polling_like_privfed": same_poll["secagg"] - same_poll["plain"],
-    }
+    return {**baseline.describe(), **summarize(samples), "simulation_seconds_total": total}
 
 
 def deployment_rounds(
@@ -280,6 +235,11 @@ def deployment_rounds(
     and registered. ``nodes``: ``"privfed"`` (``python -m privfed.transport.flower.supernode``:
     one long-lived ClientApp worker per node, 50 ms polling) or ``"flower"`` (plain
     ``flower-supernode``: a fresh ClientApp process per message, 3 s idle polling).
+
+    With ``secagg``, Flower's own SecAgg+ runs last on the same SuperNodes
+    (:func:`_flower_secaggplus_deployment`, ``rounds`` rounds of each kind), and the result holds
+    ``secagg_extra_seconds_deployment``, ``flower_secaggplus_extra_seconds_deployment`` and
+    ``secagg_overhead_vs_flower_secaggplus_deployment`` (module docstring).
     """
     import tempfile
 
@@ -343,6 +303,12 @@ def deployment_rounds(
                 per_round[f"{name}_deployment"] = [float(r["seconds"]) for r in records]
                 result[f"flwr_run_seconds_{name}"] = wall
                 result[f"startup_seconds_deployment_{name}"] = wall - sum(per_round[f"{name}_deployment"])
+            if secagg:
+                dim = int(json.loads((tmp / "deployment_plain" / "summary.json").read_text())["trainable_params"])
+                result["baseline_supernode"] = nodes
+                result["flower_secaggplus"] = _flower_secaggplus_deployment(
+                    deployment, configs["secagg"].secagg, d=dim, clients=n, rounds=rounds
+                )
     seconds = {name: statistics.median(values[1:]) for name, values in per_round.items()}
     result["seconds_per_round"] = seconds
     result["first_round_seconds"] = {name: values[0] for name, values in per_round.items()}
@@ -350,13 +316,65 @@ def deployment_rounds(
     result["overhead_vs_inprocess_deployment"] = seconds["plain_deployment"] / seconds["plain_inprocess"]
     if secagg:
         result["overhead_vs_inprocess_deployment_secagg"] = seconds["secagg_deployment"] / seconds["secagg_inprocess"]
+        ours = seconds["secagg_deployment"] - seconds["plain_deployment"]
+        theirs = result["flower_secaggplus"]
+        result["secagg_extra_seconds_deployment"] = ours
+        result["flower_secaggplus_extra_seconds_deployment"] = theirs["secagg_extra_seconds_polling_like_privfed"]
+        result["flower_secaggplus_extra_seconds_deployment_flower_grid_waits"] = theirs["secagg_extra_seconds"]
+        result["secagg_overhead_vs_flower_secaggplus_deployment"] = (
+            ours / theirs["secagg_extra_seconds_polling_like_privfed"]
+        )
+        result["secagg_overhead_vs_flower_secaggplus_deployment_flower_grid_waits"] = (
+            ours / theirs["secagg_extra_seconds"]
+        )
     return result
+
+
+def _flower_secaggplus_deployment(deployment: Any, secagg: Any, *, d: int, clients: int, rounds: int) -> dict[str, Any]:
+    """Flower's own SecAgg+ baseline (``flower_secaggplus_app``) on ``deployment``'s SuperNodes, ``rounds`` per kind.
+
+    The same parameters as the Simulation Engine baseline (:func:`flower_secaggplus_rounds`), from
+    privfed's SecAgg+ config ``secagg`` for a cohort of ``clients``.
+    """
+    from secaggplus_baseline.app import Baseline, parse_result, summarize
+
+    baseline = Baseline(
+        d=d,
+        clients=clients,
+        bits=secagg.bits,
+        num_shares=secagg.resolved_degree(clients) + 1,
+        reconstruction_threshold=secagg.resolved_threshold(clients),
+        clip=secagg.clip,
+        rounds_per_kind=rounds,
+        short_poll=_PRIVFED_POLL,
+    )
+    began = time.perf_counter()
+    run = deployment.run_app(
+        _BASELINE_APP, baseline.run_config(), name="flwr-run-secaggplus", timeout=1800, check=False
+    )
+    wall = time.perf_counter() - began
+    try:
+        parsed = parse_result(run.output())
+        summary = summarize(parsed["samples"])
+    except ValueError as exc:
+        raise RuntimeError(f"Flower's SecAgg+ baseline on the deployment: {exc}; {run.output()[-3000:]}") from None
+    return {
+        **baseline.describe(),
+        **summary,
+        "samples": parsed["samples"],
+        "grid_wait_seconds": 3.0,  # flwr 1.42's deployment grid: send_and_receive sleeps 3 s between pulls
+        "object_pulls_capped": parsed.get("object_pulls_capped"),
+        "flwr_run_seconds": wall,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--quick", action="store_true", help="tiny-bert, 4 clients, 3 repeats, Simulation Engine only (< 1 minute)"
+        "--quick",
+        action="store_true",
+        help="tiny-bert, 4 clients, 3 repeats, Simulation Engine only (< 1 minute; with --deployment-only: "
+        "the deployment part only, about 3 minutes)",
     )
     parser.add_argument(
         "--nodes",
@@ -378,13 +396,20 @@ def main() -> None:
         # minute on 2 shared cores: the quick smoke check of the deployment is its own run.
         report["deployment"] = "not run with --quick alone: run --quick --deployment-only (about 2 minutes)"
     else:
-        deployment = deployment_rounds(
-            _raw_config(quick=args.quick), rounds=repeats + 1, nodes=args.nodes, secagg=not args.quick
-        )
+        deployment = deployment_rounds(_raw_config(quick=args.quick), rounds=repeats + 1, nodes=args.nodes, secagg=True)
         report["deployment"] = deployment
         report["overhead_vs_inprocess_deployment"] = deployment["overhead_vs_inprocess_deployment"]
         report["startup_seconds_deployment"] = deployment["startup_seconds_deployment"]
+        for key in (
+            "baseline_supernode",
+            "secagg_extra_seconds_deployment",
+            "flower_secaggplus_extra_seconds_deployment",
+            "secagg_overhead_vs_flower_secaggplus_deployment",
+            "secagg_overhead_vs_flower_secaggplus_deployment_flower_grid_waits",
+        ):
+            report[key] = deployment[key]
     if args.deployment_only:
+        report["load_average_at_end"] = os.getloadavg()[0]
         report["seconds_total"] = time.perf_counter() - started
         print(json.dumps(report, indent=2))
         return
