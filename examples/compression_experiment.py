@@ -334,6 +334,12 @@ def markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (the JSON is committed)."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
 def run_experiment(
     out: Path,
     *,
@@ -383,7 +389,7 @@ def run_experiment(
     results: dict[str, Any] = {
         "experiment": "compression (issue 16)",
         "quick": quick,
-        "configs": {"demo": str(demo_config), "cohort": str(cohort_config)},
+        "configs": {"demo": _shown(demo_config), "cohort": _shown(cohort_config)},
         "config_overrides": {} if as_configured and not quick else (QUICK if quick else FULL),
         "demo_coordinate_range": coordinate_range,
         "range_rule": f"R = {COORDINATE_RANGE_STDDEVS:g} * 2 * max update_norm(fp32) / sqrt(padded trainable_params)",

@@ -123,3 +123,21 @@ def test_quick_run_writes_results_whose_headline_numbers_follow_from_the_records
     assert math.isclose(results["ddp_gap_vs_central_points"], min(gaps), abs_tol=1e-12)
     table = (out / "compression_results.md").read_text()
     assert "best_uplink_ratio_within_1pt" in table and "| skellam-16bit |" in table
+
+
+def test_the_committed_results_hold_the_headline_numbers_their_records_give() -> None:
+    """docs/compression_results.json (the full run): its headline numbers recomputed from its records."""
+    exp = _script()
+    results = json.loads((REPO / "docs" / "compression_results.json").read_text())
+    assert results["quick"] is False and results["skipped"] == []
+    names = {(r["base"], r["name"]) for r in results["records"]}
+    planned = {("demo", s.name) for s in exp.demo_settings(5)} | {("cohort", s.name) for s in exp.cohort_settings()}
+    assert names == planned, names ^ planned
+    fresh = exp.headline(results["records"])
+    for key, value in fresh.items():
+        assert results[key] == (pytest.approx(value, abs=1e-12) if isinstance(value, float) else value), key
+    for r in results["records"]:
+        ratio = r["uplink_bytes_per_client_round"] / (4 * r["base_params"])
+        assert r["uplink_ratio_vs_fp32_model"] == pytest.approx(ratio), r["name"]
+        if r["mechanism"] is not None:
+            assert 0 < r["epsilon"] <= 8.0 + 1e-6, r["name"]
