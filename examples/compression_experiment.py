@@ -64,10 +64,10 @@ DISTRIBUTED = ("distributed_gaussian", "skellam")
 WITHIN_POINTS = 1.0
 RANGE = "<range>"  # placeholder for the demo's per-coordinate range R, known once fp32 has run
 
-# The full run's budget (about an hour on 2 idle cores, estimated in docs/compression.md): the
-# demo's 21 runs at half the rounds and half the sequence length of configs/demo.toml (about
-# 1.6 min each instead of 6), the cohort's 5 runs at 5 of its 10 rounds (about 7 min each
-# instead of 13). --as-configured runs both configs unchanged (about 2.5 hours).
+# The full run's budget (about 40 minutes on 2 idle cores, measured: docs/compression.md): the
+# demo's 21 runs at half the rounds and half the sequence length of configs/demo.toml (68-82 s
+# each), the cohort's 5 runs at 5 of its 10 rounds (about 140 s each). --as-configured runs both
+# configs unchanged (about three times as long: the demo trains 4x as much).
 FULL = {
     "demo": {"server.rounds": 4, "model.max_length": 64},
     "cohort": {"server.rounds": 5, "eval.every": 5},
