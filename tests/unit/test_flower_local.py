@@ -179,6 +179,20 @@ def test_cli_bad_input_is_one_line_exit_2_before_starting_anything(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no run or work directory made
 
 
+def test_cli_processes_live_as_long_as_its_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--timeout bounds the run, and every process the CLI starts outlives it (not LocalDeployment's 600 s)."""
+    seen: list[float] = []
+
+    class Stub(LocalDeployment):
+        def start(self) -> None:
+            seen.append(self.process_timeout)
+            raise LocalDeploymentError("stub: nothing started")
+
+    monkeypatch.setattr(local, "LocalDeployment", Stub)
+    status = local.main([str(CONFIG), "--out", str(tmp_path / "run"), "--timeout", "7200"])
+    assert status == 1 and seen == [7200 + local._PROCESS_MARGIN_SECONDS]
+
+
 def _processes_with_home(home: Path) -> list[int]:
     """Our processes whose environment has ``FLWR_HOME=home`` (anything the launcher started)."""
     needle = f"FLWR_HOME={home}".encode()

@@ -54,6 +54,7 @@ SupernodeKind = Literal["privfed", "flower"]
 #: Name of the SuperLink connection written to ``$FLWR_HOME/config.toml`` (``flwr run APP local``).
 CONNECTION = "local"
 _STOP_GRACE_SECONDS = 5.0
+_PROCESS_MARGIN_SECONDS = 300.0  # the CLI's processes outlive --timeout by this much (start-up, final save)
 _POLL_SECONDS = 0.2
 
 
@@ -556,7 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupted)
     started = time.monotonic()
     try:
-        deployment = LocalDeployment(plan.work_dir, num_nodes=0, supernode=args.supernode)
+        # every process may live as long as the run may take (plus start-up and the final save)
+        deployment = LocalDeployment(
+            plan.work_dir, num_nodes=0, supernode=args.supernode, process_timeout=args.timeout + _PROCESS_MARGIN_SECONDS
+        )
         with deployment:
             print(f"privfed local: superlink on {deployment.address} (log {deployment.logs / 'superlink.log'})")
             for k in range(nodes):
