@@ -368,16 +368,31 @@ class FederatedServer:
         )
 
     def _plain_result(
-        self,
-        round: int,
-        cohort: list[int],
-        accepted: list[ClientUpdate],
-        rejected: int,
-        exchange: Exchange,
-        declines: Mapping[str, int],
+        self, round: int, cohort: list[int], exchange: Exchange, decode: Callable[..., ClientUpdate]
     ) -> RoundResult:
-        """Aggregate a plain round's accepted updates and record it (under user-level DP the noised
-        sum is released every round, whoever answered)."""
+        """Check a plain round's replies, aggregate the accepted updates and record the round (under
+        user-level DP the noised sum is released every round, whoever answered).
+
+        ``decode(data, sender=, round=, expected=)`` turns one reply into its update or raises
+        ``ProtocolError`` (malformed, replayed, forged, out of range): rejected and counted. A valid
+        ``Decline`` is rejected too, counted under its reason; one reply per cohort member is used.
+        """
+        expected = set(cohort)
+        accepted: list[ClientUpdate] = []
+        rejected = 0
+        declines: Counter[str] = Counter()
+        for reply in exchange.replies:
+            try:
+                if _count_decline(declines, reply.data, sender=reply.sender, round=round, expected=expected):
+                    expected.discard(reply.sender)
+                    rejected += 1
+                    continue
+                update = decode(reply.data, sender=reply.sender, round=round, expected=expected)
+            except ProtocolError:
+                rejected += 1
+                continue
+            expected.discard(update.client_id)  # a second reply from the same client is a replay
+            accepted.append(update)
         aggregate = self.aggregation.from_updates(accepted, round=round)
         return self._result(
             round,
@@ -404,23 +419,7 @@ class FederatedServer:
         exchange = transport.exchange(
             dict.fromkeys(cohort, broadcast), round=round, stage="train", on_reply=on_client_done
         )
-        expected = set(cohort)
-        accepted: list[ClientUpdate] = []
-        rejected = 0
-        declines: Counter[str] = Counter()
-        for reply in exchange.replies:
-            try:
-                if _count_decline(declines, reply.data, sender=reply.sender, round=round, expected=expected):
-                    expected.discard(reply.sender)
-                    rejected += 1
-                    continue
-                update = self._validate(reply.data, sender=reply.sender, round=round, expected=expected)
-            except ProtocolError:
-                rejected += 1
-                continue
-            expected.discard(update.client_id)  # a second reply from the same client is a replay
-            accepted.append(update)
-        return self._plain_result(round, cohort, accepted, rejected, exchange, declines)
+        return self._plain_result(round, cohort, exchange, self._validate)
 
     def _compression_stages(self) -> list[UploadStage]:
         c, d = self.compression, self.layout.dim
@@ -528,23 +527,7 @@ class FederatedServer:
         exchange = transport.exchange(
             dict.fromkeys(cohort, broadcast), round=round, stage="train", on_reply=on_client_done
         )
-        expected = set(cohort)
-        accepted: list[ClientUpdate] = []
-        rejected = 0
-        declines: Counter[str] = Counter()
-        for reply in exchange.replies:
-            try:
-                if _count_decline(declines, reply.data, sender=reply.sender, round=round, expected=expected):
-                    expected.discard(reply.sender)
-                    rejected += 1
-                    continue
-                update = self._decode_plain(reply.data, sender=reply.sender, round=round, expected=expected)
-            except ProtocolError:  # malformed, replayed, forged or out of range
-                rejected += 1
-                continue
-            expected.discard(update.client_id)
-            accepted.append(update)
-        return self._plain_result(round, cohort, accepted, rejected, exchange, declines)
+        return self._plain_result(round, cohort, exchange, self._decode_plain)
 
     def _run_secure_round(
         self,
