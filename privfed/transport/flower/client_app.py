@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
 import os
 import time
@@ -82,7 +83,8 @@ from privfed.client.node import ClientNode
 from privfed.client.policy import POLICY_KEYS, NodeLedger, NodePolicy, read_policy_file
 from privfed.client.trainer import ClientTrainer
 from privfed.config import ExperimentConfig, config_from_dict
-from privfed.errors import ConfigError, DataError, ProtocolError
+from privfed.errors import ConfigError, DataError, PrivfedError, ProtocolError
+from privfed.experiments.run_dir import atomic_write_bytes, atomic_write_text
 from privfed.secagg.client import SecAggClient
 from privfed.secagg.crypto import KEY_BYTES
 from privfed.transport.base import STAGES
@@ -100,6 +102,7 @@ __all__ = [
     "BEHAVIOUR_KEY",
     "DATA_PATH_KEY",
     "LEDGER_PATH_KEY",
+    "OBSERVE_DIR_KEY",
     "POLICY_PATH_KEY",
     "ClientSide",
     "NodeBehaviour",
@@ -122,6 +125,9 @@ POLICY_PATH_KEY = "policy-path"
 #: Node config key naming a node-local file that keeps this SuperNode's record-level ledger across
 #: SuperNode restarts and runs (``context.state`` lives in the SuperNode's memory, per run).
 LEDGER_PATH_KEY = "ledger-path"
+
+#: Node config key naming the directory where an observer saves the round models it is shown.
+OBSERVE_DIR_KEY = "observe-dir"
 
 #: Node config key naming this SuperNode's behaviour, ``"package.module:function"`` (a :class:`NodeBehaviour`).
 BEHAVIOUR_KEY = "behaviour"
@@ -160,13 +166,19 @@ def node_behaviour(context: Context) -> NodeBehaviour | None:
     return behaviour
 
 
-def _ledger_file(context: Context) -> Path | None:
-    value = context.node_config.get(LEDGER_PATH_KEY)
+def _node_path(context: Context, key: str, *, error: type[PrivfedError] = ConfigError) -> str | None:
+    """The path this node's config gives under ``key`` (``None``: not given); ``error`` unless a non-empty string."""
+    value = context.node_config.get(key)
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{LEDGER_PATH_KEY} in this Flower node's config must be a non-empty path; got {value!r}")
-    return Path(value)
+        raise error(f"{key} in this Flower node's config must be a non-empty path; got {value!r}")
+    return value
+
+
+def _ledger_file(context: Context) -> Path | None:
+    path = _node_path(context, LEDGER_PATH_KEY)
+    return None if path is None else Path(path)
 
 
 def _load_ledger(ledger: NodeLedger, context: Context, path: Path | None) -> None:
@@ -184,12 +196,6 @@ def _load_ledger(ledger: NodeLedger, context: Context, path: Path | None) -> Non
         ledger.load_json(field(saved, "events", str))
 
 
-def _save_ledger_file(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a crash leaves the old ledger or the new one, never half of one
-
-
 def node_policy(context: Context, config: ExperimentConfig) -> NodePolicy:
     """This SuperNode's privacy policy: its node config's policy keys, over its ``policy-path``
     file's, over what the run's ``config`` says (``ConfigError`` for a bad key or file)."""
@@ -200,22 +206,11 @@ def node_policy(context: Context, config: ExperimentConfig) -> NodePolicy:
         accountant=p.accountant,
     )
     raw: dict[str, Any] = {}
-    path = context.node_config.get(POLICY_PATH_KEY)
+    path = _node_path(context, POLICY_PATH_KEY)
     if path is not None:
-        if not isinstance(path, str) or not path.strip():
-            raise ConfigError(f"{POLICY_PATH_KEY} in this Flower node's config must be a non-empty path; got {path!r}")
         raw.update(read_policy_file(path))
     raw.update({key: value for key, value in context.node_config.items() if key in POLICY_KEYS})
     return NodePolicy.from_mapping(raw, source="node config", defaults=defaults)
-
-
-def _data_path(context: Context) -> str | None:
-    value = context.node_config.get(DATA_PATH_KEY)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{DATA_PATH_KEY} in this Flower node's config must be a non-empty path; got {value!r}")
-    return value
 
 
 class _RoundRandom:
@@ -380,7 +375,7 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
             side = client_side(field(record, "config", str))
             context.state.config_records.pop(_SECAGG_STATE, None)
             try:
-                data_path = _data_path(context)
+                data_path = _node_path(context, DATA_PATH_KEY, error=DataError)
                 examples = (
                     side.client_data[client_id]
                     if data_path is None
@@ -424,8 +419,8 @@ def _answer(msg: Message, context: Context, client_id: int) -> Message:
                     )
                 if ledger is not None:  # DP-SGD that ran is spent, whatever happened next
                     context.state.config_records[_LEDGER_STATE] = ConfigRecord({"events": ledger.to_json()})
-                    if ledger_file is not None:
-                        _save_ledger_file(ledger_file, ledger.to_json())
+                    if ledger_file is not None:  # a crash leaves the old ledger or the new one, never half
+                        atomic_write_text(ledger_file, ledger.to_json())
             if ledger is not None:
                 extra.update({"record-epsilon": ledger.epsilon(), "record-delta": ledger.delta})
             if node.refusal is not None:
@@ -455,14 +450,13 @@ def observe(msg: Message, context: Context) -> Message:
             raise ProtocolError(f"observe message of round {record.get('round')!r} holds round {model.round}")
     except ProtocolError:
         return _reply(msg, {"client-id": client_id})
-    directory = context.node_config.get("observe-dir")
-    if isinstance(directory, str) and directory:
+    directory = _node_path(context, OBSERVE_DIR_KEY)
+    if directory is not None:
         path = Path(directory) / f"round-{model.round:05d}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with partial.open("wb") as f:
-            np.save(f, model.vector, allow_pickle=False)
-        os.replace(partial, path)
+        saved = io.BytesIO()
+        np.save(saved, model.vector, allow_pickle=False)
+        atomic_write_bytes(path, saved.getvalue())
     return _reply(msg, {"client-id": client_id, "observed": model.round})
 
 
