@@ -8,6 +8,7 @@ its spent epsilon, which the server writes to ``metrics.jsonl``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -138,15 +139,6 @@ def test_node_policy_comes_from_the_node_config_over_its_file_over_the_run_confi
 
 def test_the_client_app_declines_with_the_policy_reason_and_never_trains(monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the ClientApp's handler: a round weaker than the node's policy is a Decline plus its reason."""
-    import types
-
-    import numpy as np
-    from flwr.app import ConfigRecord
-
-    from privfed.config import PrivacyConfig
-    from privfed.transport.flower import client_app
-    from privfed.transport.flower.grid import RECORD
-    from privfed.transport.messages import GlobalModel
 
     class Trainer:
         dp = None  # the server's run trains without DP-SGD
@@ -156,24 +148,12 @@ def test_the_client_app_declines_with_the_policy_reason_and_never_trains(monkeyp
             Trainer.runs += 1
             raise AssertionError("a refused round must not train")
 
-    config = types.SimpleNamespace(seed=3, privacy=PrivacyConfig())
-    side = client_app.ClientSide(config=config, client_data=[[0] * 4], trainer=Trainer())  # type: ignore[arg-type, list-item]
-    monkeypatch.setattr(client_app, "client_side", lambda config_toml: side)
-    monkeypatch.setattr(client_app, "_reply", lambda msg, fields: fields)
-
-    def serve(node_config: dict[str, object]) -> dict[str, object]:
-        data = GlobalModel(round=4, vector=np.zeros(3, np.float32)).to_bytes()
-        record = ConfigRecord({"client-id": 0, "data": data, "config": "", "round": 4, "stage": "train"})
-        msg = types.SimpleNamespace(content=RecordDict({RECORD: record}))
-        context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, **node_config}, state=RecordDict(),
-                          run_config={})  # fmt: skip
-        return client_app._serve(msg, context)  # type: ignore[arg-type, return-value]
-
+    serve = _serving(monkeypatch, Trainer(), examples=4)
     for node_config, reason in (
         ({"max-epsilon": 2.0}, "ConfigError: node policy max_record_epsilon = 2 needs record_delta"),
         ({"max-epsilon": 2.0, "delta": 1e-5}, "node policy: the round trains without DP-SGD"),
     ):
-        fields = serve(node_config)
+        fields = serve(4, node_config)
         _assert_decline(fields, round=4)
         assert str(fields["error"]).startswith(reason), fields["error"]
     assert (fields["record-epsilon"], fields["record-delta"]) == (0.0, 1e-5)  # the node's ledger: nothing spent
@@ -184,16 +164,9 @@ def test_a_ledger_path_survives_a_supernode_restart(tmp_path: Path, monkeypatch:
     """``ledger-path``: the node's spent record-level epsilon is read from its own file, so a restarted
     SuperNode (empty ``context.state``) still refuses a round past its budget; a damaged file is a
     Decline with the reason, never a round trained without knowing what was spent."""
-    import types
-
-    import numpy as np
-    from flwr.app import ConfigRecord
 
     from privfed.client.trainer import SampleDP
-    from privfed.config import ClientConfig, PrivacyConfig
-    from privfed.transport.flower import client_app
-    from privfed.transport.flower.grid import RECORD
-    from privfed.transport.messages import GlobalModel
+    from privfed.config import ClientConfig
 
     class Trainer:
         config = ClientConfig(local_steps=STEPS, batch_size=4)
@@ -207,10 +180,7 @@ def test_a_ledger_path_survives_a_supernode_restart(tmp_path: Path, monkeypatch:
             Trainer.runs += 1
             raise AssertionError("a round past the budget must not train")
 
-    config = types.SimpleNamespace(seed=3, privacy=PrivacyConfig())
-    side = client_app.ClientSide(config=config, client_data=[[0] * 10], trainer=Trainer())  # type: ignore[arg-type, list-item]
-    monkeypatch.setattr(client_app, "client_side", lambda config_toml: side)
-    monkeypatch.setattr(client_app, "_reply", lambda msg, fields: fields)
+    serving = _serving(monkeypatch, Trainer(), examples=10)
     ledger_path = tmp_path / "node-ledger.json"
     spent = NodeLedger(client_id=0, delta=DELTA, budget=None)
     q = sampling_rate_for(Trainer.config, 10)
@@ -220,12 +190,7 @@ def test_a_ledger_path_survives_a_supernode_restart(tmp_path: Path, monkeypatch:
     budget = spent.epsilon() * 1.01  # two rounds fit, a third would not
 
     def serve() -> dict[str, object]:
-        data = GlobalModel(round=3, vector=np.zeros(3, np.float32)).to_bytes()
-        record = ConfigRecord({"client-id": 0, "data": data, "config": "", "round": 3, "stage": "train"})
-        msg = types.SimpleNamespace(content=RecordDict({RECORD: record}))
-        node_config = {"partition-id": 0, "max-epsilon": budget, "delta": DELTA, "ledger-path": str(ledger_path)}
-        context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
-        return client_app._serve(msg, context)  # type: ignore[arg-type, return-value]
+        return serving(3, {"max-epsilon": budget, "delta": DELTA, "ledger-path": str(ledger_path)})
 
     fields = serve()  # a fresh process and context: only the file knows the two rounds spent
     _assert_decline(fields, round=3)
@@ -247,3 +212,35 @@ def _assert_decline(fields: dict[str, object], *, round: int) -> None:
     decline = Decline.from_bytes(fields["data"])  # type: ignore[arg-type]
     assert (decline.round, decline.client_id) == (round, 0)
     assert decline.reason and str(fields["error"]).startswith(decline.reason.removesuffix("...")), decline.reason
+
+
+def _serving(
+    monkeypatch: pytest.MonkeyPatch, trainer: object, *, examples: int
+) -> Callable[[int, dict[str, object]], dict[str, object]]:
+    """``serve(round, node_config)``: a training message of ``round`` through the ClientApp's handler, as
+    client 0 of a node with ``examples`` examples, ``trainer`` and a fresh ``context.state``; the reply's
+    fields (the run's config is not built: the node's ``ClientSide`` is ``trainer`` on a dummy config)."""
+    import types
+
+    import numpy as np
+    from flwr.app import ConfigRecord
+
+    from privfed.config import PrivacyConfig
+    from privfed.transport.flower import client_app
+    from privfed.transport.flower.grid import RECORD
+    from privfed.transport.messages import GlobalModel
+
+    config = types.SimpleNamespace(seed=3, privacy=PrivacyConfig())
+    side = client_app.ClientSide(config=config, client_data=[[0] * examples], trainer=trainer)  # type: ignore[arg-type, list-item]
+    monkeypatch.setattr(client_app, "client_side", lambda config_toml: side)
+    monkeypatch.setattr(client_app, "_reply", lambda msg, fields: fields)
+
+    def serve(round: int, node_config: dict[str, object]) -> dict[str, object]:
+        data = GlobalModel(round=round, vector=np.zeros(3, np.float32)).to_bytes()
+        record = ConfigRecord({"client-id": 0, "data": data, "config": "", "round": round, "stage": "train"})
+        msg = types.SimpleNamespace(content=RecordDict({RECORD: record}))
+        context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, **node_config}, state=RecordDict(),
+                          run_config={})  # fmt: skip
+        return client_app._serve(msg, context)  # type: ignore[arg-type, return-value]
+
+    return serve
