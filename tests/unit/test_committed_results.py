@@ -28,7 +28,6 @@ MISSING_SCORES = {
     "membership_results.json": "4 variants x 6 shadow federations, 3-4 min each",
     "membership_views_results.json": "2 variants x 6 shadow federations, 3 min each",
     "membership_dp_results.json": "12 federations (6 with DP-SGD, 27 min)",
-    "membership_clients_results.json": "8 federations, about 5 min each",
 }
 
 
