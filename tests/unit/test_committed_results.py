@@ -27,7 +27,6 @@ RESULTS = sorted(p for p in DOCS.glob("*.json") if p.name.startswith(("audit", "
 MISSING_SCORES = {
     "membership_results.json": "4 variants x 6 shadow federations, 3-4 min each",
     "membership_views_results.json": "2 variants x 6 shadow federations, 3 min each",
-    "membership_dp_results.json": "12 federations (6 with DP-SGD, 27 min)",
 }
 
 
